@@ -1,0 +1,255 @@
+"""The `rag` command: a thin layer over the library.
+
+Subcommands: index, papers, search, ask, chat, settings. Options fall back to
+`RAG_*` environment variables (see `rag settings`). Expected errors print one
+line on stderr and exit 1; bad usage exits 2. `--json` output shapes are the
+contracts in DESIGN.md and only ever gain fields.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+import textwrap
+import time
+import warnings
+from typing import Any
+
+from rag.errors import RagError
+
+EXAMPLES = {
+    "index": """examples:
+  rag index                              build the index for data/corpus if missing or stale
+  rag index --rebuild                    rebuild it from scratch
+  rag index --corpus my_papers.jsonl     index your own papers (JSONL or CSV: id?, title, abstract)""",
+    "papers": """examples:
+  rag papers                             one line per paper: id and title
+  rag papers --json | jq length          every paper as JSON""",
+    "search": """examples:
+  rag search "state space models" --k 5
+  rag search "what is ReFT?" --retrieval bm25 --json""",
+    "ask": """examples:
+  rag ask "What are the two subtasks of the I am a Strange Dataset benchmark?"
+  rag ask "What is ReFT?" --json
+  RAG_LM=openai/gpt-4o-mini rag ask "Which papers study state space models?\"""",
+    "chat": """examples:
+  rag chat                               ask questions one after another; Ctrl-D or 'exit' quits""",
+    "settings": """examples:
+  rag settings                           every setting, its value and its environment variable""",
+}
+
+
+def _parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    g = common.add_argument_group("common options (each falls back to its RAG_* environment variable)")
+    g.add_argument("--corpus", help="corpus directory of seed pages or .jsonl/.csv file (RAG_CORPUS)")
+    g.add_argument("--index-dir", help="where indexes live (RAG_INDEX_DIR)")
+    g.add_argument("-v", "--verbose", action="store_true", help="log what happens (model loading, index builds)")
+
+    retrieval = argparse.ArgumentParser(add_help=False)
+    r = retrieval.add_argument_group("retrieval")
+    r.add_argument("--k", type=int, help="number of passages (RAG_K, default 4)")
+    r.add_argument("--retrieval", choices=("hybrid", "dense", "bm25"), help="retrieval mode (RAG_RETRIEVAL)")
+    r.add_argument("--no-rebuild", action="store_true", help="error instead of building a missing or stale index")
+
+    model = argparse.ArgumentParser(add_help=False)
+    m = model.add_argument_group("language model")
+    m.add_argument("--lm", help="'local' or a LiteLLM model string such as openai/gpt-4o-mini (RAG_LM)")
+    m.add_argument("--api-base", help="OpenAI-compatible server URL (RAG_API_BASE)")
+    m.add_argument("--program", help="'auto', 'baseline' or a saved program JSON (RAG_PROGRAM)")
+
+    parser = argparse.ArgumentParser(
+        prog="rag", description="Ask questions of research-paper abstracts; get answers with checkable citations.",
+        epilog="Start with `rag ask \"...\"`. Settings: `rag settings`.",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def add(name: str, help: str, parents: list) -> argparse.ArgumentParser:
+        return sub.add_parser(name, help=help, description=help, parents=parents, epilog=EXAMPLES[name],
+                              formatter_class=argparse.RawDescriptionHelpFormatter)
+
+    p = add("index", "Build (or check) the search index for the corpus.", [common])
+    p.add_argument("--rebuild", action="store_true", help="rebuild even if an up-to-date index exists")
+
+    p = add("papers", "List the papers in the corpus.", [common])
+    p.add_argument("--json", action="store_true", help="print a JSON list of papers")
+
+    p = add("search", "Show the passages retrieval finds for a question (no LM).", [common, retrieval])
+    p.add_argument("question")
+    p.add_argument("--json", action="store_true", help="print JSON")
+
+    p = add("ask", "Answer a question with [n] citations to the papers used.", [common, retrieval, model])
+    p.add_argument("question")
+    p.add_argument("--json", action="store_true", help="print JSON")
+
+    add("chat", "Interactive question-answer loop in the terminal.", [common, retrieval, model])
+    add("settings", "List every setting, its current value and its environment variable.", [])
+    return parser
+
+
+def _settings(args: argparse.Namespace):
+    from rag.settings import Settings
+
+    fields = {"corpus": "corpus", "index_dir": "index_dir", "k": "k", "retrieval": "retrieval",
+              "lm": "lm", "api_base": "api_base", "program": "program"}
+    return Settings.load(**{f: getattr(args, a) for a, f in fields.items() if hasattr(args, a)})
+
+
+def _progress() -> bool:
+    return sys.stderr.isatty()
+
+
+def _open(args: argparse.Namespace, *, need_lm: bool):
+    from rag.index import expected_index_path
+    from rag.pipeline import Pipeline
+
+    settings = _settings(args)
+    if need_lm and settings.lm != "local":
+        from rag.lm import check_remote
+
+        check_remote(settings)  # a missing key should not cost an index build first
+    rebuild = "never" if getattr(args, "no_rebuild", False) else "auto"
+    if rebuild == "auto" and not (expected_index_path(settings) / "meta.json").exists():
+        _say("Building the index (first run or the corpus/settings changed; about a minute)...")
+    return Pipeline.open(settings, rebuild=rebuild, progress=_progress(), need_lm=need_lm)
+
+
+def _say(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+def _print_json(obj: Any) -> None:
+    print(json.dumps(obj, ensure_ascii=False, indent=2))
+
+
+def format_answer(result: dict, width: int = 100) -> str:
+    """Human-readable answer with its numbered reference list."""
+    lines = [textwrap.fill(result["answer"], width)]
+    if result["citations"]:
+        lines += ["", "References:"]
+        lines += [f"  [{c['n']}] {c['title']} ({c['paper_id']})" for c in result["citations"]]
+    elif result["abstained"] and result["passages"]:
+        lines += ["", "Closest papers:"]
+        lines += [f"  - {p['title']}" for p in result["passages"][:3]]
+    prov = result["provenance"]
+    lines += ["", f"({prov['latency_s']:.1f}s, {prov['prompt_tokens']}+{prov['completion_tokens']} tokens, "
+                  f"{prov['lm']}, program {prov['program']})"]
+    return "\n".join(lines)
+
+
+def cmd_index(args: argparse.Namespace) -> int:
+    from rag.embed import get_embedder
+    from rag.index import expected_index_path, open_index
+
+    settings = _settings(args)
+    path = expected_index_path(settings)
+    fresh = args.rebuild or not (path / "meta.json").exists()
+    if fresh:
+        _say(f"Building index {path.name} over {settings.corpus} ...")
+    t0 = time.perf_counter()
+    index = open_index(settings, lambda: get_embedder(settings.embed_model),
+                       rebuild="always" if args.rebuild else "auto", progress=_progress())
+    state = f"built in {time.perf_counter() - t0:.1f}s" if fresh else "up to date"
+    print(f"{index.path}: {index.meta['n_papers']} papers, {index.meta['n_chunks']} chunks ({state})")
+    return 0
+
+
+def cmd_papers(args: argparse.Namespace) -> int:
+    from rag.corpus import load_corpus
+
+    papers = load_corpus(_settings(args).corpus)
+    if args.json:
+        _print_json([p.to_json() for p in papers])
+    else:
+        for p in papers:
+            print(f"{p.id}  {p.title}")
+        _say(f"{len(papers)} papers")
+    return 0
+
+
+def cmd_search(args: argparse.Namespace) -> int:
+    from rag.pipeline import validate_question
+
+    question = validate_question(args.question)  # before loading anything
+    pipe = _open(args, need_lm=False)
+    result = pipe.search(question, k=args.k)
+    if args.json:
+        _print_json({"question": question, "results": [h.to_json() for h in result.hits]})
+    else:
+        for h in result.hits:
+            print(f"{h.rank:>2}. [{h.score:.4f}] {h.paper.title} ({h.paper.id})")
+            print(textwrap.indent(textwrap.fill(h.text, 96), "    "))
+    return 0
+
+
+def cmd_ask(args: argparse.Namespace) -> int:
+    from rag.pipeline import validate_question
+
+    question = validate_question(args.question)
+    pipe = _open(args, need_lm=True)
+    result = pipe.ask(question)
+    if args.json:
+        _print_json(result)
+    else:
+        print(format_answer(result))
+    return 0
+
+
+def cmd_chat(args: argparse.Namespace) -> int:
+    pipe = _open(args, need_lm=True)
+    _say(f"Ask about {len(pipe.index.papers)} papers. Empty line or Ctrl-D to quit.")
+    while True:
+        try:
+            question = input("\nquestion> ")
+        except (EOFError, KeyboardInterrupt):
+            print()
+            return 0
+        if question.strip().lower() in ("", "exit", "quit", ":q"):
+            return 0
+        try:
+            print(format_answer(pipe.ask(question)))
+        except RagError as e:
+            print(f"error: {e}", file=sys.stderr)
+        except KeyboardInterrupt:
+            print("\n(interrupted)", file=sys.stderr)
+
+
+def cmd_settings(args: argparse.Namespace) -> int:
+    from rag.settings import ENV_PREFIX, Settings
+
+    for name, value, help in Settings.load().describe():
+        shown = "***" if name in ("api_key", "auth") and value else value
+        print(f"{ENV_PREFIX}{name.upper():<18} = {shown!s:<40} {help}")
+    return 0
+
+
+COMMANDS = {"index": cmd_index, "papers": cmd_papers, "search": cmd_search, "ask": cmd_ask,
+            "chat": cmd_chat, "settings": cmd_settings}
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    verbose = getattr(args, "verbose", False)
+    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    if not verbose:
+        warnings.filterwarnings("ignore")
+        for noisy in ("dspy", "LiteLLM", "litellm", "httpx", "sentence_transformers", "transformers", "bm25s"):
+            logging.getLogger(noisy).setLevel(logging.ERROR)
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    try:
+        return COMMANDS[args.command](args)
+    except RagError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:
+        return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,187 @@
+"""Load papers: the scraped daily-paper seed pages, or a user's JSONL/CSV file.
+
+A seed page is plain text: site chrome, then alternating title and abstract
+lines (some pages put blank lines between entries; the first title can be glued
+to a preceding "Subscribe"). The same paper appears on several pages, so papers
+are deduplicated by normalised title and keep every source file name.
+
+Paper ids are derived from the normalised title, so they are stable across runs
+and machines. User files may give their own `id`.
+
+Left out: PDFs, full texts, authors and dates (the pages do not carry them).
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import json
+import re
+import unicodedata
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from rag.errors import CorpusError
+
+# Lines of site chrome, matched exactly after stripping.
+CHROME = frozenset({
+    "Get trending papers in your email inbox once a day!",
+    "Get trending papers in your email inbox!",
+    "Subscribe",
+    "new",
+    "Daily Papers",
+    "byAK and the research community",
+})
+_DATE = re.compile(r"(Jan|Feb|Mar|Apr|May|Jun|Jul|Aug|Sep|Oct|Nov|Dec) \d{1,2}(, \d{4})?")
+# "SubscribeBase Models Beat..." -> "Base Models Beat..."
+_GLUED = re.compile(r"^Subscribe(?=[A-Z0-9\[\"'(])")
+# A title is a line; an abstract is a paragraph. Anything shorter is not an abstract.
+MIN_ABSTRACT_CHARS = 100
+
+
+@dataclass(frozen=True)
+class Paper:
+    """One unique paper."""
+
+    id: str
+    title: str
+    abstract: str
+    sources: tuple[str, ...] = field(default=())
+
+    def to_json(self) -> dict:
+        """The `rag papers --json` shape."""
+        return {"paper_id": self.id, "title": self.title, "abstract": self.abstract, "sources": list(self.sources)}
+
+
+def normalize_title(title: str) -> str:
+    """Case-, accent- and punctuation-insensitive key for deduplication."""
+    text = unicodedata.normalize("NFKD", title).encode("ascii", "ignore").decode()
+    return re.sub(r"[\W_]+", " ", text.lower()).strip()
+
+
+def paper_id(title: str) -> str:
+    """Stable id from the normalised title."""
+    return "p" + hashlib.sha1(normalize_title(title).encode()).hexdigest()[:10]
+
+
+def parse_page(text: str, source: str = "<page>") -> list[tuple[str, str]]:
+    """Parse one seed page into (title, abstract) pairs, in page order."""
+    lines = []
+    for raw in text.splitlines():
+        line = _GLUED.sub("", raw.strip())
+        if line and line not in CHROME and not _DATE.fullmatch(line):
+            lines.append(line)
+    if len(lines) % 2:
+        raise CorpusError(f"{source}: odd number of title/abstract lines ({len(lines)}); "
+                          f"the page layout is not the expected title-then-abstract format")
+    pairs = list(zip(lines[::2], lines[1::2], strict=True))
+    for i, (title, abstract) in enumerate(pairs):
+        if len(abstract) < MIN_ABSTRACT_CHARS or len(title) > len(abstract):
+            raise CorpusError(f"{source}: entry {i + 1} ({title[:60]!r}) does not look like a title "
+                              f"followed by an abstract; check the page for a missing line")
+    return pairs
+
+
+def load_seed_pages(directory: str | Path) -> list[Paper]:
+    """Every *.txt page in `directory`, deduplicated by normalised title."""
+    directory = Path(directory)
+    pages = sorted(directory.glob("*.txt"))
+    if not pages:
+        raise CorpusError(f"no *.txt seed pages in {directory}; pass a corpus directory or a .jsonl/.csv file")
+    entries: list[tuple[str, str, str]] = []
+    for page in pages:
+        for title, abstract in parse_page(_read_text(page), page.name):
+            entries.append((title, abstract, page.name))
+    return _dedupe(entries)
+
+
+def load_table(path: str | Path) -> list[Paper]:
+    """A user's corpus: JSONL or CSV with `title`, `abstract` and optional `id`."""
+    path = Path(path)
+    text = _read_text(path)
+    suffix = path.suffix.lower()
+    if suffix in (".jsonl", ".ndjson"):
+        rows = _jsonl_rows(text, path.name)
+    elif suffix == ".csv":
+        rows = _csv_rows(text, path.name)
+    else:
+        raise CorpusError(f"{path}: unknown corpus format {suffix or '(none)'}; use .jsonl, .csv or a directory of pages")
+    papers, seen = [], {}
+    for line_no, row in rows:
+        title = str(row.get("title") or "").strip()
+        abstract = str(row.get("abstract") or "").strip()
+        missing = [k for k, v in (("title", title), ("abstract", abstract)) if not v]
+        if missing:
+            raise CorpusError(f"{path.name}:{line_no}: missing {' and '.join(missing)}; every row needs a title and an abstract")
+        pid = str(row.get("id") or "").strip() or paper_id(title)
+        if pid in seen:
+            raise CorpusError(f"{path.name}:{line_no}: duplicate id {pid!r} (first on line {seen[pid]}); ids must be unique")
+        seen[pid] = line_no
+        papers.append(Paper(pid, " ".join(title.split()), " ".join(abstract.split()), (path.name,)))
+    if not papers:
+        raise CorpusError(f"{path}: no papers found; the file is empty")
+    return papers
+
+
+def load_corpus(path: str | Path) -> list[Paper]:
+    """A directory of seed pages, or a JSONL/CSV file."""
+    path = Path(path)
+    if not path.exists():
+        raise CorpusError(f"corpus {path} does not exist; pass --corpus with a directory of pages or a .jsonl/.csv file")
+    return load_seed_pages(path) if path.is_dir() else load_table(path)
+
+
+def corpus_hash(papers: list[Paper]) -> str:
+    """Content hash of a corpus: changes when any id, title or abstract does."""
+    h = hashlib.sha256()
+    for p in sorted(papers, key=lambda p: p.id):
+        h.update(json.dumps([p.id, p.title, p.abstract]).encode())
+    return h.hexdigest()
+
+
+def _dedupe(entries: list[tuple[str, str, str]]) -> list[Paper]:
+    merged: dict[str, dict] = {}
+    for title, abstract, source in entries:
+        slot = merged.setdefault(normalize_title(title), {"title": title, "abstract": abstract, "sources": []})
+        if source not in slot["sources"]:
+            slot["sources"].append(source)
+    return [Paper(paper_id(s["title"]), s["title"], s["abstract"], tuple(s["sources"])) for s in merged.values()]
+
+
+def _read_text(path: Path) -> str:
+    try:
+        return path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise CorpusError(f"{path}: not valid UTF-8 (byte {e.start}); re-save the file as UTF-8") from None
+    except OSError as e:
+        raise CorpusError(f"cannot read {path}: {e.strerror}") from None
+
+
+def _jsonl_rows(text: str, name: str) -> list[tuple[int, dict]]:
+    rows = []
+    for line_no, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise CorpusError(f"{name}:{line_no}: invalid JSON ({e.msg}); each line must be one JSON object") from None
+        if not isinstance(row, dict):
+            raise CorpusError(f"{name}:{line_no}: expected a JSON object with title and abstract")
+        rows.append((line_no, row))
+    return rows
+
+
+def _csv_rows(text: str, name: str) -> list[tuple[int, dict]]:
+    reader = csv.DictReader(io.StringIO(text))
+    header = [h.strip().lower() for h in (reader.fieldnames or [])]
+    if not {"title", "abstract"} <= set(header):
+        raise CorpusError(f"{name}: CSV header must have title and abstract columns (and optional id), got {header}")
+    reader.fieldnames = header
+    rows = []
+    for row in reader:
+        if None in row:  # more cells than header columns
+            raise CorpusError(f"{name}:{reader.line_num}: more cells than header columns; quote fields that contain commas")
+        rows.append((reader.line_num, row))
+    return rows

@@ -1,0 +1,271 @@
+"""Build, save, load and validate the on-disk index.
+
+An index lives in `indexes/<name>/`, where `<name>` hashes the corpus content and
+the settings that shape the index (embedding model, chunking). A change of
+corpus or settings therefore points at a different directory and a stale index
+is never reused. The directory holds:
+
+    meta.json      format, corpus hash, shaping settings, counts, sha256 of every file
+    papers.jsonl   the papers, in corpus order
+    chunks.jsonl   the chunks, row i is vector i and BM25 document i
+    dense.faiss    exact inner-product index over normalised vectors (cosine)
+    bm25/          bm25s sparse index over title + chunk tokens
+
+Writes are atomic: everything is built in a temporary sibling directory and
+renamed into place, so an interrupted build never leaves a half index that
+loads, and the previous index stays usable until the new one is complete.
+
+Left out: approximate (IVF/HNSW) search. Exact search over a few thousand
+384-d vectors takes well under a millisecond; approximation would only add error.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import re
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from rag.chunking import Chunk, chunk_corpus, embedding_text
+from rag.corpus import Paper, corpus_hash, load_corpus
+from rag.embed import Embedder
+from rag.errors import IndexStoreError
+from rag.settings import Settings
+
+log = logging.getLogger(__name__)
+
+FORMAT = 1
+FILES = ("papers.jsonl", "chunks.jsonl", "dense.faiss")
+_STOPWORDS = frozenset("""a an and are as at be by can do does for from has have how in into is it its of on or
+that the their these this those to was we were what when which who why will with our via using use used
+about than then there they them also such both between over under more most other some any each not no""".split())
+
+
+def tokenize(text: str) -> list[str]:
+    """BM25 tokens: lower-case words, stopwords dropped, a plural 's' stripped."""
+    out = []
+    for tok in re.findall(r"[a-z0-9]+", text.lower()):
+        if tok in _STOPWORDS:
+            continue
+        if len(tok) > 3 and tok.endswith("s") and not tok.endswith("ss"):
+            tok = tok[:-1]
+        out.append(tok)
+    return out
+
+
+@dataclass
+class Index:
+    """A loaded index: papers, chunks, the FAISS index and the BM25 index."""
+
+    path: Path
+    meta: dict
+    papers: dict[str, Paper]
+    chunks: list[Chunk]
+    dense: object  # faiss.Index
+    bm25: object  # bm25s.BM25
+
+    @property
+    def name(self) -> str:
+        return self.path.name
+
+    def __len__(self) -> int:
+        return len(self.chunks)
+
+
+def index_name(corpus_digest: str, settings: Settings) -> str:
+    """Directory name for a corpus and the settings that shape its index."""
+    key = hashlib.sha256(f"{corpus_digest}:{settings.index_key()}".encode()).hexdigest()[:12]
+    return f"idx-{key}"
+
+
+def build_index(papers: list[Paper], embedder: Embedder, settings: Settings, *, progress: bool = False) -> Path:
+    """Chunk, embed and index `papers`; write atomically to `index_dir/<name>`. Returns the path."""
+    import bm25s
+    import faiss
+
+    if not papers:
+        raise IndexStoreError("cannot build an index over an empty corpus; check --corpus")
+    digest = corpus_hash(papers)
+    root = Path(settings.index_dir)
+    final = root / index_name(digest, settings)
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        _remove_abandoned_builds(root)
+        tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{os.getpid()}-{final.name}-", dir=root))
+    except OSError as e:
+        raise IndexStoreError(f"cannot write to index directory {root}: {e.strerror}; set RAG_INDEX_DIR "
+                              f"to a writable directory") from None
+    try:
+        t0 = time.perf_counter()
+        by_id = {p.id: p for p in papers}
+        chunks = chunk_corpus(papers, settings.chunk_sentences, settings.chunk_overlap)
+        texts = [embedding_text(by_id[c.paper_id], c) for c in chunks]
+        vectors = embedder.encode(texts, progress=progress)
+        if vectors.shape != (len(chunks), embedder.dim):
+            raise IndexStoreError(f"embedder returned shape {vectors.shape}, expected {(len(chunks), embedder.dim)}")
+        dense = faiss.IndexFlatIP(embedder.dim)
+        dense.add(np.ascontiguousarray(vectors, dtype=np.float32))
+        faiss.write_index(dense, str(tmp / "dense.faiss"))
+
+        bm25 = bm25s.BM25()
+        bm25.index([tokenize(t) or ["<empty>"] for t in texts], show_progress=False)
+        bm25.save(str(tmp / "bm25"), show_progress=False)
+
+        _write_jsonl(tmp / "papers.jsonl", (p.to_json() for p in papers))
+        _write_jsonl(tmp / "chunks.jsonl", (c.to_json() for c in chunks))
+        meta = {
+            "format": FORMAT,
+            "corpus": str(settings.corpus),
+            "corpus_hash": digest,
+            "shape": settings.index_shape(),
+            "embed_dim": embedder.dim,
+            "n_papers": len(papers),
+            "n_chunks": len(chunks),
+            "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "build_seconds": round(time.perf_counter() - t0, 2),
+            "files": {f: _sha256(tmp / f) for f in FILES},
+        }
+        _write_text(tmp / "meta.json", json.dumps(meta, indent=2))
+        _fsync_dir(tmp)
+        _swap_into_place(tmp, final)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    log.info("built index %s: %d papers, %d chunks", final, len(papers), len(chunks))
+    return final
+
+
+def load_index(path: str | Path, *, settings: Settings | None = None, digest: str | None = None) -> Index:
+    """Load and validate an index directory; checks it against `settings` and corpus `digest` if given."""
+    import bm25s
+    import faiss
+
+    path = Path(path)
+    fix = f"rebuild it with `rag index --rebuild` (or delete {path})"
+    meta_path = path / "meta.json"
+    if not meta_path.is_file():
+        raise IndexStoreError(f"no index at {path} (meta.json missing); build one with `rag index`")
+    try:
+        meta = json.loads(meta_path.read_text(encoding="utf-8"))
+        if meta.get("format") != FORMAT:
+            raise IndexStoreError(f"index {path} has format {meta.get('format')}, expected {FORMAT}; {fix}")
+        for name, want in meta["files"].items():
+            if _sha256(path / name) != want:
+                raise IndexStoreError(f"index {path} is corrupt ({name} does not match its checksum); {fix}")
+        if settings is not None and meta["shape"] != settings.index_shape():
+            raise IndexStoreError(f"index {path} was built with {meta['shape']}, settings ask for "
+                                  f"{settings.index_shape()}; {fix}")
+        if digest is not None and meta["corpus_hash"] != digest:
+            raise IndexStoreError(f"index {path} is stale: the corpus changed since it was built; {fix}")
+        papers = [Paper(d["paper_id"], d["title"], d["abstract"], tuple(d["sources"]))
+                  for d in _read_jsonl(path / "papers.jsonl")]
+        chunks = [Chunk(**d) for d in _read_jsonl(path / "chunks.jsonl")]
+        dense = faiss.read_index(str(path / "dense.faiss"))
+        bm25 = bm25s.BM25.load(str(path / "bm25"), show_progress=False)
+    except IndexStoreError:
+        raise
+    except PermissionError as e:
+        raise IndexStoreError(f"cannot read index {path}: permission denied ({e.filename}); "
+                              f"fix its permissions or set RAG_INDEX_DIR") from None
+    except (OSError, ValueError, KeyError, TypeError, RuntimeError) as e:
+        reason = str(e).splitlines()[0][:120] if str(e) else type(e).__name__
+        raise IndexStoreError(f"index {path} is corrupt ({reason}); {fix}") from None
+    if not (len(papers) == meta["n_papers"] and len(chunks) == meta["n_chunks"] == dense.ntotal):
+        raise IndexStoreError(f"index {path} is corrupt (counts disagree with meta.json); {fix}")
+    return Index(path, meta, {p.id: p for p in papers}, chunks, dense, bm25)
+
+
+def expected_index_path(settings: Settings) -> Path:
+    """Where the index for the current corpus and settings lives (built or not)."""
+    return Path(settings.index_dir) / index_name(corpus_hash(load_corpus(settings.corpus)), settings)
+
+
+def open_index(settings: Settings, embedder_factory, *, rebuild: str = "auto", progress: bool = False) -> Index:
+    """The index for the current corpus and settings.
+
+    rebuild: "auto" builds it when missing or stale, "never" raises instead,
+    "always" rebuilds even when a valid index exists.
+    """
+    papers = load_corpus(settings.corpus)
+    digest = corpus_hash(papers)
+    path = Path(settings.index_dir) / index_name(digest, settings)
+    if rebuild == "always" or (rebuild == "auto" and not (path / "meta.json").exists()):
+        build_index(papers, embedder_factory(), settings, progress=progress)
+    elif not (path / "meta.json").exists():
+        others = sorted(p.name for p in Path(settings.index_dir).glob("idx-*")) if Path(settings.index_dir).is_dir() else []
+        state = f"the index is stale (found {', '.join(others)}, built for another corpus or settings)" if others \
+            else "no index has been built"
+        raise IndexStoreError(f"{state}; run `rag index` to build {path.name}")
+    return load_index(path, settings=settings, digest=digest)
+
+
+# --- file helpers -------------------------------------------------------------
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _write_text(path: Path, text: str) -> None:
+    with open(path, "w", encoding="utf-8") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def _write_jsonl(path: Path, rows) -> None:
+    _write_text(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
+
+
+def _read_jsonl(path: Path) -> list[dict]:
+    with open(path, encoding="utf-8") as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _swap_into_place(tmp: Path, final: Path) -> None:
+    """Rename `tmp` to `final`; an existing `final` stays whole until the new one is in place."""
+    if final.exists():
+        old = final.with_name(f".old-{os.getpid()}-{final.name}")
+        os.rename(final, old)
+        os.rename(tmp, final)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.rename(tmp, final)
+    _fsync_dir(final.parent)
+
+
+def _remove_abandoned_builds(root: Path) -> None:
+    """Delete temporary directories of builds whose process is gone (killed mid-build)."""
+    for d in list(root.glob(".tmp-*")) + list(root.glob(".old-*")):
+        m = re.match(r"\.(?:tmp|old)-(\d+)-", d.name)
+        if not m or not _alive(int(m.group(1))):
+            shutil.rmtree(d, ignore_errors=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True

@@ -1,0 +1,162 @@
+"""One loaded question-answering session: index, retriever, LM and program.
+
+`Pipeline.open(settings)` loads (or builds) the index, the embedder and the LM
+once; `ask()` and `search()` are then cheap to call many times. The CLI, the
+chat, batch QA and the eval harness all go through here, so they answer the
+same question the same way and report the same provenance.
+
+Left out: conversation memory (the chat owns it) and output formatting (the CLI
+and app own it).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import unicodedata
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import dspy
+
+from rag.embed import Embedder, get_embedder
+from rag.errors import ProgramError, RagError
+from rag.index import Index, open_index
+from rag.lm import LOCAL_MODEL_NAME, describe_lm_error, make_lm
+from rag.program import CitedRAG
+from rag.retrieve import Retriever, SearchResult
+from rag.settings import ROOT, Settings
+
+log = logging.getLogger(__name__)
+
+MAX_QUESTION_CHARS = 2000
+PROGRAMS_DIR = ROOT / "programs"
+
+
+def validate_question(question: Any) -> str:
+    """A clean question, or a RagError saying what is wrong with it."""
+    if not isinstance(question, str):
+        raise RagError("the question must be text")
+    q = question.strip()
+    if not q:
+        raise RagError("the question is empty; ask something, e.g. rag ask \"What is ReFT?\"")
+    if len(q) > MAX_QUESTION_CHARS:
+        raise RagError(f"the question is {len(q):,} characters; the limit is {MAX_QUESTION_CHARS:,}, shorten it")
+    bad = sorted({f"U+{ord(c):04X}" for c in q if unicodedata.category(c) in ("Cc", "Cs", "Co", "Cn") and c not in "\t\n\r"})
+    if bad:
+        raise RagError(f"the question contains control characters ({', '.join(bad[:5])}); remove them")
+    return " ".join(q.split())
+
+
+def resolve_program(spec: str) -> Path | None:
+    """'baseline' -> None; 'auto' -> newest programs/*.json or None; else a path that must exist."""
+    if spec == "baseline":
+        return None
+    if spec == "auto":
+        found = sorted(PROGRAMS_DIR.glob("*.json"), key=lambda p: p.stat().st_mtime) if PROGRAMS_DIR.is_dir() else []
+        return found[-1] if found else None
+    path = Path(spec)
+    if not path.is_file():
+        raise ProgramError(f"program file {spec} does not exist; use --program baseline, auto, or a saved program path")
+    return path
+
+
+def load_program(program: CitedRAG, path: Path | None) -> str:
+    """Load optimised predictor state into `program`; return its provenance label."""
+    if path is None:
+        return "baseline"
+    try:
+        program.load(str(path))
+    except Exception as e:  # noqa: BLE001 - dspy raises many kinds on a bad file
+        raise ProgramError(f"program file {path} could not be loaded ({type(e).__name__}: "
+                           f"{str(e).splitlines()[0][:120] if str(e) else ''}); re-run `rag optimize` "
+                           f"or use --program baseline") from None
+    return path.name
+
+
+@dataclass
+class Pipeline:
+    settings: Settings
+    index: Index
+    embedder: Embedder
+    retriever: Retriever
+    lm: Any = None
+    program: CitedRAG | None = None
+    program_label: str = "baseline"
+
+    @classmethod
+    def open(cls, settings: Settings, *, embedder: Embedder | None = None, lm: Any = None,
+             rebuild: str = "auto", progress: bool = False, need_lm: bool = True) -> Pipeline:
+        """Load everything `ask` needs. `embedder` and `lm` may be injected (tests)."""
+        factory: Callable[[], Embedder] = (lambda: embedder) if embedder is not None else \
+            (lambda: get_embedder(settings.embed_model))
+        index = open_index(settings, factory, rebuild=rebuild, progress=progress)
+        emb = factory()
+        if emb.dim != index.meta["embed_dim"]:
+            raise RagError(f"embedder gives {emb.dim}-d vectors, index {index.name} holds {index.meta['embed_dim']}-d; "
+                           f"rebuild with `rag index --rebuild`")
+        pipe = cls(settings, index, emb, Retriever(index, emb))
+        if need_lm:
+            pipe.lm = lm if lm is not None else make_lm(settings)
+            pipe.program = CitedRAG(pipe.search_default, settings.min_score)
+            pipe.program_label = load_program(pipe.program, resolve_program(settings.program))
+        return pipe
+
+    def search(self, question: str, k: int | None = None, mode: str | None = None) -> SearchResult:
+        q = validate_question(question)
+        return self.retriever.search(q, k or self.settings.k, mode or self.settings.retrieval, self.settings.per_paper)
+
+    def search_default(self, question: str) -> SearchResult:
+        return self.search(question)
+
+    def ask(self, question: str) -> dict:
+        """Answer one question; returns the `rag ask --json` object."""
+        q = validate_question(question)
+        if self.program is None:
+            raise RagError("this pipeline was opened without a language model")
+        t0 = time.perf_counter()
+        try:
+            with dspy.context(lm=self.lm, track_usage=True):
+                pred = self.program(question=q)
+        except RagError:
+            raise
+        except Exception as e:  # noqa: BLE001 - backends raise anything; name the setting to fix
+            raise describe_lm_error(e, self.settings) from None
+        latency = time.perf_counter() - t0
+        prompt_tokens, completion_tokens = _usage(pred)
+        hits = pred.hits
+        return {
+            "question": q,
+            "answer": pred.answer,
+            "abstained": bool(pred.abstained),
+            "citations": [{"n": n, "paper_id": hits[n - 1].paper.id, "title": hits[n - 1].paper.title}
+                          for n in pred.citations],
+            "passages": [{"n": i, "paper_id": h.paper.id, "title": h.paper.title, "text": h.text,
+                          "score": round(float(h.score), 6)} for i, h in enumerate(hits, 1)],
+            "provenance": {
+                "lm": self.lm_label,
+                "index": self.index.name,
+                "program": self.program_label,
+                "retrieval": self.settings.retrieval,
+                "k": self.settings.k,
+                "latency_s": round(latency, 3),
+                "prompt_tokens": prompt_tokens,
+                "completion_tokens": completion_tokens,
+            },
+        }
+
+    @property
+    def lm_label(self) -> str:
+        return f"local/{LOCAL_MODEL_NAME}" if self.settings.lm == "local" else self.settings.lm
+
+
+def _usage(pred: Any) -> tuple[int, int]:
+    try:
+        usage = pred.get_lm_usage() or {}
+    except Exception:  # noqa: BLE001 - usage tracking is best effort
+        usage = {}
+    prompt = sum(int(u.get("prompt_tokens") or 0) for u in usage.values())
+    completion = sum(int(u.get("completion_tokens") or 0) for u in usage.values())
+    return prompt, completion

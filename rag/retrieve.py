@@ -1,0 +1,135 @@
+"""Dense, BM25 and hybrid search over the chunks of an index.
+
+Hybrid fuses the dense and BM25 rankings with reciprocal-rank fusion (RRF,
+Cormack et al. 2009): score = sum over rankings of 1 / (60 + rank). RRF needs no
+score calibration between cosine similarities and BM25 scores, which live on
+different scales.
+
+Results are diversified by paper: a hit is one paper with its best `per_paper`
+chunks (merged where they overlap), so k results cover k papers where the corpus
+has them, and a fact split between two windows of one abstract still reaches the
+model. Each hit also carries the
+best dense cosine similarity of the query to any chunk, which the program uses
+to abstain early when nothing in the corpus is close.
+
+Left out: re-ranking with a cross-encoder (no packaged offline model) and query
+expansion.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from rag.chunking import Chunk
+from rag.corpus import Paper
+from rag.embed import Embedder
+from rag.errors import RagError
+from rag.index import Index, tokenize
+
+MODES = ("hybrid", "dense", "bm25")
+RRF_K = 60
+# Candidates taken from each ranking before fusion and per-paper diversification.
+CANDIDATES = 100
+
+
+@dataclass(frozen=True)
+class Hit:
+    """One retrieved passage: the best chunks (at most `per_paper`) of one paper, in abstract order."""
+
+    rank: int
+    chunks: tuple[Chunk, ...]
+    paper: Paper
+    score: float
+
+    @property
+    def spans(self) -> list[tuple[int, int]]:
+        """Character spans of the passage in the abstract; overlapping or touching chunks merge."""
+        merged: list[list[int]] = []
+        for c in self.chunks:
+            if merged and c.start <= merged[-1][1] + 1:
+                merged[-1][1] = max(merged[-1][1], c.end)
+            else:
+                merged.append([c.start, c.end])
+        return [(s, e) for s, e in merged]
+
+    @property
+    def text(self) -> str:
+        return " ... ".join(self.paper.abstract[s:e] for s, e in self.spans)
+
+    def to_json(self) -> dict:
+        """The `rag search --json` result shape."""
+        return {"rank": self.rank, "paper_id": self.paper.id, "title": self.paper.title,
+                "score": round(float(self.score), 6), "text": self.text}
+
+
+@dataclass(frozen=True)
+class SearchResult:
+    hits: list[Hit]
+    best_similarity: float  # highest dense cosine similarity of the query to any chunk
+
+
+class Retriever:
+    """Search one index with one embedder."""
+
+    def __init__(self, index: Index, embedder: Embedder) -> None:
+        self.index = index
+        self.embedder = embedder
+
+    def search(self, query: str, k: int = 4, mode: str = "hybrid", per_paper: int = 1) -> SearchResult:
+        if mode not in MODES:
+            raise RagError(f"unknown retrieval mode {mode!r}; use one of {', '.join(MODES)}")
+        if k < 1:
+            raise RagError(f"k must be at least 1, got {k}")
+        n = len(self.index.chunks)
+        if n == 0:
+            return SearchResult([], 0.0)
+        depth = min(n, max(CANDIDATES, k * per_paper * 4))
+        dense_ids, dense_scores = self._dense(query, depth)
+        best = float(dense_scores[0]) if len(dense_scores) else 0.0
+        if mode == "dense":
+            ranked = list(zip(dense_ids, dense_scores, strict=True))
+        elif mode == "bm25":
+            ranked = self._bm25(query, depth)
+        else:
+            ranked = _rrf([list(dense_ids), [i for i, _ in self._bm25(query, depth)]])
+        return SearchResult(self._diversify(ranked, k, per_paper), best)
+
+    def _dense(self, query: str, depth: int) -> tuple[np.ndarray, np.ndarray]:
+        vec = self.embedder.encode([query])
+        scores, ids = self.index.dense.search(np.ascontiguousarray(vec, dtype=np.float32), depth)
+        keep = ids[0] >= 0
+        return ids[0][keep], scores[0][keep]
+
+    def _bm25(self, query: str, depth: int) -> list[tuple[int, float]]:
+        vocab = self.index.bm25.vocab_dict
+        tokens = [t for t in tokenize(query) if t in vocab]
+        if not tokens:
+            return []
+        scores = self.index.bm25.get_scores(tokens)
+        top = np.argsort(-scores, kind="stable")[:depth]
+        return [(int(i), float(scores[i])) for i in top if scores[i] > 0]
+
+    def _diversify(self, ranked: list[tuple[int, float]], k: int, per_paper: int) -> list[Hit]:
+        """Group ranked chunks by paper (best paper first, scored by its best chunk); keep k papers."""
+        best: dict[str, float] = {}
+        picked: dict[str, list[Chunk]] = {}
+        for idx, score in ranked:
+            chunk = self.index.chunks[int(idx)]
+            if chunk.paper_id not in picked:
+                if len(picked) == k:
+                    continue  # already k papers; only extra chunks of those may follow
+                picked[chunk.paper_id], best[chunk.paper_id] = [], float(score)
+            if len(picked[chunk.paper_id]) < per_paper:
+                picked[chunk.paper_id].append(chunk)
+        return [Hit(rank, tuple(sorted(chunks, key=lambda c: c.start)), self.index.papers[pid], best[pid])
+                for rank, (pid, chunks) in enumerate(picked.items(), 1)]
+
+
+def _rrf(rankings: list[list[int]]) -> list[tuple[int, float]]:
+    fused: dict[int, float] = {}
+    for ranking in rankings:
+        for rank, idx in enumerate(ranking, 1):
+            fused[int(idx)] = fused.get(int(idx), 0.0) + 1.0 / (RRF_K + rank)
+    return sorted(fused.items(), key=lambda kv: -kv[1])

@@ -1,0 +1,64 @@
+"""Shared fixtures: a tiny keyword embedder, a tiny corpus, isolated settings, a clean DSPy."""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from pathlib import Path
+
+import dspy
+import numpy as np
+import pytest
+
+from rag.settings import Settings
+
+DATA = Path(__file__).parent / "data"
+ROOT = Path(__file__).resolve().parent.parent
+
+
+class KeywordEmbedder:
+    """Bag of hashed word stems: texts sharing words are close. Deterministic, instant."""
+
+    name = "keyword-fake"
+
+    def __init__(self, dim: int = 256) -> None:
+        self.dim = dim
+        self.calls = 0
+
+    def encode(self, texts: list[str], *, progress: bool = False) -> np.ndarray:
+        self.calls += 1
+        out = np.zeros((len(texts), self.dim), dtype=np.float32)
+        for i, text in enumerate(texts):
+            for word in re.findall(r"[a-z0-9]+", text.lower()):
+                if len(word) < 3:
+                    continue
+                h = int(hashlib.md5(word[:6].encode()).hexdigest(), 16)
+                out[i, h % self.dim] += 1.0
+            norm = np.linalg.norm(out[i])
+            if norm:
+                out[i] /= norm
+        return out
+
+
+@pytest.fixture(autouse=True)
+def _clean_dspy_and_env(monkeypatch):
+    """Each test starts with no configured LM and no RAG_* variables from the caller's shell."""
+    import os
+
+    for key in list(os.environ):
+        if key.startswith("RAG_"):
+            monkeypatch.delenv(key)
+    dspy.settings.configure(lm=None, adapter=None)
+    yield
+    dspy.settings.configure(lm=None, adapter=None)
+
+
+@pytest.fixture
+def embedder() -> KeywordEmbedder:
+    return KeywordEmbedder()
+
+
+@pytest.fixture
+def tiny_settings(tmp_path) -> Settings:
+    return Settings.load(env={}, corpus=str(DATA / "tiny.jsonl"), index_dir=str(tmp_path / "indexes"),
+                         cache_dir=str(tmp_path / "cache"), min_score=0.0)

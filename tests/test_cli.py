@@ -1,0 +1,166 @@
+"""The `rag` command: --json shapes, human output, exit codes and one-line errors.
+
+In-process tests swap the real embedder and LM for the keyword embedder and
+DummyLM; subprocess tests run the real console entry point for the error paths.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from dspy.utils import DummyLM
+
+import rag.embed
+import rag.lm
+import rag.pipeline
+from rag.cli import main
+
+DATA = Path(__file__).parent / "data"
+
+
+@pytest.fixture
+def cli(monkeypatch, tmp_path, embedder, capsys):
+    monkeypatch.setenv("RAG_CORPUS", str(DATA / "tiny.jsonl"))
+    monkeypatch.setenv("RAG_INDEX_DIR", str(tmp_path / "indexes"))
+    monkeypatch.setenv("RAG_MIN_SCORE", "0.0")
+    monkeypatch.setattr(rag.embed, "get_embedder", lambda name: embedder)
+    monkeypatch.setattr(rag.pipeline, "get_embedder", lambda name: embedder)
+    answers = [{"answer": "They initialise the state matrix with HiPPO [1].", "sources": "[1]"}]
+    monkeypatch.setattr(rag.pipeline, "make_lm", lambda settings: DummyLM(answers))
+
+    def run(*argv: str) -> tuple[int, str, str]:
+        code = main(list(argv))
+        out = capsys.readouterr()
+        return code, out.out, out.err
+    return run
+
+
+def test_papers_json_shape(cli):
+    code, out, _ = cli("papers", "--json")
+    papers = json.loads(out)
+    assert code == 0 and len(papers) == 6
+    assert set(papers[0]) == {"paper_id", "title", "abstract", "sources"}
+    assert papers[0]["sources"] == ["tiny.jsonl"]
+
+
+def test_papers_human(cli):
+    code, out, err = cli("papers")
+    assert code == 0 and out.splitlines()[0] == "tiny-ssm  Structured State Space Models for Long Sequences"
+    assert "6 papers" in err
+
+
+def test_index_builds_then_reports_up_to_date(cli):
+    code, out, _ = cli("index")
+    assert code == 0 and "6 papers" in out and "built in" in out
+    code, out, _ = cli("index")
+    assert code == 0 and "up to date" in out
+    code, out, _ = cli("index", "--rebuild")
+    assert code == 0 and "built in" in out
+
+
+def test_search_json_shape(cli):
+    code, out, _ = cli("search", "state space models", "--k", "3", "--json")
+    data = json.loads(out)
+    assert code == 0 and data["question"] == "state space models"
+    assert [r["rank"] for r in data["results"]] == [1, 2, 3]
+    assert set(data["results"][0]) == {"rank", "paper_id", "title", "score", "text"}
+    assert data["results"][0]["paper_id"] == "tiny-ssm"
+
+
+def test_search_k_larger_than_corpus(cli):
+    code, out, _ = cli("search", "models", "--k", "500", "--json")
+    assert code == 0 and len(json.loads(out)["results"]) == 6
+
+
+def test_ask_json_shape(cli):
+    code, out, _ = cli("ask", "How are state space models initialised?", "--json")
+    data = json.loads(out)
+    assert code == 0
+    assert set(data) >= {"question", "answer", "abstained", "citations", "passages", "provenance"}
+    assert data["citations"] == [{"n": 1, "paper_id": "tiny-ssm", "title": "Structured State Space Models for Long Sequences"}]
+    assert set(data["passages"][0]) == {"n", "paper_id", "title", "text", "score"}
+    assert set(data["provenance"]) >= {"lm", "index", "program", "latency_s", "prompt_tokens", "completion_tokens"}
+    assert data["provenance"]["lm"].startswith("local/")
+
+
+def test_ask_human_prints_answer_and_references(cli):
+    code, out, _ = cli("ask", "How are state space models initialised?")
+    assert code == 0
+    assert out.startswith("They initialise the state matrix with HiPPO [1].")
+    assert "References:\n  [1] Structured State Space Models for Long Sequences (tiny-ssm)" in out
+
+
+def test_no_rebuild_is_a_one_line_error(cli):
+    code, out, err = cli("search", "x", "--no-rebuild")
+    assert code == 1 and out == "" and err.startswith("error: no index has been built; run `rag index`")
+    assert err.count("\n") == 1
+
+
+@pytest.mark.parametrize("argv,code,message", [
+    (["ask", ""], 1, "error: the question is empty"),
+    (["ask", "   "], 1, "error: the question is empty"),
+    (["ask", "x" * 100_000], 1, "error: the question is 100,000 characters; the limit is 2,000"),
+    (["ask", "bad\x01question"], 1, "error: the question contains control characters (U+0001)"),
+    (["search", "x", "--k", "0"], 1, "error: k must be at least 1"),
+    (["papers", "--corpus", "/nonexistent/corpus.jsonl"], 1, "error: corpus /nonexistent/corpus.jsonl does not exist"),
+    (["ask", "x", "--corpus", "/nonexistent"], 1, "error: corpus /nonexistent does not exist"),
+    (["search", "x", "--retrieval", "magic"], 2, "invalid choice"),
+    (["frobnicate"], 2, "invalid choice"),
+    ([], 2, "required"),
+])
+def test_errors_exit_codes_and_one_line_messages(argv, code, message, tmp_path):
+    env = {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path), "LITELLM_LOCAL_MODEL_COST_MAP": "True"}
+    proc = subprocess.run([sys.executable, "-m", "rag", *argv], capture_output=True, text=True, env=env, timeout=120)
+    assert proc.returncode == code, proc.stderr
+    assert message in proc.stderr
+    assert "Traceback" not in proc.stderr and proc.stdout == ""
+    if code == 1:
+        assert proc.stderr.count("\n") == 1
+
+
+def test_unknown_environment_setting_is_an_error():
+    env = {"PATH": "/usr/bin:/bin", "RAG_TOPK": "3"}
+    proc = subprocess.run([sys.executable, "-m", "rag", "papers"], capture_output=True, text=True, env=env, timeout=120)
+    assert proc.returncode == 1 and proc.stderr.startswith("error: unknown environment variable RAG_TOPK")
+
+
+def test_corrupt_index_error_from_the_command(cli, tmp_path):
+    assert cli("index")[0] == 0
+    faiss_file = next((tmp_path / "indexes").glob("idx-*/dense.faiss"))
+    faiss_file.write_bytes(b"broken")
+    code, _, err = cli("search", "state space")
+    assert code == 1 and "is corrupt" in err and "rag index --rebuild" in err
+
+
+def test_remote_backend_without_key_fails_before_any_work(cli, monkeypatch):
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    monkeypatch.setattr(rag.pipeline, "make_lm", rag.lm.make_lm)
+    code, _, err = cli("ask", "state space", "--lm", "openai/gpt-4o-mini")
+    assert code == 1 and "needs an API key: set OPENAI_API_KEY" in err
+
+
+def test_unreachable_server_is_a_one_line_error(cli, monkeypatch):
+    monkeypatch.setattr(rag.pipeline, "make_lm", rag.lm.make_lm)
+    monkeypatch.setenv("RAG_TIMEOUT", "5")
+    assert cli("index")[0] == 0
+    # port 9 (discard) on loopback: nothing listens, the connection is refused at once
+    code, _, err = cli("ask", "state space models", "--lm", "openai/some-model", "--api-base", "http://127.0.0.1:9/v1")
+    assert code == 1 and err.startswith("error: LM call failed") and "RAG_API_BASE" in err
+    assert err.count("\n") == 1
+
+
+def test_help_shows_examples():
+    for cmd in ("index", "papers", "search", "ask", "chat"):
+        proc = subprocess.run([sys.executable, "-m", "rag", cmd, "--help"], capture_output=True, text=True, timeout=60)
+        assert proc.returncode == 0 and "examples:" in proc.stdout and "rag " in proc.stdout
+
+
+def test_settings_lists_every_field():
+    proc = subprocess.run([sys.executable, "-m", "rag", "settings"], capture_output=True, text=True, timeout=60,
+                          env={"PATH": "/usr/bin:/bin", "RAG_API_KEY": "sekret"})
+    assert proc.returncode == 0 and "RAG_K " in proc.stdout and "RAG_LM " in proc.stdout
+    assert "sekret" not in proc.stdout

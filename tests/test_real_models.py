@@ -1,0 +1,106 @@
+"""The real packaged models on the real corpus: all-MiniLM-L6-v2 and the embedded Qwen GGUF.
+
+Slow (an index build of ~1 minute, then ~20-30 s a question on 2 cores), so marked
+`slow`; `make test` still runs them. They build their own index in a temporary
+directory, and use the shared model cache (the GGUF is joined once per machine).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from rag.pipeline import Pipeline
+from rag.settings import Settings
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def settings(tmp_path_factory) -> Settings:
+    return Settings.load(env={}, index_dir=str(tmp_path_factory.mktemp("real") / "indexes"))
+
+
+@pytest.fixture(scope="module")
+def search_pipe(settings) -> Pipeline:
+    return Pipeline.open(settings, need_lm=False)
+
+
+@pytest.fixture(scope="module")
+def pipe(settings, search_pipe) -> Pipeline:
+    return Pipeline.open(settings)  # index already built by search_pipe
+
+
+def test_real_index_holds_the_whole_corpus(search_pipe):
+    meta = search_pipe.index.meta
+    assert meta["n_papers"] == 441 and meta["embed_dim"] == 384
+    assert meta["n_chunks"] == len(search_pipe.index.chunks) == search_pipe.index.dense.ntotal > 441
+
+
+@pytest.mark.parametrize("mode", ["hybrid", "dense", "bm25"])
+@pytest.mark.parametrize("question,title", [
+    ("What are the two subtasks of the I am a Strange Dataset benchmark?",
+     "I am a Strange Dataset: Metalinguistic Tests for Language Models"),
+    ("Do base language models beat aligned ones at generating random numbers?",
+     "Base Models Beat Aligned Models at Randomness and Creativity"),
+    ("How much more parameter-efficient are representation interventions than LoRA-style PEFTs?",
+     "ReFT: Representation Finetuning for Language Models"),
+    ("Does OCR quality hurt retrieval-augmented generation?",
+     "OCR Hinders RAG: Evaluating the Cascading Impact of OCR on Retrieval-Augmented Generation"),
+    ("a foundation model for weather and climate", "Prithvi WxC: Foundation Model for Weather and Climate"),
+])
+def test_known_questions_find_their_paper_in_the_top_3(search_pipe, mode, question, title):
+    hits = search_pipe.search(question, k=3, mode=mode).hits
+    assert title in [h.paper.title for h in hits]
+
+
+def test_out_of_corpus_questions_are_far_from_every_passage(search_pipe):
+    for q in ("How do I bake sourdough bread?", "Who won the 2022 football world cup?"):
+        assert search_pipe.search(q, k=1).best_similarity < search_pipe.settings.min_score
+    assert search_pipe.search("state space models", k=1).best_similarity > search_pipe.settings.min_score
+
+
+@pytest.mark.parametrize("question,title,expect", [
+    ("What are the two subtasks of the I am a Strange Dataset benchmark?",
+     "I am a Strange Dataset: Metalinguistic Tests for Language Models", ["generation", "verification"]),
+    ("What did the paper on base versus aligned models find about random number generation?",
+     "Base Models Beat Aligned Models at Randomness and Creativity", ["7"]),
+    ("How much more parameter-efficient is LoReFT than prior PEFTs?",
+     "ReFT: Representation Finetuning for Language Models", ["10x", "50x"]),
+])
+def test_real_answers_cite_the_right_paper(pipe, question, title, expect):
+    out = pipe.ask(question)
+    assert out["abstained"] is False, out["answer"]
+    assert title in [c["title"] for c in out["citations"]], out
+    for word in expect:
+        assert word.lower() in out["answer"].lower(), out["answer"]
+    # every [n] in the text is a citation, and every citation points at a passage that was given
+    ns = {c["n"] for c in out["citations"]}
+    assert ns <= {p["n"] for p in out["passages"]}
+    assert all(f"[{n}]" in out["answer"] for n in ns)
+    prov = out["provenance"]
+    assert prov["lm"] == "local/qwen2.5-coder-1.5b-instruct-q4_k_m"
+    assert prov["prompt_tokens"] > 100 and prov["completion_tokens"] > 0
+
+
+def test_out_of_corpus_question_is_abstained(pipe):
+    out = pipe.ask("Who won the 2022 football world cup?")
+    assert out["abstained"] is True and out["citations"] == []
+    assert out["answer"] == "The papers here do not answer this question."
+
+
+def test_rag_ask_json_end_to_end(settings, pipe):
+    """The console command, in a fresh process, on the real models."""
+    env = {"PATH": "/usr/bin:/bin", "HOME": os.environ.get("HOME", "/root"), "RAG_INDEX_DIR": settings.index_dir,
+           "RAG_CACHE_DIR": settings.cache_dir, "LITELLM_LOCAL_MODEL_COST_MAP": "True"}
+    proc = subprocess.run([sys.executable, "-m", "rag", "ask", "--json",
+                           "What are the two subtasks of the I am a Strange Dataset benchmark?"],
+                          capture_output=True, text=True, env=env, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stderr == ""  # no logs, no warnings, no llama.cpp chatter by default
+    data = json.loads(proc.stdout)
+    assert data["citations"][0]["title"].startswith("I am a Strange Dataset")
