@@ -134,6 +134,7 @@ class LlamaCppEngine:
         log.info("loaded %s in %.1fs", model_path, time.perf_counter() - t0)
         self.model = LOCAL_MODEL_NAME
         self._lock = threading.Lock()
+        self.cache_prompt = True  # reuse the KV cache of the longest shared prompt prefix
         self.last_timings: dict[str, Any] = {}
 
     def _body(self, request: Any) -> dict:
@@ -143,7 +144,7 @@ class LlamaCppEngine:
             messages.append({"role": "system", "content": system})
         messages.extend({"role": m.role, "content": m.text or ""} for m in request.messages)
         cfg = request.config
-        body: dict[str, Any] = {"messages": messages}
+        body: dict[str, Any] = {"messages": messages, "cache_prompt": self.cache_prompt}
         if cfg.max_tokens:
             body["max_tokens"] = cfg.max_tokens
         body["temperature"] = 0.0 if cfg.temperature is None else cfg.temperature
