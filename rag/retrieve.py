@@ -90,11 +90,15 @@ class Retriever:
         best = float(dense_scores[0]) if len(dense_scores) else 0.0
         if mode == "dense":
             ranked = list(zip(dense_ids, dense_scores, strict=True))
-        elif mode == "bm25":
-            ranked = self._bm25(query, depth)
-        else:
-            ranked = _rrf([list(dense_ids), [i for i, _ in self._bm25(query, depth)]])
-        return SearchResult(self._diversify(ranked, k, per_paper), best)
+            return SearchResult(self._diversify(ranked, k, per_paper), best)
+        if mode == "bm25":
+            return SearchResult(self._diversify(self._bm25(query, depth), k, per_paper), best)
+        bm25_ids = [i for i, _ in self._bm25(query, depth)]
+        ranked = _rrf([list(dense_ids), bm25_ids])
+        # Papers are ordered by the fused ranking, but a paper's passage starts from the chunk each
+        # retriever liked best: fused ranks within one paper are close, and BM25's favourite (the
+        # sentence with the exact term) is often the one that holds the answer.
+        return SearchResult(self._diversify(ranked, k, per_paper, seeds=(list(dense_ids), bm25_ids)), best)
 
     def _dense(self, query: str, depth: int) -> tuple[np.ndarray, np.ndarray]:
         vec = self.embedder.encode([query])
@@ -111,20 +115,42 @@ class Retriever:
         top = np.argsort(-scores, kind="stable")[:depth]
         return [(int(i), float(scores[i])) for i in top if scores[i] > 0]
 
-    def _diversify(self, ranked: list[tuple[int, float]], k: int, per_paper: int) -> list[Hit]:
-        """Group ranked chunks by paper (best paper first, scored by its best chunk); keep k papers."""
+    def _diversify(self, ranked: list[tuple[int, float]], k: int, per_paper: int,
+                   seeds: tuple[list[int], ...] = ()) -> list[Hit]:
+        """Group ranked chunks by paper (best paper first, scored by its best chunk); keep k papers.
+
+        A paper's chunks are its first chunk in each of `seeds` (other rankings), then its
+        chunks in `ranked` order, at most `per_paper` of them.
+        """
         best: dict[str, float] = {}
-        picked: dict[str, list[Chunk]] = {}
         for idx, score in ranked:
-            chunk = self.index.chunks[int(idx)]
-            if chunk.paper_id not in picked:
-                if len(picked) == k:
-                    continue  # already k papers; only extra chunks of those may follow
-                picked[chunk.paper_id], best[chunk.paper_id] = [], float(score)
-            if len(picked[chunk.paper_id]) < per_paper:
-                picked[chunk.paper_id].append(chunk)
-        return [Hit(rank, tuple(sorted(chunks, key=lambda c: c.start)), self.index.papers[pid], best[pid])
-                for rank, (pid, chunks) in enumerate(picked.items(), 1)]
+            pid = self.index.chunks[int(idx)].paper_id
+            if pid not in best:
+                best[pid] = float(score)
+                if len(best) == k:
+                    break
+        picked: dict[str, list[int]] = {pid: [] for pid in best}
+        rankings = [_firsts(s, self.index.chunks, picked) for s in seeds] + [[i for i, _ in ranked]]
+        for ranking in rankings:
+            for idx in ranking:
+                chosen = picked.get(self.index.chunks[int(idx)].paper_id)
+                if chosen is not None and int(idx) not in chosen and len(chosen) < per_paper:
+                    chosen.append(int(idx))
+        return [Hit(rank, tuple(sorted((self.index.chunks[i] for i in idxs), key=lambda c: c.start)),
+                    self.index.papers[pid], best[pid])
+                for rank, (pid, idxs) in enumerate(picked.items(), 1)]
+
+
+def _firsts(ranking: list[int], chunks: list[Chunk], papers: dict) -> list[int]:
+    """The first chunk of each paper in `papers` within `ranking`."""
+    seen: set[str] = set()
+    out = []
+    for idx in ranking:
+        pid = chunks[int(idx)].paper_id
+        if pid in papers and pid not in seen:
+            seen.add(pid)
+            out.append(int(idx))
+    return out
 
 
 def _rrf(rankings: list[list[int]]) -> list[tuple[int, float]]:
