@@ -35,6 +35,12 @@ EXAMPLES = {
   rag ask "What are the two subtasks of the I am a Strange Dataset benchmark?"
   rag ask "What is ReFT?" --json
   RAG_LM=openai/gpt-4o-mini rag ask "Which papers study state space models?\"""",
+    "batch": """examples:
+  rag batch questions.txt -o answers.jsonl          one question a line; re-run to resume
+  rag batch labelled.jsonl -o out.jsonl --eval      score rows that carry facts / gold_paper_ids
+  rag batch qs.csv -o out.jsonl --format csv        also write out.csv (id, question, answer, ...)
+  cat qs.txt | rag batch - -o out.jsonl --retry-errors
+  RAG_LM=openai/gpt-4o-mini rag batch qs.jsonl -o out.jsonl --workers 8""",
     "chat": """examples:
   rag chat                               ask questions one after another; Ctrl-D or 'exit' quits""",
     "settings": """examples:
@@ -84,6 +90,18 @@ def _parser() -> argparse.ArgumentParser:
     p = add("ask", "Answer a question with [n] citations to the papers used.", [common, retrieval, model])
     p.add_argument("question")
     p.add_argument("--json", action="store_true", help="print JSON")
+
+    p = add("batch", "Answer a file of questions (JSONL, CSV or text); resumable.", [common, retrieval, model])
+    p.add_argument("input", help="questions: .jsonl ({id?, question, ...}), .csv (question column) or .txt; - for stdin")
+    p.add_argument("-o", "--output", required=True, help="JSONL output; re-running with it resumes")
+    p.add_argument("--input-format", choices=("jsonl", "csv", "txt"), help="override detection by extension")
+    p.add_argument("--format", choices=("jsonl", "csv"), default="jsonl",
+                   help="csv also writes a flat CSV next to the JSONL output")
+    mode = p.add_mutually_exclusive_group()
+    mode.add_argument("--overwrite", action="store_true", help="start fresh instead of resuming")
+    mode.add_argument("--retry-errors", action="store_true", help="re-run only the rows that failed")
+    p.add_argument("--workers", type=int, default=1, help="parallel questions for remote backends (default 1)")
+    p.add_argument("--eval", action="store_true", help="score rows carrying facts/gold_paper_ids and print the metrics")
 
     add("chat", "Interactive question-answer loop in the terminal.", [common, retrieval, model])
     add("settings", "List every setting, its current value and its environment variable.", [])
@@ -217,6 +235,70 @@ def cmd_chat(args: argparse.Namespace) -> int:
             print("\n(interrupted)", file=sys.stderr)
 
 
+def cmd_batch(args: argparse.Namespace) -> int:
+    import itertools
+    from pathlib import Path
+
+    from rag import batch
+    from rag.metrics import has_labels, score_row, summarize
+
+    if args.workers < 1:
+        raise RagError(f"--workers must be at least 1, got {args.workers}")
+    stream = batch.open_input(args.input)
+    peek = stream.peek(1)[:200] if hasattr(stream, "peek") else b""
+    fmt = batch.detect_format(args.input, args.input_format, peek)
+    rows = batch.read_rows(stream, fmt, Path(args.input).name if args.input != "-" else "stdin")
+    first = next(rows, None)  # a CSV without a question column fails here, before any model work
+    rows = itertools.chain([first] if first else [], rows)
+    out = batch.Output(args.output, overwrite=args.overwrite)  # an unwritable path fails here too
+    pipe = _open(args, need_lm=True)
+    workers = args.workers
+    if workers > 1 and pipe.settings.lm == "local":
+        _say("note: the local model answers one question at a time; --workers applies to remote backends")
+        workers = 1
+    summary = batch.Summary()
+    bar = None
+    if sys.stderr.isatty():
+        from tqdm import tqdm
+
+        bar = tqdm(total=batch.count_rows(args.input, fmt), unit="q", file=sys.stderr, dynamic_ncols=True)
+
+    def progress(record: dict) -> None:
+        if bar is not None:
+            bar.update(1)
+            bar.set_postfix(errors=summary.errors, refresh=False)
+
+    try:
+        batch.run_batch(rows, out, pipe.ask, workers=workers, retry_errors=args.retry_errors,
+                        progress=progress, summary=summary)
+    except KeyboardInterrupt:
+        if bar is not None:
+            bar.close()
+        _say(f"interrupted: {summary.line()}; re-run the same command to resume")
+        return 130
+    finally:
+        out.close()
+    if bar is not None:
+        bar.close()
+    for w in summary.warnings:
+        _say(f"warning: {w}")
+    if args.format == "csv":
+        batch.write_csv(Path(args.output), Path(args.output).with_suffix(".csv"))
+    _say(summary.line())
+    if args.eval:
+        scored = []
+        with open(args.output, encoding="utf-8") as f:
+            for line in f:
+                rec = json.loads(line)
+                if has_labels(rec) and not rec.get("error"):
+                    label = {**rec, "answer": rec.get("input_answer")}
+                    scored.append(score_row(label, rec))
+        if not scored:
+            raise RagError("--eval: no answered row carries facts, gold_paper_ids or type; nothing to score")
+        _print_json(summarize(scored))
+    return 0
+
+
 def cmd_settings(args: argparse.Namespace) -> int:
     from rag.settings import ENV_PREFIX, Settings
 
@@ -227,7 +309,7 @@ def cmd_settings(args: argparse.Namespace) -> int:
 
 
 COMMANDS = {"index": cmd_index, "papers": cmd_papers, "search": cmd_search, "ask": cmd_ask,
-            "chat": cmd_chat, "settings": cmd_settings}
+            "batch": cmd_batch, "chat": cmd_chat, "settings": cmd_settings}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -80,6 +80,14 @@ class Index:
         return len(self.chunks)
 
 
+def _bm25s():
+    import bm25s
+
+    # bm25s sets its own logger to DEBUG on import, which would print on every build.
+    logging.getLogger("bm25s").setLevel(max(logging.WARNING, logging.getLogger().getEffectiveLevel()))
+    return bm25s
+
+
 def index_name(corpus_digest: str, settings: Settings) -> str:
     """Directory name for a corpus and the settings that shape its index."""
     key = hashlib.sha256(f"{corpus_digest}:{settings.index_key()}".encode()).hexdigest()[:12]
@@ -88,9 +96,9 @@ def index_name(corpus_digest: str, settings: Settings) -> str:
 
 def build_index(papers: list[Paper], embedder: Embedder, settings: Settings, *, progress: bool = False) -> Path:
     """Chunk, embed and index `papers`; write atomically to `index_dir/<name>`. Returns the path."""
-    import bm25s
     import faiss
 
+    bm25s = _bm25s()
     if not papers:
         raise IndexStoreError("cannot build an index over an empty corpus; check --corpus")
     digest = corpus_hash(papers)
@@ -145,9 +153,9 @@ def build_index(papers: list[Paper], embedder: Embedder, settings: Settings, *, 
 
 def load_index(path: str | Path, *, settings: Settings | None = None, digest: str | None = None) -> Index:
     """Load and validate an index directory; checks it against `settings` and corpus `digest` if given."""
-    import bm25s
     import faiss
 
+    bm25s = _bm25s()
     path = Path(path)
     fix = f"rebuild it with `rag index --rebuild` (or delete {path})"
     meta_path = path / "meta.json"

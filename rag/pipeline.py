@@ -32,6 +32,9 @@ from rag.settings import ROOT, Settings
 log = logging.getLogger(__name__)
 
 MAX_QUESTION_CHARS = 2000
+# DSPy keeps every LM call (prompt and output) in histories and traces of up to 10,000 entries; a
+# long batch would hold tens of MB of old prompts. Keep the last few for `dspy.inspect_history`.
+HISTORY_KEEP = 20
 PROGRAMS_DIR = ROOT / "programs"
 
 
@@ -118,13 +121,14 @@ class Pipeline:
             raise RagError("this pipeline was opened without a language model")
         t0 = time.perf_counter()
         try:
-            with dspy.context(lm=self.lm, track_usage=True):
+            with dspy.context(lm=self.lm, track_usage=True, max_history_size=HISTORY_KEEP, max_trace_size=HISTORY_KEEP):
                 pred = self.program(question=q)
         except RagError:
             raise
         except Exception as e:  # noqa: BLE001 - backends raise anything; name the setting to fix
             raise describe_lm_error(e, self.settings) from None
         latency = time.perf_counter() - t0
+        _trim_global_history()
         prompt_tokens, completion_tokens = _usage(pred)
         hits = pred.hits
         return {
@@ -150,6 +154,12 @@ class Pipeline:
     @property
     def lm_label(self) -> str:
         return f"local/{LOCAL_MODEL_NAME}" if self.settings.lm == "local" else self.settings.lm
+
+
+def _trim_global_history() -> None:
+    from dspy.clients import base_lm
+
+    del base_lm.GLOBAL_HISTORY[:-HISTORY_KEEP]
 
 
 def _usage(pred: Any) -> tuple[int, int]:

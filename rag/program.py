@@ -66,8 +66,14 @@ class Cited:
     abstained: bool = False
 
 
-def map_citations(raw_answer: str, raw_sources: object, n_passages: int) -> Cited:
-    """Clean the model's answer and keep only citations to passages 1..n_passages."""
+def map_citations(raw_answer: str, raw_sources: object, passages: list[str]) -> Cited:
+    """Clean the model's answer and keep only citations to the given passages (numbered from 1).
+
+    Citations come from, in order of trust: the answer's own [n] markers; else the passages
+    that the answer's sentences are copied or paraphrased from (word overlap, see `attribute`);
+    else the model's list of sources. An answer that ends up with none is an abstention.
+    """
+    n_passages = len(passages)
     text = _FIELD_MARKER.sub("", str(raw_answer or "")).strip()
     if ABSTAIN_TEXT in text and text != ABSTAIN_TEXT:
         # A small model sometimes answers and then abstains as well: keep the answer part.
@@ -86,17 +92,42 @@ def map_citations(raw_answer: str, raw_sources: object, n_passages: int) -> Cite
 
     text = _CITE_GROUP.sub(rewrite, text)
     text = re.sub(r"[ \t]+([.,;:])", r"\1", re.sub(r"[ \t]{2,}", " ", text)).strip()
-    if not numbers:
-        # The model listed sources but wrote no inline markers: cite them at the end,
-        # so every citation is still visible (and checkable) in the text.
-        for n in _as_ints(raw_sources):
-            if 1 <= n <= n_passages and n not in numbers:
-                numbers.append(n)
-        if numbers and text:
+    if text and not numbers and not _ABSTAIN.search(text):
+        # No inline markers: cite what the text demonstrably comes from, else what the model listed.
+        numbers = attribute(text, passages) or [n for n in dict.fromkeys(_as_ints(raw_sources)) if 1 <= n <= n_passages]
+        if numbers:
             text = f"{text} {''.join(f'[{n}]' for n in numbers)}"
     if not text or _ABSTAIN.search(text) or not numbers:
         return Cited(ABSTAIN_TEXT, [], True)
     return Cited(text, numbers, False)
+
+
+_WORD = re.compile(r"[a-z0-9]+(?:[.-][a-z0-9]+)*")
+# Share of an answer sentence's words that must appear in one passage for it to count as the source.
+ATTRIBUTION_MIN_OVERLAP = 0.6
+
+
+def attribute(answer: str, passages: list[str]) -> list[int]:
+    """Passage numbers the answer's sentences come from, by word overlap, in order of first use.
+
+    A sentence is attributed to the passage holding the largest share of its words (stopwords
+    and words of 1-2 letters aside) when that share is at least ATTRIBUTION_MIN_OVERLAP.
+    """
+    bags = [set(_WORD.findall(p.lower())) for p in passages]
+    found: list[int] = []
+    for sentence in re.split(r"(?<=[.!?])\s+", answer):
+        words = [w for w in _WORD.findall(sentence.lower()) if len(w) > 2 and w not in _STOP]
+        if len(words) < 3:
+            continue
+        shares = [sum(w in bag for w in words) / len(words) for bag in bags]
+        best = max(range(len(shares)), key=shares.__getitem__, default=None)
+        if best is not None and shares[best] >= ATTRIBUTION_MIN_OVERLAP and best + 1 not in found:
+            found.append(best + 1)
+    return found
+
+
+_STOP = frozenset("the and for are with that this from was were has have its their our which can into than "
+                  "also both more most such these those they them not but all any".split())
 
 
 def _as_ints(value: object) -> list[int]:
@@ -128,6 +159,6 @@ class CitedRAG(dspy.Module):
         if not hits or result.best_similarity < self.min_score:
             return dspy.Prediction(answer=ABSTAIN_TEXT, citations=[], abstained=True, hits=hits, lm_called=False)
         pred = self.answer(passages=format_passages(hits), question=question)
-        cited = map_citations(pred.answer, getattr(pred, "sources", None), len(hits))
+        cited = map_citations(pred.answer, getattr(pred, "sources", None), [h.text for h in hits])
         return dspy.Prediction(answer=cited.answer, citations=cited.numbers, abstained=cited.abstained,
                                hits=hits, lm_called=True)

@@ -12,30 +12,46 @@ from rag.program import ABSTAIN_TEXT, CitedRAG, format_passages, map_citations
 
 # --- citation mapping ------------------------------------------------------------
 
+P2, P3, P4 = (["an unrelated passage"] * n for n in (2, 3, 4))
+
+
 def test_markers_map_to_passages_in_order():
-    c = map_citations("SSMs scale linearly [2]. They use HiPPO [1][2].", [2, 1], 3)
+    c = map_citations("SSMs scale linearly [2]. They use HiPPO [1][2].", [2, 1], P3)
     assert c.numbers == [2, 1] and not c.abstained
     assert c.answer == "SSMs scale linearly [2]. They use HiPPO [1][2]."
 
 
 def test_invalid_numbers_are_dropped_from_text_and_citations():
-    c = map_citations("A claim [7]. Another [2, 9] and [0].", [7, 2], 3)
+    c = map_citations("A claim [7]. Another [2, 9] and [0].", [7, 2], P3)
     assert c.numbers == [2]
     assert c.answer == "A claim. Another [2] and."
 
 
 def test_grouped_markers_are_split():
-    assert map_citations("Both [1, 3].", [], 3).answer == "Both [1][3]."
+    assert map_citations("Both [1, 3].", [], P3).answer == "Both [1][3]."
 
 
 def test_sources_without_markers_are_cited_at_the_end():
-    c = map_citations("The subtasks are generation and verification.", [1, 5], 4)
+    c = map_citations("The subtasks are generation and verification.", [1, 5], P4)
     assert c.numbers == [1] and c.answer == "The subtasks are generation and verification. [1]"
-    assert map_citations("Plain.", "[2]", 4).numbers == [2]  # sources given as text
+    assert map_citations("Plain.", "[2]", P4).numbers == [2]  # sources given as text
+
+
+def test_uncited_answers_are_attributed_to_the_passage_they_come_from():
+    passages = ["Sourdough acidity rises fastest at 30 degrees Celsius during fermentation.",
+                "LoReFT learns interventions that are 10x-50x more parameter-efficient than prior PEFTs.",
+                "Robots learn to walk on rough terrain."]
+    # the model copied passage 2 but listed no sources (seen with the local model)
+    c = map_citations("LoReFT learns interventions that are 10x-50x more parameter-efficient than prior "
+                      f"state-of-the-art PEFTs. {ABSTAIN_TEXT}", [], passages)
+    assert not c.abstained and c.numbers == [2] and c.answer.endswith("PEFTs. [2]")
+    # attribution beats a wrong source list; unrelated text is attributed to nothing
+    assert map_citations("Acidity rises fastest at 30 degrees during sourdough fermentation.", [3], passages).numbers == [1]
+    assert map_citations("Quantum chromodynamics describes gluons binding quarks.", [], passages).abstained
 
 
 def test_leaked_field_markers_are_stripped():
-    c = map_citations("[[ ## answer ## ]]\nIt works [1].\n[[ ## completed ## ]]", [1], 2)
+    c = map_citations("[[ ## answer ## ]]\nIt works [1].\n[[ ## completed ## ]]", [1], P2)
     assert c.answer == "It works [1]."
 
 
@@ -49,17 +65,17 @@ def test_leaked_field_markers_are_stripped():
     ("Claim [9].", [9]),  # every citation invalid
 ])
 def test_abstentions(answer, sources):
-    c = map_citations(answer, sources, 4)
+    c = map_citations(answer, sources, P4)
     assert c.abstained and c.numbers == [] and c.answer == ABSTAIN_TEXT
 
 
 def test_a_stray_abstention_after_an_answer_is_removed():
-    c = map_citations(f"LoReFT is 10x-50x more parameter-efficient [1]. {ABSTAIN_TEXT}", [1], 2)
+    c = map_citations(f"LoReFT is 10x-50x more parameter-efficient [1]. {ABSTAIN_TEXT}", [1], P2)
     assert not c.abstained and c.answer == "LoReFT is 10x-50x more parameter-efficient [1]."
 
 
 def test_a_negative_finding_is_not_an_abstention():
-    c = map_citations("The study finds SAEs do not outperform simple baselines [2].", [2], 3)
+    c = map_citations("The study finds SAEs do not outperform simple baselines [2].", [2], P3)
     assert not c.abstained and c.numbers == [2]
 
 

@@ -1,0 +1,79 @@
+"""A fake LM engine that records its calls, and a runner for the real CLI with fakes inside.
+
+The engine plugs into dspy.LM exactly like the local llama.cpp engine, so the real
+ChatAdapter formats and parses its output. A question containing FAIL raises, to
+test per-row error isolation; FAKE_LM_DELAY slows every call (for kill tests).
+
+    python tests/fakes.py batch questions.txt -o out.jsonl    # `rag` with the fakes
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import threading
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+
+class FakeEngine:
+    def __init__(self, delay: float = 0.0) -> None:
+        self.delay = delay
+        self.calls = 0
+        self.last_prompt = ""
+        self._lock = threading.Lock()
+
+    def complete(self, request):
+        from dspy.lm15 import Message, Response, TextPart, Usage
+
+        prompt = request.messages[-1].text or ""
+        with self._lock:
+            self.calls += 1
+            self.last_prompt = prompt
+        if self.delay:
+            time.sleep(self.delay)
+        question = prompt.split("[[ ## question ## ]]")[-1].split("Respond with")[0].strip()
+        if "FAIL" in question:
+            raise RuntimeError("fake LM failure for this question")
+        text = (f"[[ ## answer ## ]]\nAn answer to: {question[:40]} [1].\n\n"
+                "[[ ## sources ## ]]\n[1]\n\n[[ ## completed ## ]]")
+        return Response(id=None, model="fake", message=Message.assistant([TextPart(text)]), finish_reason="stop",
+                        usage=Usage(input_tokens=len(prompt) // 4, output_tokens=12, total_tokens=len(prompt) // 4 + 12))
+
+    def stream(self, request):
+        from dspy.lm15 import response_to_events
+
+        return response_to_events(self.complete(request))
+
+    def close(self) -> None:
+        pass
+
+
+def fake_lm(engine: FakeEngine | None = None):
+    import dspy
+
+    return dspy.LM("local/fake", engine=engine or FakeEngine(), cache=False, num_retries=0)
+
+
+def install_fakes(delay: float = 0.0) -> FakeEngine:
+    """Patch the pipeline to use the keyword embedder and the fake LM."""
+    from conftest import KeywordEmbedder
+
+    import rag.embed
+    import rag.pipeline
+
+    emb = KeywordEmbedder()
+    engine = FakeEngine(delay)
+    rag.embed.get_embedder = lambda name: emb
+    rag.pipeline.get_embedder = lambda name: emb
+    rag.pipeline.make_lm = lambda settings: fake_lm(engine)
+    return engine
+
+
+if __name__ == "__main__":
+    install_fakes(float(os.environ.get("FAKE_LM_DELAY", "0")))
+    from rag.cli import main
+
+    raise SystemExit(main(sys.argv[1:]))
