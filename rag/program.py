@@ -25,6 +25,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import dspy
+from dspy.utils.exceptions import AdapterParseError
 
 from rag.retrieve import Hit, SearchResult
 
@@ -50,6 +51,18 @@ class CitedAnswer(dspy.Signature):
     question: str = dspy.InputField()
     answer: str = dspy.OutputField(desc="one to three sentences with [n] citations")
     sources: list[int] = dspy.OutputField(desc="numbers of the passages the answer uses; [] if none")
+
+
+def recover_fields(reply: str) -> tuple[str, str]:
+    """(answer, sources) from a reply the adapter could not parse: a missing sources field, a
+    missing end marker, or an answer cut off by the token limit (trimmed to its last full sentence)."""
+    answer_m = re.search(r"\[\[\s*##\s*answer\s*##\s*\]\](.*?)(?=\[\[\s*##|\Z)", reply, re.DOTALL)
+    sources_m = re.search(r"\[\[\s*##\s*sources\s*##\s*\]\](.*?)(?=\[\[\s*##|\Z)", reply, re.DOTALL)
+    answer = (answer_m.group(1) if answer_m else _FIELD_MARKER.sub("", reply)).strip()
+    if not sources_m and not re.search(r"[.!?\]]\s*$", answer):
+        cut = max(answer.rfind(". "), answer.rfind(".\n"))
+        answer = answer[: cut + 1] if cut > 0 else answer
+    return answer, sources_m.group(1).strip() if sources_m else ""
 
 
 def format_passages(hits: list[Hit]) -> str:
@@ -158,7 +171,15 @@ class CitedRAG(dspy.Module):
         hits = result.hits
         if not hits or result.best_similarity < self.min_score:
             return dspy.Prediction(answer=ABSTAIN_TEXT, citations=[], abstained=True, hits=hits, lm_called=False)
-        pred = self.answer(passages=format_passages(hits), question=question)
-        cited = map_citations(pred.answer, getattr(pred, "sources", None), [h.text for h in hits])
+        # No JSON-adapter retry on a malformed reply: on the local model it doubles the latency, and
+        # the reply's answer text is recoverable (below), the citations then checked as usual.
+        adapter = dspy.settings.adapter or dspy.ChatAdapter(use_json_adapter_fallback=False)
+        try:
+            with dspy.context(adapter=adapter):
+                pred = self.answer(passages=format_passages(hits), question=question)
+            raw_answer, raw_sources = pred.answer, getattr(pred, "sources", None)
+        except AdapterParseError as e:
+            raw_answer, raw_sources = recover_fields(str(e.lm_response or ""))
+        cited = map_citations(raw_answer, raw_sources, [h.text for h in hits])
         return dspy.Prediction(answer=cited.answer, citations=cited.numbers, abstained=cited.abstained,
                                hits=hits, lm_called=True)

@@ -8,7 +8,7 @@ from dspy.utils import DummyLM
 
 from rag.errors import RagError
 from rag.pipeline import MAX_QUESTION_CHARS, Pipeline, validate_question
-from rag.program import ABSTAIN_TEXT, CitedRAG, format_passages, map_citations
+from rag.program import ABSTAIN_TEXT, CitedRAG, format_passages, map_citations, recover_fields
 
 # --- citation mapping ------------------------------------------------------------
 
@@ -110,6 +110,21 @@ def test_ask_drops_citations_to_passages_that_were_not_given(pipe):
     out = p.ask("sourdough fermentation acidity")
     assert [c["n"] for c in out["citations"]] == [1]
     assert "[12]" not in out["answer"]
+
+
+def test_a_reply_missing_its_sources_field_is_recovered_without_a_second_call(pipe):
+    # What the local model does when it rambles into the token limit: answer text, no sources field.
+    p, lm = pipe([{"answer": "Acidity rises fastest at 30 degrees Celsius during sourdough fermentation. Longer fer"}])
+    out = p.ask("At what temperature does sourdough acidity rise fastest?")
+    assert len(lm.history) == 1  # no JSON-adapter retry
+    assert out["abstained"] is False and out["citations"][0]["paper_id"] == "tiny-bread"
+    assert out["answer"] == "Acidity rises fastest at 30 degrees Celsius during sourdough fermentation. [1]"
+
+
+def test_recover_fields():
+    assert recover_fields("[[ ## answer ## ]]\nIt is X [2].\n\n[[ ## sources ## ]]\n[2]") == ("It is X [2].", "[2]")
+    assert recover_fields("[[ ## answer ## ]]\nFirst sentence. Second cut o") == ("First sentence.", "")
+    assert recover_fields("just text, no markers.") == ("just text, no markers.", "")
 
 
 def test_ask_abstains_when_the_model_says_so(pipe):
