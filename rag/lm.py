@@ -24,10 +24,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")  # never fetch the cost map
-
-from rag.errors import LMError  # noqa: E402
-from rag.settings import Settings  # noqa: E402
+from rag.errors import LMError
+from rag.settings import Settings
 
 log = logging.getLogger(__name__)
 

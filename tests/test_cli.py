@@ -113,7 +113,7 @@ def test_no_rebuild_is_a_one_line_error(cli):
     ([], 2, "required"),
 ])
 def test_errors_exit_codes_and_one_line_messages(argv, code, message, tmp_path):
-    env = {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path), "LITELLM_LOCAL_MODEL_COST_MAP": "True"}
+    env = {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path)}
     proc = subprocess.run([sys.executable, "-m", "rag", *argv], capture_output=True, text=True, env=env, timeout=120)
     assert proc.returncode == code, proc.stderr
     assert message in proc.stderr

@@ -115,3 +115,14 @@ def test_only_shaping_settings_change_the_index_key():
 def test_every_setting_is_documented():
     for name, _, help in Settings.load(env={}).describe():
         assert len(help) > 10, name
+
+
+def test_importing_the_package_keeps_litellm_off_the_network():
+    import subprocess
+    import sys
+
+    code = "import rag.pipeline, os, litellm; print(os.environ['LITELLM_LOCAL_MODEL_COST_MAP'], len(litellm.model_cost) > 0)"
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                          env={"PATH": "/usr/bin:/bin"})
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.split() == ["True", "True"]  # the bundled cost map is used

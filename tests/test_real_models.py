@@ -106,7 +106,7 @@ def test_out_of_corpus_question_is_abstained(pipe):
 def test_rag_ask_json_end_to_end(settings, pipe):
     """The console command, in a fresh process, on the real models."""
     env = {"PATH": "/usr/bin:/bin", "HOME": os.environ.get("HOME", "/root"), "RAG_INDEX_DIR": settings.index_dir,
-           "RAG_CACHE_DIR": settings.cache_dir, "LITELLM_LOCAL_MODEL_COST_MAP": "True"}
+           "RAG_CACHE_DIR": settings.cache_dir}
     proc = subprocess.run([sys.executable, "-m", "rag", "ask", "--json",
                            "What are the two subtasks of the I am a Strange Dataset benchmark?"],
                           capture_output=True, text=True, env=env, timeout=300)
