@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 PIP    := $(BIN)/pip --disable-pip-version-check -q
 
-.PHONY: install index run chat test test-fast lint bench clean
+.PHONY: install index run chat test test-fast lint bench browser clean
 
 # torch first, pinned: its CPU build lies on this machine's disk; an unpinned torch
 # pulled in by sentence-transformers would download several GB of CUDA wheels.
@@ -21,16 +21,24 @@ install: $(STAMP)
 index: install
 	$(BIN)/rag index
 
+# The Gradio chat on http://127.0.0.1:7860 (RAG_HOST / RAG_PORT / RAG_AUTH change it).
 run: index
+	$(BIN)/python app.py
+
+# The same questions in the terminal.
+chat: index
 	$(BIN)/rag chat
 
-chat: run
-
 lint: install
-	$(BIN)/ruff check rag tests bench
+	$(BIN)/ruff check rag tests bench app.py
 
-# Every test, the real-model ones (marked slow) included.
-test: install lint
+# Debian's Chromium for the browser tests (never `playwright install`, which downloads a browser).
+browser:
+	@command -v chromium >/dev/null 2>&1 || (apt-get update -qq && apt-get install -y -qq chromium >/dev/null) \
+	  || echo "!!! could not install chromium: the browser tests will be SKIPPED !!!"
+
+# Every test, the real-model and browser ones (marked slow) included.
+test: install lint browser
 	$(BIN)/pytest
 
 test-fast: install

@@ -19,8 +19,10 @@ import hashlib
 import importlib
 import logging
 import os
+import queue
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -177,10 +179,43 @@ class LlamaCppEngine:
                                     output_tokens=usage.get("completion_tokens", 0),
                                     total_tokens=usage.get("total_tokens", 0)))
 
-    def stream(self, request: Any):
-        from dspy.lm15 import response_to_events
+    def stream(self, request: Any) -> Iterator[Any]:
+        """Token-by-token events: llama.cpp calls back per chunk on a worker thread; we relay them."""
+        from dspy.lm15 import StreamDeltaEvent, StreamEndEvent, StreamStartEvent, TextDelta, Usage
 
-        return response_to_events(self.complete(request))
+        body = {**self._body(request), "stream": True, "stream_options": {"include_usage": True}}
+        chunks: queue.Queue = queue.Queue()
+        done = object()
+
+        def run() -> None:
+            try:
+                with self._lock:
+                    self.server.handle_chat_completions(body, chunks.put)
+            except Exception as e:  # noqa: BLE001 - relayed to the consumer below
+                chunks.put(e)
+            chunks.put(done)
+
+        threading.Thread(target=run, name="llama-stream", daemon=True).start()
+        yield StreamStartEvent(id=None, model=self.model)
+        finish, usage = "stop", {}
+        while (item := chunks.get()) is not done:
+            if isinstance(item, Exception):
+                raise LMError(f"local model failed: {item}")
+            if not isinstance(item, dict) or "error" in item:
+                err = item.get("error") if isinstance(item, dict) else item
+                raise LMError(f"local model failed: {err.get('message') if isinstance(err, dict) else err}")
+            usage = item.get("usage") or usage
+            if "timings" in item:
+                self.last_timings = item["timings"]
+            for choice in item.get("choices") or []:
+                text = (choice.get("delta") or {}).get("content")
+                if text:
+                    yield StreamDeltaEvent(delta=TextDelta(text=text, part_index=0))
+                if choice.get("finish_reason") in ("stop", "length"):
+                    finish = choice["finish_reason"]
+        yield StreamEndEvent(finish_reason=finish, usage=Usage(
+            input_tokens=usage.get("prompt_tokens", 0), output_tokens=usage.get("completion_tokens", 0),
+            total_tokens=usage.get("total_tokens", 0)))
 
     def close(self) -> None:
         pass

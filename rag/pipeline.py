@@ -12,20 +12,23 @@ and app own it).
 from __future__ import annotations
 
 import logging
+import queue
+import threading
 import time
 import unicodedata
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import dspy
+from dspy.streaming import StreamListener, StreamResponse
 
 from rag.embed import Embedder, get_embedder
 from rag.errors import ProgramError, RagError
 from rag.index import Index, open_index
 from rag.lm import LOCAL_MODEL_NAME, describe_lm_error, make_lm
-from rag.program import CitedRAG
+from rag.program import CitedRAG, rewrite_question
 from rag.retrieve import Retriever, SearchResult
 from rag.settings import ROOT, Settings
 
@@ -88,6 +91,7 @@ class Pipeline:
     lm: Any = None
     program: CitedRAG | None = None
     program_label: str = "baseline"
+    _streamer: Any = None
 
     @classmethod
     def open(cls, settings: Settings, *, embedder: Embedder | None = None, lm: Any = None,
@@ -114,6 +118,9 @@ class Pipeline:
     def search_default(self, question: str) -> SearchResult:
         return self.search(question)
 
+    def _context(self):
+        return dspy.context(lm=self.lm, track_usage=True, max_history_size=HISTORY_KEEP, max_trace_size=HISTORY_KEEP)
+
     def ask(self, question: str) -> dict:
         """Answer one question; returns the `rag ask --json` object."""
         q = validate_question(question)
@@ -121,13 +128,87 @@ class Pipeline:
             raise RagError("this pipeline was opened without a language model")
         t0 = time.perf_counter()
         try:
-            with dspy.context(lm=self.lm, track_usage=True, max_history_size=HISTORY_KEEP, max_trace_size=HISTORY_KEEP):
+            with self._context():
                 pred = self.program(question=q)
         except RagError:
             raise
         except Exception as e:  # noqa: BLE001 - backends raise anything; name the setting to fix
             raise describe_lm_error(e, self.settings) from None
-        latency = time.perf_counter() - t0
+        return self._result(q, pred, time.perf_counter() - t0)
+
+    def ask_stream(self, question: str, history: list[tuple[str, str]] | None = None, *,
+                   k: int | None = None, mode: str | None = None) -> Iterator[dict]:
+        """Answer one question as a stream of events, for the chat.
+
+        Events: {"type": "status", "text"}; {"type": "rewritten", "query"} when a follow-up was
+        rewritten with `history` (earlier (question, answer) pairs) into a standalone query;
+        {"type": "passages", "hits"}; {"type": "token", "text"} as the answer is written; and last
+        {"type": "done", "result", "hits", "query"}, whose result is the `rag ask --json` object
+        (its answer is the checked one, which can differ from the streamed text).
+        """
+        q = validate_question(question)
+        if self.program is None:
+            raise RagError("this pipeline was opened without a language model")
+        t0 = time.perf_counter()
+        try:
+            query = q
+            if history:
+                yield {"type": "status", "text": "Reading the conversation..."}
+                try:
+                    with self._context():
+                        query = rewrite_question(q, history)
+                except Exception as e:  # noqa: BLE001 - a failed rewrite must not lose the question
+                    log.warning("could not rewrite the follow-up (%s); searching with it as asked", e)
+                yield {"type": "rewritten", "query": query}
+            yield {"type": "status", "text": "Searching the papers..."}
+            found = self.retriever.search(query, k or self.settings.k, mode or self.settings.retrieval,
+                                          self.settings.per_paper)
+            yield {"type": "passages", "hits": found.hits}
+            pred = None
+            for chunk in self._relay(lambda: self._streaming_program()(question=query, result=found)):
+                if isinstance(chunk, dspy.Prediction):
+                    pred = chunk
+                elif isinstance(chunk, StreamResponse) and chunk.chunk:
+                    yield {"type": "token", "text": chunk.chunk}
+        except RagError:
+            raise
+        except Exception as e:  # noqa: BLE001 - as in ask()
+            raise describe_lm_error(e, self.settings) from None
+        result = self._result(q, pred, time.perf_counter() - t0, k, mode)
+        yield {"type": "done", "result": result, "hits": pred.hits, "query": query}
+
+    def _relay(self, make_stream: Callable[[], Iterator[Any]]) -> Iterator[Any]:
+        """Run a stream in a worker thread under this pipeline's DSPy context and relay its items.
+
+        The consumer (a web server) may resume this generator from a different thread or context
+        each time, and DSPy's context must be entered and left in the same one.
+        """
+        items: queue.Queue = queue.Queue()
+        done = object()
+
+        def work() -> None:
+            try:
+                with self._context():
+                    for item in make_stream():
+                        items.put(item)
+            except BaseException as e:  # noqa: BLE001 - re-raised in the consumer
+                items.put(e)
+            finally:
+                items.put(done)
+
+        threading.Thread(target=work, name="rag-answer", daemon=True).start()
+        while (item := items.get()) is not done:
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+
+    def _streaming_program(self):
+        if self._streamer is None:
+            self._streamer = dspy.streamify(self.program, stream_listeners=[StreamListener("answer")],
+                                            async_streaming=False)
+        return self._streamer
+
+    def _result(self, q: str, pred: Any, latency: float, k: int | None = None, mode: str | None = None) -> dict:
         _trim_global_history()
         prompt_tokens, completion_tokens = _usage(pred)
         hits = pred.hits
@@ -143,8 +224,8 @@ class Pipeline:
                 "lm": self.lm_label,
                 "index": self.index.name,
                 "program": self.program_label,
-                "retrieval": self.settings.retrieval,
-                "k": self.settings.k,
+                "retrieval": mode or self.settings.retrieval,
+                "k": k or self.settings.k,
                 "latency_s": round(latency, 3),
                 "prompt_tokens": prompt_tokens,
                 "completion_tokens": completion_tokens,

@@ -164,10 +164,12 @@ class CitedRAG(dspy.Module):
         self.min_score = min_score
         self.answer = dspy.Predict(CitedAnswer)
 
-    def forward(self, question: str) -> dspy.Prediction:
-        if self.search is None:
-            raise RuntimeError("CitedRAG needs a search function; pass search= when constructing it")
-        result = self.search(question)
+    def forward(self, question: str, result: SearchResult | None = None) -> dspy.Prediction:
+        """Answer `question`; `result` skips retrieval when the caller already searched."""
+        if result is None:
+            if self.search is None:
+                raise RuntimeError("CitedRAG needs a search function; pass search= when constructing it")
+            result = self.search(question)
         hits = result.hits
         if not hits or result.best_similarity < self.min_score:
             return dspy.Prediction(answer=ABSTAIN_TEXT, citations=[], abstained=True, hits=hits, lm_called=False)
@@ -183,3 +185,24 @@ class CitedRAG(dspy.Module):
         cited = map_citations(raw_answer, raw_sources, [h.text for h in hits])
         return dspy.Prediction(answer=cited.answer, citations=cited.numbers, abstained=cited.abstained,
                                hits=hits, lm_called=True)
+
+
+class StandaloneQuestion(dspy.Signature):
+    """Rewrite the follow-up question as one standalone question about research papers.
+    Replace pronouns and vague references ("it", "that paper", "its limitations") with the names they refer to
+    in the conversation. Keep it short. If it already stands alone, repeat it unchanged."""
+
+    conversation: str = dspy.InputField(desc="earlier questions and answers, oldest first")
+    question: str = dspy.InputField(desc="the follow-up question")
+    standalone_question: str = dspy.OutputField()
+
+
+_rewriter = dspy.Predict(StandaloneQuestion)
+
+
+def rewrite_question(question: str, history: list[tuple[str, str]], turns: int = 2) -> str:
+    """A follow-up rewritten with the last `turns` (question, answer) pairs into a standalone query."""
+    convo = "\n".join(f"Q: {q}\nA: {_FIELD_MARKER.sub('', a or '')[:400]}" for q, a in history[-turns:])
+    rewritten = str(_rewriter(conversation=convo, question=question).standalone_question or "").strip()
+    rewritten = " ".join(rewritten.split())[:500]
+    return rewritten or question

@@ -62,3 +62,17 @@ def embedder() -> KeywordEmbedder:
 def tiny_settings(tmp_path) -> Settings:
     return Settings.load(env={}, corpus=str(DATA / "tiny.jsonl"), index_dir=str(tmp_path / "indexes"),
                          cache_dir=str(tmp_path / "cache"), min_score=0.0)
+
+
+@pytest.fixture(scope="session")
+def real_settings(tmp_path_factory) -> Settings:
+    """Settings for the real corpus with an index in a session temp dir (built once, ~1 min)."""
+    return Settings.load(env={}, index_dir=str(tmp_path_factory.mktemp("real") / "indexes"))
+
+
+@pytest.fixture(scope="session")
+def real_search_pipe(real_settings):
+    """The real corpus, the real index and the real embedder; no LM."""
+    from rag.pipeline import Pipeline
+
+    return Pipeline.open(real_settings, need_lm=False)

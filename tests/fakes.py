@@ -37,15 +37,25 @@ class FakeEngine:
         question = prompt.split("[[ ## question ## ]]")[-1].split("Respond with")[0].strip()
         if "FAIL" in question:
             raise RuntimeError("fake LM failure for this question")
+        if "standalone_question" in (request.system or ""):
+            text = f"[[ ## standalone_question ## ]]\nstandalone: {question}\n\n[[ ## completed ## ]]"
+            return Response(id=None, model="fake", message=Message.assistant([TextPart(text)]), finish_reason="stop",
+                            usage=Usage(input_tokens=50, output_tokens=10, total_tokens=60))
         text = (f"[[ ## answer ## ]]\nAn answer to: {question[:40]} [1].\n\n"
                 "[[ ## sources ## ]]\n[1]\n\n[[ ## completed ## ]]")
         return Response(id=None, model="fake", message=Message.assistant([TextPart(text)]), finish_reason="stop",
                         usage=Usage(input_tokens=len(prompt) // 4, output_tokens=12, total_tokens=len(prompt) // 4 + 12))
 
     def stream(self, request):
-        from dspy.lm15 import response_to_events
+        """The reply in small pieces, as a real server streams it."""
+        from dspy.lm15 import StreamDeltaEvent, StreamEndEvent, StreamStartEvent, TextDelta
 
-        return response_to_events(self.complete(request))
+        response = self.complete(request)
+        text = response.text or ""
+        yield StreamStartEvent(id=None, model="fake")
+        for i in range(0, len(text), 7):
+            yield StreamDeltaEvent(delta=TextDelta(text=text[i:i + 7], part_index=0))
+        yield StreamEndEvent(finish_reason="stop", usage=response.usage)
 
     def close(self) -> None:
         pass

@@ -21,13 +21,13 @@ pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
-def settings(tmp_path_factory) -> Settings:
-    return Settings.load(env={}, index_dir=str(tmp_path_factory.mktemp("real") / "indexes"))
+def settings(real_settings) -> Settings:
+    return real_settings
 
 
 @pytest.fixture(scope="module")
-def search_pipe(settings) -> Pipeline:
-    return Pipeline.open(settings, need_lm=False)
+def search_pipe(real_search_pipe) -> Pipeline:
+    return real_search_pipe
 
 
 @pytest.fixture(scope="module")

@@ -1,0 +1,237 @@
+"""The Gradio chat: rendering and escaping, the respond loop, the served app, and a real browser.
+
+The browser tests drive Debian's Chromium with Playwright (never `playwright install`).
+`make test` installs chromium; where it is missing these tests skip with a loud reason.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import time
+from pathlib import Path
+
+import pytest
+
+import app
+from rag.pipeline import Pipeline
+
+CHROMIUM = "/usr/bin/chromium"
+needs_chromium = pytest.mark.skipif(
+    not os.path.exists(CHROMIUM),
+    reason="!!! BROWSER TEST SKIPPED: /usr/bin/chromium is missing; `apt-get install -y chromium` (make test does) !!!")
+
+
+# --- rendering ------------------------------------------------------------------------
+
+def test_markdown_and_html_in_model_text_are_neutralised():
+    evil = 'Look ![x](http://evil.example/x.png) <script>alert(1)</script> <img src=x onerror=alert(1)> **bold**'
+    out = app.md_escape(evil)
+    assert "<script>" not in out and "<img" not in out and "![x](" not in out and "**bold**" not in out
+    assert "&lt;script&gt;" in out
+
+
+def test_answer_links_only_valid_citations():
+    out = app.render_answer("SSMs scale [1]. Also [3] and [9].", 3)
+    assert "[\\[1\\]](#src-1)" in out and "[\\[3\\]](#src-3)" in out
+    assert "#src-9" not in out
+
+
+def test_sources_panel_escapes_corpus_text_and_highlights_the_passage(tiny_settings, embedder):
+    pipe = Pipeline.open(tiny_settings, embedder=embedder, need_lm=False)
+    hit = pipe.search("sourdough fermentation acidity", k=1).hits[0]
+    object.__setattr__(hit.paper, "title", "<img src=x onerror=alert(1)>")
+    html_out = app.render_sources([hit], cited={1}, query="sourdough?")
+    assert "<img" not in html_out and "&lt;img src=x" in html_out
+    assert 'id="src-1"' in html_out and 'class="src cited"' in html_out and "<mark>" in html_out
+    assert "Searched for: <em>sourdough?</em>" in html_out
+
+
+def test_history_pairs_from_messages():
+    history = [{"role": "user", "content": "What is ReFT?"},
+               {"role": "assistant", "content": "ReFT edits representations \\[1\\].\n\n<sub>stats</sub>"},
+               {"role": "user", "content": "and LoRA?"}]
+    assert app.history_pairs(history) == [("What is ReFT?", "ReFT edits representations [1].")]
+
+
+def test_parse_auth():
+    assert app.parse_auth("") is None
+    assert app.parse_auth("ann:s3cret:x") == ("ann", "s3cret:x")
+    with pytest.raises(app.RagError, match="user:password"):
+        app.parse_auth("nopassword")
+
+
+# --- the respond loop with the fake LM --------------------------------------------------
+
+@pytest.fixture
+def fake_pipe(tiny_settings, embedder):
+    from fakes import FakeEngine, fake_lm
+
+    engine = FakeEngine()
+    return Pipeline.open(tiny_settings, embedder=embedder, lm=fake_lm(engine)), engine
+
+
+def test_respond_streams_status_tokens_then_the_checked_answer(fake_pipe):
+    pipe, _ = fake_pipe
+    steps = list(app.make_respond(pipe)("How are state space models initialised?", [], 3, "hybrid"))
+    texts = [t for t, _ in steps]
+    assert texts[0] == "_Searching the papers\\.\\.\\._"
+    assert len(steps) > 4  # status, passages, several streamed tokens, final
+    final, panel = steps[-1]
+    assert "(#src-1)" in final and "tokens" in final
+    assert 'id="src-1"' in panel and "Structured State Space Models" in panel
+
+
+def test_follow_up_is_rewritten_and_the_query_shown(fake_pipe):
+    pipe, _ = fake_pipe
+    history = [{"role": "user", "content": "What are state space models?"},
+               {"role": "assistant", "content": "Sequence models with a state matrix \\[1\\]."}]
+    final, panel = list(app.make_respond(pipe)("what about its limitations?", history, 3, "hybrid"))[-1]
+    assert "Searched for: <em>standalone: what about its limitations?</em>" in panel
+
+
+def test_lm_failure_shows_an_error_and_the_app_keeps_serving(fake_pipe):
+    pipe, _ = fake_pipe
+    respond = app.make_respond(pipe)
+    final, _ = list(respond("please FAIL now", [], 3, "hybrid"))[-1]
+    assert final.startswith("**Error:** LM call failed")
+    final, _ = list(respond("sourdough acidity", [], 3, "hybrid"))[-1]
+    assert "(#src-1)" in final
+
+
+def test_abstention_offers_the_closest_papers(tiny_settings, embedder):
+    from fakes import fake_lm
+
+    pipe = Pipeline.open(tiny_settings.replace(min_score=0.99), embedder=embedder, lm=fake_lm())
+    final, _ = list(app.make_respond(pipe)("state space models", [], 3, "hybrid"))[-1]
+    assert final.startswith("The papers here do not answer this.\n\nYou may mean: Structured State Space Models")
+
+
+def test_over_long_question_gets_the_limit_message(fake_pipe):
+    pipe, engine = fake_pipe
+    final, _ = list(app.make_respond(pipe)("x" * 2001, [], 3, "hybrid"))[-1]
+    assert final.startswith("Your question is 2,001 characters; the limit is 2,000") and engine.calls == 0
+
+
+# --- the served app --------------------------------------------------------------------
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def served(request):
+    """Launch build_app(pipe) on a free loopback port; closed after the test."""
+    demos = []
+
+    def serve(pipe: Pipeline, **kwargs) -> str:
+        port = free_port()
+        demo = app.build_app(pipe, **kwargs)
+        app.launch(demo, "127.0.0.1", port, prevent_thread_lock=True)
+        demos.append(demo)
+        return f"http://127.0.0.1:{port}/"
+
+    yield serve
+    for demo in demos:
+        demo.close()
+
+
+def test_gradio_client_gets_cited_answers_and_limits(fake_pipe, served):
+    from gradio_client import Client
+
+    url = served(fake_pipe[0])
+    client = Client(url, verbose=False)
+    answer, panel = client.predict("What are state space models?", 3, "hybrid", api_name="/chat")
+    assert "(#src-1)" in answer and "Structured State Space Models" in panel
+    answer, _ = client.predict("x" * 2500, 3, "hybrid", api_name="/chat")
+    assert answer.startswith("Your question is 2,500 characters; the limit is 2,000")
+    table = client.predict("sourdough", api_name="/papers")
+    assert [row[0] for row in table["data"]] == ["Sourdough Fermentation Dynamics"]
+
+
+def test_a_burst_beyond_the_queue_gets_a_busy_error(tiny_settings, embedder, served):
+    from gradio_client import Client
+
+    from fakes import FakeEngine, fake_lm
+
+    pipe = Pipeline.open(tiny_settings, embedder=embedder, lm=fake_lm(FakeEngine(delay=0.4)))
+    client = Client(served(pipe, queue_max=2), verbose=False)
+    jobs = [client.submit(f"robots {i}", 3, "hybrid", api_name="/chat") for i in range(8)]
+    outcomes = []
+    for job in jobs:
+        try:
+            outcomes.append(job.result(timeout=60)[0])
+        except Exception as e:  # noqa: BLE001 - the refused ones raise in the client
+            outcomes.append(f"refused: {e}")
+    refused = [o for o in outcomes if o.startswith("refused")]
+    answered = [o for o in outcomes if "(#src-" in o]
+    assert refused and answered and len(refused) + len(answered) == 8
+    assert any("queue is full" in r.lower() for r in refused), refused
+    # and it still serves afterwards
+    assert "(#src-" in client.predict("sourdough", 3, "hybrid", api_name="/chat")[0]
+
+
+def _browser_ask(url: str, question: str, shot: Path, timeout_ms: int) -> dict:
+    """Type a question, wait for the final answer, click [1]; return timings and what was visible."""
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=[
+            "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+            "--no-first-run", "--disable-sync"])
+        try:
+            page = browser.new_page(viewport={"width": 1400, "height": 950})
+            page.goto(url)
+            box = page.get_by_role("textbox").first
+            box.fill(question)
+            t0 = time.perf_counter()
+            box.press("Enter")
+            # the first streamed token replaces the status line
+            page.wait_for_function("""() => { const m = [...document.querySelectorAll('#chatbot .bot')].pop();
+                return m && !m.innerText.includes('Writing the answer') && !m.innerText.includes('Searching'); }""",
+                                   timeout=timeout_ms)
+            first = time.perf_counter() - t0
+            page.wait_for_selector('#chatbot a[href="#src-1"]', timeout=timeout_ms)
+            full = time.perf_counter() - t0
+            page.click('#chatbot a[href="#src-1"]')
+            page.wait_for_timeout(600)
+            result = {
+                "first_token_s": first, "full_answer_s": full,
+                "passage_visible": page.locator("#src-1 .passage").is_visible(),
+                "passage": page.locator("#src-1 .passage").inner_text(),
+                "abstract_open": page.eval_on_selector("#src-1 details", "d => d.open"),
+                "answer": page.locator("#chatbot .bot").last.inner_text(),
+            }
+            page.screenshot(path=str(shot), full_page=True)
+            return result
+        finally:
+            browser.close()
+
+
+@needs_chromium
+@pytest.mark.slow
+def test_browser_with_real_index_and_fake_lm(real_settings, real_search_pipe, served, tmp_path):
+    from fakes import fake_lm
+
+    pipe = Pipeline.open(real_settings, embedder=real_search_pipe.embedder, lm=fake_lm())
+    url = served(pipe)
+    seen = _browser_ask(url, "What are the two subtasks of the I am a Strange Dataset benchmark?",
+                        tmp_path / "chat-fake.png", 60_000)
+    assert seen["passage_visible"] and seen["abstract_open"]
+    assert "two subtasks" in seen["passage"]
+    assert (tmp_path / "chat-fake.png").stat().st_size > 10_000
+
+
+@needs_chromium
+@pytest.mark.slow
+def test_browser_with_the_real_embedded_model(real_settings, real_search_pipe, served, tmp_path):
+    pipe = Pipeline.open(real_settings, embedder=real_search_pipe.embedder)
+    url = served(pipe)
+    seen = _browser_ask(url, "What are the two subtasks of the I am a Strange Dataset benchmark?",
+                        tmp_path / "chat-real.png", 240_000)
+    print(f"\nreal model in the browser: first token {seen['first_token_s']:.1f}s, "
+          f"full answer {seen['full_answer_s']:.1f}s; screenshot {tmp_path / 'chat-real.png'}")
+    assert seen["passage_visible"] and "generation and verification" in seen["passage"]
+    assert "generation" in seen["answer"].lower() and "verification" in seen["answer"].lower()
