@@ -152,9 +152,8 @@ def test_gradio_client_gets_cited_answers_and_limits(fake_pipe, served):
 
 
 def test_a_burst_beyond_the_queue_gets_a_busy_error(tiny_settings, embedder, served):
-    from gradio_client import Client
-
     from fakes import FakeEngine, fake_lm
+    from gradio_client import Client
 
     pipe = Pipeline.open(tiny_settings, embedder=embedder, lm=fake_lm(FakeEngine(delay=0.4)))
     client = Client(served(pipe, queue_max=2), verbose=False)
@@ -190,8 +189,9 @@ def _browser_ask(url: str, question: str, shot: Path, timeout_ms: int) -> dict:
             box.press("Enter")
             # the first streamed token replaces the status line
             page.wait_for_function("""() => { const m = [...document.querySelectorAll('#chatbot .bot')].pop();
-                return m && !m.innerText.includes('Writing the answer') && !m.innerText.includes('Searching'); }""",
-                                   timeout=timeout_ms)
+                const t = m ? m.innerText : '';
+                return /[A-Za-z]{2,}/.test(t) && !/Loading content|Searching the papers|Writing the answer|Reading the conversation/.test(t);
+            }""", timeout=timeout_ms, polling=50)
             first = time.perf_counter() - t0
             page.wait_for_selector('#chatbot a[href="#src-1"]', timeout=timeout_ms)
             full = time.perf_counter() - t0
