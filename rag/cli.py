@@ -1,6 +1,6 @@
 """The `rag` command: a thin layer over the library.
 
-Subcommands: index, papers, search, ask, chat, settings. Options fall back to
+Subcommands: index, papers, search, ask, batch, chat, settings. Options fall back to
 `RAG_*` environment variables (see `rag settings`). Expected errors print one
 line on stderr and exit 1; bad usage exits 2. `--json` output shapes are the
 contracts in DESIGN.md and only ever gain fields.

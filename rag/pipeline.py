@@ -107,16 +107,13 @@ class Pipeline:
         pipe = cls(settings, index, emb, Retriever(index, emb))
         if need_lm:
             pipe.lm = lm if lm is not None else make_lm(settings)
-            pipe.program = CitedRAG(pipe.search_default, settings.min_score)
+            pipe.program = CitedRAG(pipe.search, settings.min_score)
             pipe.program_label = load_program(pipe.program, resolve_program(settings.program))
         return pipe
 
     def search(self, question: str, k: int | None = None, mode: str | None = None) -> SearchResult:
         q = validate_question(question)
         return self.retriever.search(q, k or self.settings.k, mode or self.settings.retrieval, self.settings.per_paper)
-
-    def search_default(self, question: str) -> SearchResult:
-        return self.search(question)
 
     def _context(self):
         return dspy.context(lm=self.lm, track_usage=True, max_history_size=HISTORY_KEEP, max_trace_size=HISTORY_KEEP)

@@ -126,10 +126,10 @@ def served(request):
     """Launch build_app(pipe) on a free loopback port; closed after the test."""
     demos = []
 
-    def serve(pipe: Pipeline, **kwargs) -> str:
+    def serve(pipe: Pipeline, auth=None, **kwargs) -> str:
         port = free_port()
         demo = app.build_app(pipe, **kwargs)
-        app.launch(demo, "127.0.0.1", port, prevent_thread_lock=True)
+        app.launch(demo, "127.0.0.1", port, prevent_thread_lock=True, auth=auth)
         demos.append(demo)
         return f"http://127.0.0.1:{port}/"
 
@@ -172,6 +172,16 @@ def test_a_burst_beyond_the_queue_gets_a_busy_error(tiny_settings, embedder, ser
     assert "(#src-" in client.predict("sourdough", 3, "hybrid", api_name="/chat")[0]
 
 
+def test_basic_auth_when_configured(fake_pipe, served):
+    from gradio_client import Client
+
+    url = served(fake_pipe[0], auth=("ann", "s3cret"))
+    with pytest.raises(Exception):  # noqa: B017 - gradio_client raises a plain ValueError/HTTP error
+        Client(url, auth=("ann", "wrong"), verbose=False)
+    answer, _ = Client(url, auth=("ann", "s3cret"), verbose=False).predict("robots", 3, "hybrid", api_name="/chat")
+    assert "(#src-" in answer
+
+
 def _browser_ask(url: str, question: str, shot: Path, timeout_ms: int) -> dict:
     """Type a question, wait for the final answer, click [1]; return timings and what was visible."""
     from playwright.sync_api import sync_playwright
@@ -190,7 +200,8 @@ def _browser_ask(url: str, question: str, shot: Path, timeout_ms: int) -> dict:
             # the first streamed token replaces the status line
             page.wait_for_function("""() => { const m = [...document.querySelectorAll('#chatbot .bot')].pop();
                 const t = m ? m.innerText : '';
-                return /[A-Za-z]{2,}/.test(t) && !/Loading content|Searching the papers|Writing the answer|Reading the conversation/.test(t);
+                const status = /Loading content|Searching the papers|Writing the answer|Reading the conversation/;
+                return /[A-Za-z]{2,}/.test(t) && !status.test(t);
             }""", timeout=timeout_ms, polling=50)
             first = time.perf_counter() - t0
             page.wait_for_selector('#chatbot a[href="#src-1"]', timeout=timeout_ms)
