@@ -82,3 +82,21 @@ def summarize(rows: Iterable[dict[str, float | None]]) -> dict[str, Any]:
 
 def has_labels(row: dict) -> bool:
     return any(k in row for k in ("facts", "gold_paper_ids", "type"))
+
+
+# --- retrieval ------------------------------------------------------------------------
+
+def retrieval_scores(ranked_ids: list[str], gold: Iterable[str], ks: tuple[int, ...] = (1, 5, 10)) -> dict[str, float]:
+    """recall@k, MRR@10 and nDCG@10 of a ranked list of paper ids against the gold ids."""
+    import math
+
+    gold = set(gold)
+    out: dict[str, float] = {}
+    for k in ks:
+        out[f"recall@{k}"] = len(gold & set(ranked_ids[:k])) / len(gold)
+    first = next((i for i, pid in enumerate(ranked_ids[:10], 1) if pid in gold), None)
+    out["mrr@10"] = 1.0 / first if first else 0.0
+    dcg = sum(1.0 / math.log2(i + 1) for i, pid in enumerate(ranked_ids[:10], 1) if pid in gold)
+    ideal = sum(1.0 / math.log2(i + 1) for i in range(1, min(len(gold), 10) + 1))
+    out["ndcg@10"] = dcg / ideal
+    return out
