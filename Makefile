@@ -30,7 +30,7 @@ chat: index
 	$(BIN)/rag chat
 
 lint: install
-	$(BIN)/ruff check rag tests bench app.py
+	$(BIN)/ruff check rag tests bench eval app.py
 
 # Debian's Chromium for the browser tests (never `playwright install`, which downloads a browser).
 browser:

@@ -1,6 +1,6 @@
 """The `rag` command: a thin layer over the library.
 
-Subcommands: index, papers, search, ask, batch, chat, settings. Options fall back to
+Subcommands: index, papers, search, ask, batch, chat, eval, optimize, settings. Options fall back to
 `RAG_*` environment variables (see `rag settings`). Expected errors print one
 line on stderr and exit 1; bad usage exits 2. `--json` output shapes are the
 contracts in DESIGN.md and only ever gain fields.
@@ -41,6 +41,16 @@ EXAMPLES = {
   rag batch qs.csv -o out.jsonl --format csv        also write out.csv (id, question, answer, ...)
   cat qs.txt | rag batch - -o out.jsonl --retry-errors
   RAG_LM=openai/gpt-4o-mini rag batch qs.jsonl -o out.jsonl --workers 8""",
+    "eval": """examples:
+  rag eval                                            the dev set with the current program (auto)
+  rag eval --set eval/dev.jsonl --program baseline    the unoptimised program
+  rag eval --retrieval bm25 --label bm25-only         another retrieval mode, named report
+  rag eval --compare eval/reports/A eval/reports/B    paired bootstrap of the headline (B - A)
+  RAG_LM=openai/gpt-4o-mini rag eval --judge openai/gpt-4o-mini   add DSPy's SemanticF1""",
+    "optimize": """examples:
+  rag optimize                                        BootstrapFewShot on eval/train.jsonl, scored on dev
+  rag optimize --optimizer mipro --dev none           MIPROv2 (small budget), skip the dev run
+  rag optimize --optimizer gepa --out programs/my.json""",
     "chat": """examples:
   rag chat                               ask questions one after another; Ctrl-D or 'exit' quits""",
     "settings": """examples:
@@ -103,6 +113,26 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=int, default=1, help="parallel questions for remote backends (default 1)")
     p.add_argument("--eval", action="store_true", help="score rows carrying facts/gold_paper_ids and print the metrics")
 
+    p = add("eval", "Score the program on a labelled set; write a report under eval/reports/.",
+            [common, retrieval, model])
+    p.add_argument("--set", help="labelled JSONL (default eval/dev.jsonl)")
+    p.add_argument("--label", help="report name (default: program and retrieval mode)")
+    p.add_argument("--out", help="reports directory (default eval/reports)")
+    p.add_argument("--limit", type=int, help="only the first N questions")
+    p.add_argument("--no-cache", action="store_true", help="call the LM even when a cached answer exists")
+    p.add_argument("--judge", help="also score with DSPy's SemanticF1 on this LiteLLM model (needs its key)")
+    p.add_argument("--compare", nargs=2, metavar=("A", "B"), help="compare two report directories instead")
+
+    p = add("optimize", "Prompt-optimise the program with DSPy on the train set; save a program file.",
+            [common, retrieval, model])
+    p.add_argument("--optimizer", choices=("bootstrap", "mipro", "gepa"), default="bootstrap",
+                   help="BootstrapFewShot (default), MIPROv2 or GEPA")
+    p.add_argument("--train", help="labelled JSONL to optimise on (default eval/train.jsonl)")
+    p.add_argument("--dev", help="labelled JSONL to score the result on (default eval/dev.jsonl; 'none' skips)")
+    p.add_argument("--out", help="program file (default programs/<timestamp>-<optimizer>.json)")
+    p.add_argument("--reports", help="where the dev report goes (default eval/reports)")
+    p.add_argument("--seed", type=int, default=0)
+
     add("chat", "Interactive question-answer loop in the terminal.", [common, retrieval, model])
     add("settings", "List every setting, its current value and its environment variable.", [])
     return parser
@@ -120,11 +150,13 @@ def _progress() -> bool:
     return sys.stderr.isatty()
 
 
-def _open(args: argparse.Namespace, *, need_lm: bool):
+def _open(args: argparse.Namespace, *, need_lm: bool, disk_cache: bool = False, **overrides: Any):
     from rag.index import expected_index_path
     from rag.pipeline import Pipeline
 
     settings = _settings(args)
+    if overrides:
+        settings = settings.replace(**overrides)
     if need_lm and settings.lm != "local":
         from rag.lm import check_remote
 
@@ -132,7 +164,7 @@ def _open(args: argparse.Namespace, *, need_lm: bool):
     rebuild = "never" if getattr(args, "no_rebuild", False) else "auto"
     if rebuild == "auto" and not (expected_index_path(settings) / "meta.json").exists():
         _say("Building the index (first run or the corpus/settings changed; about a minute)...")
-    return Pipeline.open(settings, rebuild=rebuild, progress=_progress(), need_lm=need_lm)
+    return Pipeline.open(settings, rebuild=rebuild, progress=_progress(), need_lm=need_lm, disk_cache=disk_cache)
 
 
 def _say(msg: str) -> None:
@@ -299,6 +331,116 @@ def cmd_batch(args: argparse.Namespace) -> int:
     return 0
 
 
+def _eval_path(given: str | None, default: str) -> str:
+    from rag.settings import ROOT
+
+    return given or str(ROOT / default)
+
+
+def _print_summary(s: dict) -> None:
+    m, a = s["metrics"], s["abstention"]
+    keys = ("fact_recall", "token_f1", "citation_validity", "citation_precision", "citation_recall",
+            "faithfulness")
+    print(f"headline {s['headline']:.3f} (95% CI {s['headline_ci95'][0]:.3f}-{s['headline_ci95'][1]:.3f}), "
+          f"n={s['n']}, errors={s['errors']}")
+    print("  " + ", ".join(f"{k} {m[k]:.3f}" for k in keys if k in m))
+    print(f"  abstention precision {a['abstention_precision']}, recall {a['abstention_recall']}, "
+          f"false-abstention rate {a['false_abstention_rate']}")
+    print("  retrieval " + "; ".join(f"{mode} R@5 {r.get('recall@5')} MRR {r.get('mrr@10')}"
+                                     for mode, r in s["retrieval"].items()))
+    print(f"  LM time per question {s['latency']['lm_mean_s']}s (p95 {s['latency']['lm_p95_s']}s), "
+          f"prompt tokens {s['tokens']['prompt_mean']}")
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from rag import evaluate
+
+    out_root = _eval_path(args.out, "eval/reports")
+    if args.compare:
+        path, result = evaluate.compare_reports(*args.compare, out_root)
+        print(evaluate.verdict(result))
+        for name, v in result["metrics"].items():
+            print(f"  {name:<20} A {v['a']:.3f}  B {v['b']:.3f}  ({v['b'] - v['a']:+.3f})")
+        print(f"report: {path}")
+        return 0
+    set_path = _eval_path(args.set, "eval/dev.jsonl")
+    rows = evaluate.load_set(set_path)  # a bad set fails before anything loads
+    if args.limit is not None:
+        if args.limit < 1:
+            raise RagError(f"--limit must be at least 1, got {args.limit}")
+        rows = rows[: args.limit]
+    pipe = _open(args, need_lm=True, disk_cache=not args.no_cache)
+    evaluate.load_set(set_path, set(pipe.index.papers))  # gold ids must be in this corpus
+    judge = None
+    if args.judge:
+        from rag.lm import make_lm
+
+        judge = evaluate.semantic_judge(make_lm(pipe.settings.replace(lm=args.judge)))
+    label = args.label or f"{pipe.program_label.removesuffix('.json')}-{pipe.settings.retrieval}"
+    _say(f"Evaluating {len(rows)} questions with program {pipe.program_label} on {pipe.lm_label} ...")
+    path = evaluate.run_eval(pipe, rows, label=label, set_path=set_path, out_root=out_root,
+                             progress=_progress(), judge=judge)
+    summary, _ = evaluate.read_report(path)
+    _print_summary(summary)
+    print(f"report: {path}")
+    return 0
+
+
+def cmd_optimize(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from rag import evaluate, optimize
+    from rag.pipeline import PROGRAMS_DIR
+
+    train_path = _eval_path(args.train, "eval/train.jsonl")
+    dev_path = None if args.dev == "none" else _eval_path(args.dev, "eval/dev.jsonl")
+    train = evaluate.load_set(train_path)
+    dev = evaluate.load_set(dev_path) if dev_path else None
+    stamp = optimize.program_stamp()
+    out = Path(args.out) if args.out else PROGRAMS_DIR / f"{stamp}-{args.optimizer}.json"
+    if out.suffix != ".json":
+        raise RagError(f"--out {out} must end in .json")
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise RagError(f"cannot write {out.parent}: {e.strerror}; pass --out PATH") from None
+    if not os.access(out.parent, os.W_OK):
+        raise RagError(f"cannot write {out.parent}; pass --out PATH")
+    pipe = _open(args, need_lm=True, disk_cache=True, program="baseline")
+    ids = set(pipe.index.papers)
+    evaluate.load_set(train_path, ids)
+    _say(f"Optimising with {args.optimizer} on {len(train)} questions ({pipe.lm_label}); "
+         f"each question the model answers takes ~20s locally ...")
+    embed = lambda texts: pipe.embedder.encode(texts)  # noqa: E731
+    compiled, seconds = optimize.timed_compile(pipe.program, args.optimizer, train, embed, pipe.lm, seed=args.seed)
+    s = pipe.settings
+    provenance = {
+        "optimizer": args.optimizer, "date": time.strftime("%Y-%m-%dT%H:%M:%S"), "seed": args.seed,
+        "optimizer_seconds": round(seconds, 1), "lm": pipe.lm_label, "index": pipe.index.name,
+        "settings": {"k": s.k, "retrieval": s.retrieval, "per_paper": s.per_paper, "min_score": s.min_score,
+                     "max_tokens": s.max_tokens, "temperature": s.temperature},
+        "train": {"path": str(train_path), "sha256": evaluate.file_sha256(train_path), "n": len(train)},
+        **optimize.describe(compiled),
+    }
+    optimize.save_program_file(compiled, out, provenance)
+    _say(f"compiled in {seconds:.0f}s: {provenance['demos']} demos; saved {out}")
+    if dev is not None:
+        evaluate.load_set(dev_path, ids)
+        pipe.program, pipe.program_label = compiled, out.name
+        _say(f"Scoring it on {len(dev)} dev questions ...")
+        report = evaluate.run_eval(pipe, dev, label=f"{out.stem}-dev", set_path=dev_path,
+                                   out_root=_eval_path(args.reports, "eval/reports"), progress=_progress())
+        summary, _ = evaluate.read_report(report)
+        provenance["dev"] = {"path": str(dev_path), "sha256": summary["set_sha256"], "headline": summary["headline"],
+                             "headline_ci95": summary["headline_ci95"], "report": str(report),
+                             "lm_mean_s": summary["latency"]["lm_mean_s"]}
+        optimize.save_program_file(compiled, out, provenance)
+        _print_summary(summary)
+        print(f"report: {report}")
+    print(f"program: {out}")
+    return 0
+
+
 def cmd_settings(args: argparse.Namespace) -> int:
     from rag.settings import ENV_PREFIX, Settings
 
@@ -309,7 +451,8 @@ def cmd_settings(args: argparse.Namespace) -> int:
 
 
 COMMANDS = {"index": cmd_index, "papers": cmd_papers, "search": cmd_search, "ask": cmd_ask,
-            "batch": cmd_batch, "chat": cmd_chat, "settings": cmd_settings}
+            "batch": cmd_batch, "chat": cmd_chat, "eval": cmd_eval, "optimize": cmd_optimize,
+            "settings": cmd_settings}
 
 
 def main(argv: list[str] | None = None) -> int:

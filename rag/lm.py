@@ -166,18 +166,7 @@ class LlamaCppEngine:
         return out
 
     def complete(self, request: Any) -> Any:
-        from dspy.lm15 import Message, Response, TextPart, Usage
-
-        out = self.chat(self._body(request))
-        choice = out["choices"][0]
-        usage = out.get("usage", {})
-        finish = {"stop": "stop", "length": "length"}.get(choice.get("finish_reason"), "stop")
-        return Response(id=out.get("id") or None, model=self.model,
-                        message=Message.assistant([TextPart(choice["message"].get("content") or "")]),
-                        finish_reason=finish,
-                        usage=Usage(input_tokens=usage.get("prompt_tokens", 0),
-                                    output_tokens=usage.get("completion_tokens", 0),
-                                    total_tokens=usage.get("total_tokens", 0)))
+        return _response(self.chat(self._body(request)), self.model)
 
     def stream(self, request: Any) -> Iterator[Any]:
         """Token-by-token events: llama.cpp calls back per chunk on a worker thread; we relay them."""
@@ -221,6 +210,77 @@ class LlamaCppEngine:
         pass
 
 
+def _response(out: dict, model: str) -> Any:
+    """A DSPy Response from an OpenAI-style chat completion dict."""
+    from dspy.lm15 import Message, Response, TextPart, Usage
+
+    choice = out["choices"][0]
+    usage = out.get("usage", {})
+    finish = {"stop": "stop", "length": "length"}.get(choice.get("finish_reason"), "stop")
+    return Response(id=out.get("id") or None, model=model,
+                    message=Message.assistant([TextPart(choice["message"].get("content") or "")]),
+                    finish_reason=finish,
+                    usage=Usage(input_tokens=usage.get("prompt_tokens", 0),
+                                output_tokens=usage.get("completion_tokens", 0),
+                                total_tokens=usage.get("total_tokens", 0)))
+
+
+class DiskCachedEngine:
+    """Wraps an engine with an on-disk cache of whole completions, for the eval harness and optimiser.
+
+    The key is the request as sent (messages, sampling settings) and the model's sha256, so a
+    different prompt, demo, temperature or model misses. A hit returns the stored completion and
+    counts the seconds the original generation took (`stats["lm_seconds"]`), so latency figures of
+    a re-run still describe the model, and `stats["hits"]` says how many calls cost nothing.
+    Streaming is passed through uncached. Entries are SQLite rows, written per call (a killed run
+    keeps what it finished).
+    """
+
+    def __init__(self, engine: Any, path: str | Path, model_key: str) -> None:
+        import sqlite3
+
+        self.engine = engine
+        self.model = getattr(engine, "model", model_key)
+        self.model_key = model_key
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        self._db = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("CREATE TABLE IF NOT EXISTS calls (key TEXT PRIMARY KEY, out TEXT, seconds REAL)")
+        self._lock = threading.Lock()
+        self.stats = {"calls": 0, "hits": 0, "lm_seconds": 0.0}
+
+    def key(self, body: dict) -> str:
+        import json
+
+        body = {k: v for k, v in body.items() if k not in ("cache_prompt", "stream", "stream_options")}
+        return hashlib.sha256(json.dumps([self.model_key, body], sort_keys=True).encode()).hexdigest()
+
+    def complete(self, request: Any) -> Any:
+        import json
+
+        key = self.key(self.engine._body(request))
+        with self._lock:
+            row = self._db.execute("SELECT out, seconds FROM calls WHERE key = ?", (key,)).fetchone()
+        self.stats["calls"] += 1
+        if row is not None:
+            self.stats["hits"] += 1
+            self.stats["lm_seconds"] += row[1]
+            return _response(json.loads(row[0]), self.model)
+        t0 = time.perf_counter()
+        out = self.engine.chat(self.engine._body(request))
+        seconds = time.perf_counter() - t0
+        self.stats["lm_seconds"] += seconds
+        with self._lock:
+            self._db.execute("INSERT OR REPLACE INTO calls VALUES (?, ?, ?)", (key, json.dumps(out), seconds))
+        return _response(out, self.model)
+
+    def stream(self, request: Any) -> Iterator[Any]:
+        return self.engine.stream(request)
+
+    def close(self) -> None:
+        pass
+
+
 _LOCAL: dict[tuple, LlamaCppEngine] = {}
 _LOCAL_LOCK = threading.Lock()
 
@@ -244,16 +304,24 @@ def check_remote(settings: Settings) -> None:
                       f"or RAG_API_BASE for an OpenAI-compatible server")
 
 
-def make_lm(settings: Settings):
-    """A dspy.LM for the configured backend."""
+def make_lm(settings: Settings, disk_cache: bool = False):
+    """A dspy.LM for the configured backend.
+
+    `disk_cache=True` (the eval harness, the optimiser) stores every completion on disk, under
+    RAG_CACHE_DIR/lm-cache.sqlite for the local model and in DSPy's own disk cache for remote
+    ones, so a re-run of the same prompts costs nothing. Chat and `rag ask` never cache.
+    """
     import dspy
 
     if settings.lm == "local":
-        return dspy.LM(f"local/{LOCAL_MODEL_NAME}", engine=local_engine(settings), cache=False,
+        engine: Any = local_engine(settings)
+        if disk_cache:
+            engine = DiskCachedEngine(engine, Path(settings.cache_dir) / "lm-cache.sqlite", LOCAL_MODEL_SHA256)
+        return dspy.LM(f"local/{LOCAL_MODEL_NAME}", engine=engine, cache=False,
                        temperature=settings.temperature, max_tokens=settings.max_tokens, num_retries=0)
     check_remote(settings)
     kwargs: dict[str, Any] = {"temperature": settings.temperature, "max_tokens": settings.max_tokens,
-                              "timeout": settings.timeout, "num_retries": 2, "cache": False}
+                              "timeout": settings.timeout, "num_retries": 2, "cache": disk_cache}
     if settings.api_base:
         kwargs["api_base"] = settings.api_base
     if settings.api_key:

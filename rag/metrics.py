@@ -6,17 +6,39 @@ reference answer) and `type` (`single`, `multi`, `unanswerable`). A prediction
 is a `rag ask --json` object. Every metric is in [0, 1]; a metric that does not
 apply to a row (no facts, no gold papers) is None and left out of the means.
 
-Left out: LM-judged metrics (they need a strong remote model) and faithfulness.
+The headline score (`headline`) is one number per question in [0, 1]:
+- unanswerable: 1 if the program abstained, else 0;
+- answerable but abstained: 0;
+- answerable and answered: 0.5 fact recall + 0.3 citation F1 + 0.2 faithfulness
+  (weights of parts that do not apply, e.g. no facts, are spread over the rest).
+Its mean over a set is the set's headline, the optimiser's metric and what
+`rag eval --compare` bootstraps.
+
+Faithfulness (`faithfulness`) is a proxy: the share of answer sentences whose
+best-matching cited passage scores at least FAITHFUL_MIN on
+0.5 * cosine(sentence, passage) + 0.5 * share of the sentence's content words
+found in the passage. The threshold is calibrated by eval/calibrate_faithfulness.py
+(see eval/README.md).
+
+Left out: LM-judged metrics here; `rag eval --judge` adds DSPy's SemanticF1 on a remote LM.
 """
 
 from __future__ import annotations
 
+import math
 import re
 import statistics
 import unicodedata
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
+
+import numpy as np
+
+# Calibrated on the labelled set by eval/calibrate_faithfulness.py; see eval/README.md.
+FAITHFUL_MIN = 0.45
+HEADLINE_WEIGHTS = {"fact_recall": 0.5, "citation_f1": 0.3, "faithfulness": 0.2}
+Embed = Callable[[list[str]], np.ndarray]
 
 
 def normalize(text: str) -> str:
@@ -41,8 +63,80 @@ def token_f1(prediction: str, reference: str) -> float:
     return 2 * p * r / (p + r)
 
 
-def score_row(label: dict, pred: dict) -> dict[str, float | None]:
-    """Per-question metrics of one prediction against its label."""
+_MARKER = re.compile(r"\[(\d+)\]")
+_WORD = re.compile(r"[a-z0-9]+(?:[.-][a-z0-9]+)*")
+_STOP = frozenset("the and for are with that this from was were has have its their our which can into than also "
+                  "both more most such these those they them not but all any how what when who why does use uses "
+                  "used using paper papers".split())
+
+
+def content_words(text: str) -> list[str]:
+    return [w for w in _WORD.findall(text.lower()) if len(w) > 2 and w not in _STOP]
+
+
+def support_score(sentence: str, passage: str, cosine: float) -> float:
+    """0.5 * embedding cosine + 0.5 * share of the sentence's content words found in the passage."""
+    words = content_words(sentence)
+    bag = set(_WORD.findall(passage.lower()))
+    overlap = sum(w in bag for w in words) / len(words) if words else 0.0
+    return 0.5 * max(cosine, 0.0) + 0.5 * overlap
+
+
+def answer_sentences(answer: str) -> list[tuple[str, list[int]]]:
+    """(sentence without markers, the passage numbers it cites) for each sentence of an answer."""
+    out = []
+    for sentence in re.split(r"(?<=[.!?\]])\s+(?=[A-Z(\d])", answer.strip()):
+        numbers = [int(n) for n in _MARKER.findall(sentence)]
+        text = " ".join(_MARKER.sub(" ", sentence).split())
+        if len(content_words(text)) >= 2:
+            out.append((text, numbers))
+    return out
+
+
+def faithfulness(answer: str, passages: dict[int, str], embed: Embed, threshold: float = FAITHFUL_MIN) -> float | None:
+    """Share of the answer's sentences supported by a passage it cites (see module doc).
+
+    `passages` maps passage number -> text for the passages given to the model. A sentence is
+    checked against the passages it cites itself, else against every passage the answer cites.
+    None when there is nothing to check (no sentence, or no valid citation at all).
+    """
+    sentences = answer_sentences(answer)
+    cited_all = sorted({n for _, ns in sentences for n in ns if n in passages})
+    if not sentences or not cited_all:
+        return None
+    keys = sorted(passages)
+    vecs = embed([s for s, _ in sentences] + [passages[n] for n in keys])
+    svec, pvec = vecs[: len(sentences)], dict(zip(keys, vecs[len(sentences):], strict=True))
+    supported = 0
+    for (text, numbers), sv in zip(sentences, svec, strict=True):
+        candidates = [n for n in numbers if n in passages] or cited_all
+        best = max(support_score(text, passages[n], float(np.dot(sv, pvec[n]))) for n in candidates)
+        supported += best >= threshold
+    return supported / len(sentences)
+
+
+def _f1(p: float | None, r: float | None) -> float | None:
+    if p is None or r is None:
+        return None
+    return 0.0 if p + r == 0 else 2 * p * r / (p + r)
+
+
+def headline(label: dict, scores: dict[str, float | None]) -> float:
+    """The per-question headline score (see module doc)."""
+    if label.get("type") == "unanswerable":
+        return float(scores["abstained"] == 1.0)
+    if scores["abstained"] == 1.0:
+        return 0.0
+    parts = {k: scores.get(k) for k in HEADLINE_WEIGHTS}
+    if parts["citation_f1"] is None:
+        parts["citation_f1"] = 0.0  # an answer that cites nothing checkable earns no citation credit
+    used = {k: v for k, v in parts.items() if v is not None}
+    total = sum(HEADLINE_WEIGHTS[k] for k in used)
+    return sum(HEADLINE_WEIGHTS[k] * v for k, v in used.items()) / total if total else 0.0
+
+
+def score_row(label: dict, pred: dict, embed: Embed | None = None) -> dict[str, float | None]:
+    """Per-question metrics of one prediction against its label; `embed` adds faithfulness."""
     answerable = label.get("type") != "unanswerable"
     abstained = bool(pred.get("abstained"))
     answer = pred.get("answer") or ""
@@ -61,7 +155,53 @@ def score_row(label: dict, pred: dict) -> dict[str, float | None]:
         "citation_recall": (len(gold & set(cited)) / len(gold)) if gold and answerable else None,
         "retrieval_recall": (len(gold & set(given)) / len(gold)) if gold else None,
     }
+    out["citation_f1"] = _f1(out["citation_precision"], out["citation_recall"]) if cited else (
+        0.0 if gold and answerable else None)
+    out["faithfulness"] = None
+    if embed is not None and not abstained and answer:
+        texts = {int(p.get("n", i)): p.get("text", "") for i, p in enumerate(pred.get("passages") or [], 1)}
+        out["faithfulness"] = faithfulness(answer, texts, embed)
+    out["headline"] = headline(label, out)
     return out
+
+
+def abstention_summary(labels: Sequence[dict], preds: Sequence[dict]) -> dict[str, float | None]:
+    """Precision and recall of abstaining as a detector of unanswerable questions, and the
+    false-abstention rate on answerable ones."""
+    unans = [bool(p.get("abstained")) for lab, p in zip(labels, preds, strict=True) if lab.get("type") == "unanswerable"]
+    ans = [bool(p.get("abstained")) for lab, p in zip(labels, preds, strict=True) if lab.get("type") != "unanswerable"]
+    abstained = sum(unans) + sum(ans)
+    return {
+        "abstention_precision": round(sum(unans) / abstained, 4) if abstained else None,
+        "abstention_recall": round(sum(unans) / len(unans), 4) if unans else None,
+        "false_abstention_rate": round(sum(ans) / len(ans), 4) if ans else None,
+    }
+
+
+def paired_bootstrap(a: Sequence[float], b: Sequence[float], n_resamples: int = 10_000,
+                     seed: int = 0, alpha: float = 0.05) -> dict[str, float | bool]:
+    """Mean of b - a over paired questions, with a percentile bootstrap CI and a two-sided p-value."""
+    if len(a) != len(b) or not a:
+        raise ValueError("paired bootstrap needs two equally long, non-empty score lists")
+    diffs = np.asarray(b, dtype=float) - np.asarray(a, dtype=float)
+    rng = np.random.default_rng(seed)
+    means = diffs[rng.integers(0, len(diffs), size=(n_resamples, len(diffs)))].mean(axis=1)
+    lo, hi = np.quantile(means, [alpha / 2, 1 - alpha / 2])
+    p = 2 * min((means <= 0).mean(), (means >= 0).mean())
+    return {"mean_diff": float(diffs.mean()), "ci_low": float(lo), "ci_high": float(hi),
+            "p_value": float(min(p, 1.0)), "significant": bool(lo > 0 or hi < 0), "n": len(diffs)}
+
+
+def bootstrap_ci(values: Sequence[float], n_resamples: int = 10_000, seed: int = 0,
+                 alpha: float = 0.05) -> tuple[float, float]:
+    """Percentile bootstrap CI of a mean."""
+    v = np.asarray(values, dtype=float)
+    if not len(v):
+        return (math.nan, math.nan)
+    rng = np.random.default_rng(seed)
+    means = v[rng.integers(0, len(v), size=(n_resamples, len(v)))].mean(axis=1)
+    lo, hi = np.quantile(means, [alpha / 2, 1 - alpha / 2])
+    return float(lo), float(hi)
 
 
 def summarize(rows: Iterable[dict[str, float | None]]) -> dict[str, Any]:
@@ -88,8 +228,6 @@ def has_labels(row: dict) -> bool:
 
 def retrieval_scores(ranked_ids: list[str], gold: Iterable[str], ks: tuple[int, ...] = (1, 5, 10)) -> dict[str, float]:
     """recall@k, MRR@10 and nDCG@10 of a ranked list of paper ids against the gold ids."""
-    import math
-
     gold = set(gold)
     out: dict[str, float] = {}
     for k in ks:

@@ -61,7 +61,8 @@ def resolve_program(spec: str) -> Path | None:
     if spec == "baseline":
         return None
     if spec == "auto":
-        found = sorted(PROGRAMS_DIR.glob("*.json"), key=lambda p: p.stat().st_mtime) if PROGRAMS_DIR.is_dir() else []
+        # Newest by name: files are named <YYYYmmdd-HHMMSS>-<optimizer>.json (a clone resets mtimes).
+        found = sorted(PROGRAMS_DIR.glob("*.json")) if PROGRAMS_DIR.is_dir() else []
         return found[-1] if found else None
     path = Path(spec)
     if not path.is_file():
@@ -71,10 +72,13 @@ def resolve_program(spec: str) -> Path | None:
 
 def load_program(program: CitedRAG, path: Path | None) -> str:
     """Load optimised predictor state into `program`; return its provenance label."""
+    from rag.optimize import read_program_file
+
     if path is None:
         return "baseline"
+    state = read_program_file(path)
     try:
-        program.load(str(path))
+        program.load_state(state)
     except Exception as e:  # noqa: BLE001 - dspy raises many kinds on a bad file
         raise ProgramError(f"program file {path} could not be loaded ({type(e).__name__}: "
                            f"{str(e).splitlines()[0][:120] if str(e) else ''}); re-run `rag optimize` "
@@ -95,8 +99,14 @@ class Pipeline:
 
     @classmethod
     def open(cls, settings: Settings, *, embedder: Embedder | None = None, lm: Any = None,
-             rebuild: str = "auto", progress: bool = False, need_lm: bool = True) -> Pipeline:
+             rebuild: str = "auto", progress: bool = False, need_lm: bool = True,
+             disk_cache: bool = False) -> Pipeline:
         """Load everything `ask` needs. `embedder` and `lm` may be injected (tests)."""
+        program_path = resolve_program(settings.program) if need_lm else None
+        if program_path is not None:
+            from rag.optimize import read_program_file
+
+            read_program_file(program_path)  # a bad program file fails before the index or the model loads
         factory: Callable[[], Embedder] = (lambda: embedder) if embedder is not None else \
             (lambda: get_embedder(settings.embed_model))
         index = open_index(settings, factory, rebuild=rebuild, progress=progress)
@@ -106,9 +116,9 @@ class Pipeline:
                            f"rebuild with `rag index --rebuild`")
         pipe = cls(settings, index, emb, Retriever(index, emb))
         if need_lm:
-            pipe.lm = lm if lm is not None else make_lm(settings)
+            pipe.lm = lm if lm is not None else make_lm(settings, disk_cache=disk_cache)
             pipe.program = CitedRAG(pipe.search, settings.min_score)
-            pipe.program_label = load_program(pipe.program, resolve_program(settings.program))
+            pipe.program_label = load_program(pipe.program, program_path)
         return pipe
 
     def search(self, question: str, k: int | None = None, mode: str | None = None) -> SearchResult:

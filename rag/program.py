@@ -160,7 +160,7 @@ class CitedRAG(dspy.Module):
 
     def __init__(self, search: Callable[[str], SearchResult] | None = None, min_score: float = 0.0) -> None:
         super().__init__()
-        self.search = search
+        self.search = _Shared(search) if search is not None else None
         self.min_score = min_score
         self.answer = dspy.Predict(CitedAnswer)
 
@@ -185,6 +185,20 @@ class CitedRAG(dspy.Module):
         cited = map_citations(raw_answer, raw_sources, [h.text for h in hits])
         return dspy.Prediction(answer=cited.answer, citations=cited.numbers, abstained=cited.abstained,
                                hits=hits, lm_called=True)
+
+
+class _Shared:
+    """A callable that optimisers' deep copies of the program share instead of copying (the
+    search function holds the index and the embedder)."""
+
+    def __init__(self, fn: Callable) -> None:
+        self.fn = fn
+
+    def __call__(self, *args, **kwargs):
+        return self.fn(*args, **kwargs)
+
+    def __deepcopy__(self, memo: dict) -> _Shared:
+        return self
 
 
 class StandaloneQuestion(dspy.Signature):

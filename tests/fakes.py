@@ -78,7 +78,7 @@ def install_fakes(delay: float = 0.0) -> FakeEngine:
     engine = FakeEngine(delay)
     rag.embed.get_embedder = lambda name: emb
     rag.pipeline.get_embedder = lambda name: emb
-    rag.pipeline.make_lm = lambda settings: fake_lm(engine)
+    rag.pipeline.make_lm = lambda settings, **kw: fake_lm(engine)
     return engine
 
 

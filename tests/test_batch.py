@@ -41,7 +41,7 @@ def engine(env, monkeypatch):
     emb = KeywordEmbedder()
     monkeypatch.setattr(rag.embed, "get_embedder", lambda name: emb)
     monkeypatch.setattr(rag.pipeline, "get_embedder", lambda name: emb)
-    monkeypatch.setattr(rag.pipeline, "make_lm", lambda settings: fake_lm(eng))
+    monkeypatch.setattr(rag.pipeline, "make_lm", lambda settings, **kw: fake_lm(eng))
     return eng
 
 

@@ -30,7 +30,7 @@ def cli(monkeypatch, tmp_path, embedder, capsys):
     monkeypatch.setattr(rag.embed, "get_embedder", lambda name: embedder)
     monkeypatch.setattr(rag.pipeline, "get_embedder", lambda name: embedder)
     answers = [{"answer": "They initialise the state matrix with HiPPO [1].", "sources": "[1]"}]
-    monkeypatch.setattr(rag.pipeline, "make_lm", lambda settings: DummyLM(answers))
+    monkeypatch.setattr(rag.pipeline, "make_lm", lambda settings, **kw: DummyLM(answers))
 
     def run(*argv: str) -> tuple[int, str, str]:
         code = main(list(argv))

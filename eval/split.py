@@ -1,0 +1,43 @@
+"""Split eval/questions.jsonl once into train.jsonl and dev.jsonl, stratified by type.
+
+    python eval/split.py          # rewrites eval/train.jsonl and eval/dev.jsonl
+
+Within each type the questions are ordered by id, shuffled with a fixed seed, and
+dealt alternately to dev and train, so each type is split in half (dev gets the
+odd one). Deterministic: the same questions always give the same split. Run it
+only when questions are added, and never move a question between the halves
+after looking at dev results.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+SEED = 20261123
+
+
+def split(rows: list[dict]) -> tuple[list[dict], list[dict]]:
+    train, dev = [], []
+    for kind in ("single", "multi", "unanswerable"):
+        group = sorted((r for r in rows if r["type"] == kind), key=lambda r: r["id"])
+        random.Random(f"{SEED}-{kind}").shuffle(group)
+        for i, row in enumerate(group):
+            (dev if i % 2 == 0 else train).append(row)
+    return train, dev
+
+
+def main() -> None:
+    rows = [json.loads(line) for line in (HERE / "questions.jsonl").read_text(encoding="utf-8").splitlines() if line.strip()]
+    train, dev = split(rows)
+    for name, part in (("train", train), ("dev", dev)):
+        text = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in part)
+        (HERE / f"{name}.jsonl").write_text(text, encoding="utf-8")
+        counts = {k: sum(r["type"] == k for r in part) for k in ("single", "multi", "unanswerable")}
+        print(f"{name}: {len(part)} questions {counts}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,257 @@
+"""Prompt optimisation of the cited-answer program with DSPy, and optimised program files.
+
+`optimize()` compiles `CitedRAG` against a labelled train set with one of:
+
+- `bootstrap`: BootstrapFewShot. Runs the program on train questions in a fixed,
+  type-interleaved order and keeps the first traces whose headline score is at
+  least DEMO_MIN_SCORE as few-shot demos (answers and abstentions both).
+- `mipro`: MIPROv2 with a small explicit budget (instruction candidates proposed
+  by the LM, demo sets, a few Optuna trials on minibatches of a held-out part of
+  the train set).
+- `gepa`: GEPA, reflective instruction evolution from the metric's textual
+  feedback (missing facts, wrong or missing citations, should have abstained).
+
+Demos are shortened before saving (`shorten_demo`): each keeps only the passages
+its answer cites plus one distractor, cut to a couple of sentences, renumbered.
+On the local model every prompt token costs time, and DSPy puts demos in the
+fixed part of the prompt (system message and earlier turns, before the
+passages and question), so llama.cpp's prompt cache reads them once.
+
+A program file is DSPy's saved state plus a `provenance` block (optimizer,
+settings, train set hash, LM, date, dev score). `read_program_file` checks both
+before anything is loaded; a corrupt or mismatched file is an error, never
+silently ignored.
+
+Left out: fine-tuning, optimising the follow-up rewriter.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import logging
+import os
+import re
+import time
+from pathlib import Path
+from typing import Any
+
+import dspy
+
+from rag.errors import ProgramError
+from rag.metrics import content_words, score_row
+from rag.program import CitedAnswer, CitedRAG
+
+log = logging.getLogger(__name__)
+
+FORMAT = "papers-rag-program/1"
+OPTIMIZERS = ("bootstrap", "mipro", "gepa")
+DEMO_MIN_SCORE = 0.7
+MAX_DEMOS = 3
+DEMO_PASSAGE_CHARS = 320
+
+
+# --- examples and the metric ----------------------------------------------------------
+
+def to_examples(rows: list[dict]) -> list[dspy.Example]:
+    return [dspy.Example(question=r["question"], label=r).with_inputs("question") for r in rows]
+
+
+def interleave(rows: list[dict]) -> list[dict]:
+    """Rows in a fixed order alternating question types, so early bootstrap traces mix them."""
+    by_type: dict[str, list[dict]] = {}
+    for r in sorted(rows, key=lambda r: r["id"]):
+        by_type.setdefault(r["type"], []).append(r)
+    out: list[dict] = []
+    while any(by_type.values()):
+        for t in ("single", "unanswerable", "multi"):
+            if by_type.get(t):
+                out.append(by_type[t].pop(0))
+    return out
+
+
+def prediction_dict(pred: Any) -> dict:
+    """The parts of a `rag ask --json` object the metrics read, from a CitedRAG prediction."""
+    hits = pred.hits
+    return {
+        "answer": pred.answer, "abstained": bool(pred.abstained),
+        "citations": [{"n": n, "paper_id": hits[n - 1].paper.id} for n in pred.citations],
+        "passages": [{"n": i, "paper_id": h.paper.id, "text": h.text} for i, h in enumerate(hits, 1)],
+    }
+
+
+def make_metric(embed: Any):
+    """The optimiser's metric: the headline score of one prediction (see rag.metrics)."""
+
+    def metric(example: dspy.Example, pred: Any, trace: Any = None) -> float:
+        return score_row(example.label, prediction_dict(pred), embed=embed)["headline"]
+
+    return metric
+
+
+def feedback(label: dict, scores: dict, pred: dict) -> str:
+    """Textual feedback for GEPA's reflection: what the answer got wrong, in plain words."""
+    if label["type"] == "unanswerable":
+        return ("Correct: the passages do not answer this and the answer abstained." if scores["abstained"]
+                else "Wrong: the passages do not answer this question; the answer should have been exactly "
+                     "'The papers here do not answer this question.'")
+    if scores["abstained"]:
+        return (f"Wrong: the answer abstained, but the passages do answer it. Expected: {label.get('answer')}")
+    notes = []
+    missing = [f for f in label["facts"] if f not in (pred.get("answer") or "")]
+    if scores.get("fact_recall") is not None and scores["fact_recall"] < 1:
+        notes.append(f"The answer misses key facts ({'; '.join(missing[:3])}). Reference: {label.get('answer')}")
+    if not pred.get("citations"):
+        notes.append("Every claim must cite the passage it comes from with [n].")
+    elif (scores.get("citation_precision") or 0) < 1:
+        notes.append("Some citations point at passages from papers that do not hold the answer.")
+    if scores.get("faithfulness") is not None and scores["faithfulness"] < 1:
+        notes.append("Some sentences are not supported by the passage they cite; stay close to the passage text.")
+    return " ".join(notes) or "Good: correct, cited and supported."
+
+
+def make_feedback_metric(embed: Any):
+    def metric(gold: dspy.Example, pred: Any, trace: Any = None, pred_name: Any = None, pred_trace: Any = None):
+        d = prediction_dict(pred)
+        scores = score_row(gold.label, d, embed=embed)
+        return dspy.Prediction(score=scores["headline"], feedback=feedback(gold.label, scores, d))
+
+    return metric
+
+
+# --- short demos ----------------------------------------------------------------------
+
+_PASSAGE = re.compile(r"^\[(\d+)\] (.*)$")
+
+
+def _cut(text: str, limit: int = DEMO_PASSAGE_CHARS) -> str:
+    if len(text) <= limit:
+        return text
+    cut = text.rfind(". ", 0, limit)
+    return text[: cut + 1] if cut > limit // 3 else text[:limit].rsplit(" ", 1)[0] + " ..."
+
+
+def shorten_demo(demo: dict) -> dict:
+    """Keep the cited passages plus one distractor, each cut short, renumbered from [1]."""
+    passages: dict[int, str] = {}
+    for line in str(demo.get("passages", "")).splitlines():
+        m = _PASSAGE.match(line)
+        if m:
+            passages[int(m.group(1))] = m.group(2)
+    answer = str(demo.get("answer", ""))
+    cited = [n for n in dict.fromkeys(int(x) for x in re.findall(r"\[(\d+)\]", answer)) if n in passages]
+    others = [n for n in passages if n not in cited]
+    keep = cited + others[: 1 if cited else 2]
+    if not passages:
+        return dict(demo)
+    order = sorted(keep)
+    renumber = {old: new for new, old in enumerate(order, 1)}
+    short = dict(demo)
+    short["passages"] = "\n".join(f"[{renumber[n]}] {_cut(passages[n])}" for n in order)
+    short["answer"] = re.sub(r"\[(\d+)\]", lambda m: f"[{renumber.get(int(m.group(1)), int(m.group(1)))}]", answer)
+    if "sources" in short:
+        short["sources"] = [renumber[n] for n in cited]
+    return short
+
+
+def demo_supported(demo: dict) -> bool:
+    """A shortened demo still holds its answer: the answer's content words appear in its passages."""
+    words = content_words(re.sub(r"\[\d+\]", " ", str(demo.get("answer", ""))))
+    if not words or "do not answer" in str(demo.get("answer", "")):
+        return True
+    text = str(demo.get("passages", "")).lower()
+    return sum(w in text for w in words) / len(words) >= 0.6
+
+
+# --- optimising -----------------------------------------------------------------------
+
+def compile_program(program: CitedRAG, optimizer: str, train_rows: list[dict], embed: Any, lm: Any,
+                    *, seed: int = 0) -> CitedRAG:
+    """Compile `program` with `optimizer` on `train_rows`; demos come back shortened."""
+    if optimizer not in OPTIMIZERS:
+        raise ProgramError(f"unknown optimizer {optimizer!r}; use one of {', '.join(OPTIMIZERS)}")
+    rows = interleave(train_rows)
+    metric = make_metric(embed)
+    with dspy.context(lm=lm, max_history_size=20, max_trace_size=20):
+        if optimizer == "bootstrap":
+            opt = dspy.BootstrapFewShot(metric=metric, metric_threshold=DEMO_MIN_SCORE,
+                                        max_bootstrapped_demos=MAX_DEMOS, max_labeled_demos=0, max_rounds=1)
+            compiled = opt.compile(program, trainset=to_examples(rows))
+        elif optimizer == "mipro":
+            # A budget for 2 CPU cores: 3 instruction candidates, 2 demo sets, 6 trials on minibatches of 8.
+            train, val = rows[: len(rows) // 2], rows[len(rows) // 2:]
+            opt = dspy.MIPROv2(metric=metric, auto=None, num_candidates=3, max_bootstrapped_demos=2,
+                               max_labeled_demos=0, num_threads=1, seed=seed, verbose=False,
+                               metric_threshold=DEMO_MIN_SCORE)
+            compiled = opt.compile(program, trainset=to_examples(train), valset=to_examples(val), num_trials=6,
+                                   minibatch_size=min(8, len(val)), minibatch_full_eval_steps=3,
+                                   data_aware_proposer=False, view_data_batch_size=3)
+        else:
+            train, val = rows[: len(rows) // 2], rows[len(rows) // 2:]
+            opt = dspy.GEPA(metric=make_feedback_metric(embed), max_metric_calls=60, reflection_lm=lm,
+                            reflection_minibatch_size=3, num_threads=1, seed=seed, track_stats=False)
+            compiled = opt.compile(program, trainset=to_examples(train), valset=to_examples(val))
+    for predictor in compiled.predictors():
+        demos = [shorten_demo(d.toDict() if hasattr(d, "toDict") else dict(d)) for d in predictor.demos]
+        predictor.demos = [dspy.Example(**{k: v for k, v in d.items() if k != "label"}) for d in demos
+                           if demo_supported(d)]
+        predictor.lm = None
+    return compiled
+
+
+def save_program_file(program: CitedRAG, path: str | Path, provenance: dict) -> Path:
+    """DSPy state plus provenance, written atomically."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp.json")
+    program.save(str(tmp))
+    state = json.loads(tmp.read_text(encoding="utf-8"))
+    state["provenance"] = {"format": FORMAT, **provenance}
+    tmp.write_text(json.dumps(state, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    os.replace(tmp, path)
+    return path
+
+
+def read_program_file(path: str | Path) -> dict:
+    """The parsed program file, checked against this program's shape; ProgramError if it does not fit."""
+    path = Path(path)
+    fix = "re-run `rag optimize` or use --program baseline"
+    try:
+        state = json.loads(path.read_text(encoding="utf-8"))
+    except OSError as e:
+        raise ProgramError(f"program file {path} cannot be read ({e.strerror}); {fix}") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ProgramError(f"program file {path} is corrupt ({getattr(e, 'msg', e)}); {fix}") from None
+    prov = state.get("provenance") if isinstance(state, dict) else None
+    if not isinstance(prov, dict) or prov.get("format") != FORMAT:
+        raise ProgramError(f"program file {path} is not a papers-rag program (no provenance format {FORMAT}); {fix}")
+    answer = state.get("answer")
+    expected = [f["prefix"] for f in CitedAnswer.dump_state()["fields"]]
+    try:
+        prefixes = [f["prefix"] for f in answer["signature"]["fields"]]
+        demo_keys = {k for d in answer["demos"] for k in d}
+    except (TypeError, KeyError):
+        raise ProgramError(f"program file {path} does not hold a cited-answer predictor; {fix}") from None
+    if prefixes != expected:
+        raise ProgramError(f"program file {path} was made for another program (fields {', '.join(prefixes)}; "
+                           f"this one has {', '.join(expected)}); {fix}")
+    unknown = demo_keys - {"passages", "question", "answer", "sources", "augmented", "reasoning"}
+    if unknown:
+        raise ProgramError(f"program file {path} has demos with unknown fields ({', '.join(sorted(unknown))}); {fix}")
+    return state
+
+
+def program_stamp() -> str:
+    return dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+
+
+def describe(program: CitedRAG) -> dict:
+    """Instructions length and demo count of the answer predictor (for notes and logs)."""
+    p = program.answer
+    return {"demos": len(p.demos), "instructions_chars": len(p.signature.instructions)}
+
+
+def timed_compile(*args, **kwargs) -> tuple[CitedRAG, float]:
+    t0 = time.perf_counter()
+    compiled = compile_program(*args, **kwargs)
+    return compiled, time.perf_counter() - t0

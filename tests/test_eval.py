@@ -1,0 +1,386 @@
+"""Eval harness, headline/faithfulness metrics, LM disk cache, optimisation and program files."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import dspy
+import pytest
+from dspy.utils.dummies import DummyLM
+
+import rag.embed
+import rag.pipeline
+from rag import evaluate, optimize
+from rag.cli import main
+from rag.errors import ProgramError
+from rag.lm import DiskCachedEngine
+from rag.metrics import abstention_summary, faithfulness, headline, paired_bootstrap, score_row
+from rag.program import ABSTAIN_TEXT, CitedAnswer, CitedRAG
+
+DATA = Path(__file__).parent / "data"
+ROOT = Path(__file__).resolve().parent.parent
+
+SSM_Q = "How is the state matrix of the long-sequence state space model initialised?"
+RET_Q = "By how much does the late interaction engine lower search latency?"
+ASTRO_Q = "How many new candidate planets were reported from transit photometry?"
+FRANCE_Q = "What is the capital city of France?"
+MULTI_Q = "Which papers train models with preferences or rewards, and which recommend music?"
+
+SET = [
+    {"id": "q1", "question": SSM_Q, "answer": "It is initialised with HiPPO.", "facts": ["HiPPO"],
+     "gold_paper_ids": ["tiny-ssm"], "type": "single"},
+    {"id": "q2", "question": RET_Q, "answer": "By seven times on MS MARCO.", "facts": ["seven times", "MS MARCO"],
+     "gold_paper_ids": ["tiny-retrieval"], "type": "single"},
+    {"id": "q3", "question": ASTRO_Q, "answer": "Twelve.", "facts": ["twelve"],
+     "gold_paper_ids": ["tiny-astro"], "type": "single"},
+    {"id": "q4", "question": MULTI_Q, "answer": "Reward models for robots; dialogue music recommendation.",
+     "facts": ["reward model"], "gold_paper_ids": ["tiny-rl", "tiny-music"], "type": "multi"},
+    {"id": "q5", "question": FRANCE_Q, "answer": "", "facts": [], "gold_paper_ids": [], "type": "unanswerable"},
+]
+
+GOOD = {
+    SSM_Q: {"answer": "The state matrix is initialised with HiPPO [1].", "sources": "[1]"},
+    RET_Q: {"answer": "It lowers search latency by seven times on MS MARCO [1].", "sources": "[1]"},
+    ASTRO_Q: {"answer": ABSTAIN_TEXT, "sources": "[]"},
+    MULTI_Q: {"answer": "Legged robots learn from a learned reward model [1].", "sources": "[1]"},
+    FRANCE_Q: {"answer": ABSTAIN_TEXT, "sources": "[]"},
+}
+BAD = {q: {"answer": ABSTAIN_TEXT, "sources": "[]"} for q in GOOD} | {
+    FRANCE_Q: {"answer": "Sourdough bread is fermented at 30 degrees [1].", "sources": "[1]"}}
+
+
+def write_set(path: Path, rows: list[dict]) -> Path:
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+@pytest.fixture
+def env(monkeypatch, tmp_path, embedder):
+    monkeypatch.setenv("RAG_CORPUS", str(DATA / "tiny.jsonl"))
+    monkeypatch.setenv("RAG_INDEX_DIR", str(tmp_path / "indexes"))
+    monkeypatch.setenv("RAG_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setenv("RAG_MIN_SCORE", "0.0")
+    monkeypatch.setattr(rag.embed, "get_embedder", lambda name: embedder)
+    monkeypatch.setattr(rag.pipeline, "get_embedder", lambda name: embedder)
+    monkeypatch.setattr(rag.pipeline, "PROGRAMS_DIR", tmp_path / "programs")
+    answers = {"lm": DummyLM(GOOD)}
+    monkeypatch.setattr(rag.pipeline, "make_lm", lambda settings, **kw: answers["lm"])
+    write_set(tmp_path / "set.jsonl", SET)
+    return tmp_path, answers
+
+
+def run(capsys, *argv: str) -> tuple[int, str, str]:
+    code = main(list(argv))
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+# --- metrics ------------------------------------------------------------------------------
+
+def test_faithfulness_separates_supported_from_invented(embedder):
+    passages = {1: "Our model uses a diagonal state matrix initialised with HiPPO.",
+                2: "Acidity rises fastest at 30 degrees Celsius."}
+    embed = embedder.encode
+    assert faithfulness("The model uses a diagonal state matrix initialised with HiPPO [1].", passages, embed) == 1.0
+    invented = "The model uses a diagonal state matrix [1]. Quantum annealers solve protein folding exactly [1]."
+    assert faithfulness(invented, passages, embed) == 0.5
+    # A sentence is checked against the passage it cites, not the best of all passages.
+    assert faithfulness("Acidity rises fastest at 30 degrees Celsius [1].", passages, embed) == 0.0
+    assert faithfulness("Nothing cited here.", passages, embed) is None
+    assert faithfulness("", passages, embed) is None
+
+
+def test_headline_per_question():
+    unans = {"type": "unanswerable"}
+    single = {"type": "single", "facts": ["a"], "gold_paper_ids": ["p1"], "answer": "a"}
+    assert headline(unans, {"abstained": 1.0}) == 1.0 and headline(unans, {"abstained": 0.0}) == 0.0
+    assert headline(single, {"abstained": 1.0, "fact_recall": 0.0}) == 0.0
+    perfect = {"abstained": 0.0, "fact_recall": 1.0, "citation_f1": 1.0, "faithfulness": 1.0}
+    assert headline(single, perfect) == 1.0
+    # No faithfulness available: its weight is spread over the rest; no citation at all counts as 0.
+    assert headline(single, {"abstained": 0.0, "fact_recall": 1.0, "citation_f1": None, "faithfulness": None}) \
+        == pytest.approx(0.5 / 0.8)
+
+
+def test_score_row_edge_cases(embedder):
+    label = SET[0]
+    no_cite = score_row(label, {"answer": "It uses HiPPO.", "abstained": False, "citations": [],
+                                "passages": [{"n": 1, "paper_id": "tiny-ssm", "text": "HiPPO"}]}, embedder.encode)
+    assert no_cite["citation_f1"] == 0.0 and no_cite["faithfulness"] is None and no_cite["fact_recall"] == 1.0
+    empty = score_row(label, {"answer": "", "abstained": False, "citations": [], "passages": []}, embedder.encode)
+    assert empty["headline"] == 0.0 and empty["fact_recall"] == 0.0
+
+
+def test_abstention_summary():
+    labels = [{"type": "unanswerable"}, {"type": "unanswerable"}, {"type": "single"}, {"type": "single"}]
+    preds = [{"abstained": True}, {"abstained": False}, {"abstained": True}, {"abstained": False}]
+    s = abstention_summary(labels, preds)
+    assert s == {"abstention_precision": 0.5, "abstention_recall": 0.5, "false_abstention_rate": 0.5}
+    everything = abstention_summary(labels, [{"abstained": True}] * 4)
+    assert everything["abstention_recall"] == 1.0 and everything["false_abstention_rate"] == 1.0
+    nothing = abstention_summary(labels, [{"abstained": False}] * 4)
+    assert nothing["abstention_precision"] is None and nothing["abstention_recall"] == 0.0
+
+
+def test_paired_bootstrap():
+    a = [0.2, 0.3, 0.1, 0.4, 0.2, 0.3, 0.2, 0.1, 0.3, 0.2]
+    clear = paired_bootstrap(a, [x + 0.5 for x in a])
+    assert clear["significant"] and clear["ci_low"] == pytest.approx(0.5) and clear["p_value"] == 0.0
+    noise = paired_bootstrap(a, [x + (0.1 if i % 2 else -0.1) for i, x in enumerate(a)])
+    assert not noise["significant"] and noise["ci_low"] < 0 < noise["ci_high"]
+    with pytest.raises(ValueError):
+        paired_bootstrap([1.0], [])
+
+
+# --- the labelled set ---------------------------------------------------------------------
+
+@pytest.mark.parametrize("row, message", [
+    ('{"id": "a", "question": "q", "type": "single", "gold_paper_ids": []}', "needs gold_paper_ids"),
+    ('{"id": "a", "question": "q", "type": "unanswerable", "gold_paper_ids": ["x"]}', "cannot have gold"),
+    ('{"id": "a", "question": "q", "type": "open"}', "is not one of"),
+    ('{"id": "a", "question": "", "type": "single"}', "missing or empty 'question'"),
+    ('{"id": "a", "question": "q", "type": "single", "facts": "HiPPO", "gold_paper_ids": ["x"]}', "list of strings"),
+    ("{not json", "not valid JSON"),
+])
+def test_load_set_errors_name_the_line(tmp_path, row, message):
+    path = tmp_path / "s.jsonl"
+    path.write_text(json.dumps(SET[0]) + "\n" + row + "\n")
+    with pytest.raises(evaluate.EvalError, match=rf"s\.jsonl:2: .*{message}"):
+        evaluate.load_set(path)
+
+
+def test_load_set_checks_ids(tmp_path):
+    path = write_set(tmp_path / "s.jsonl", [SET[0], SET[0]])
+    with pytest.raises(evaluate.EvalError, match="duplicate id 'q1'"):
+        evaluate.load_set(path)
+    with pytest.raises(evaluate.EvalError, match="gold paper tiny-ssm is not in the corpus"):
+        evaluate.load_set(write_set(tmp_path / "t.jsonl", [SET[0]]), {"other"})
+    with pytest.raises(evaluate.EvalError, match="does not exist"):
+        evaluate.load_set(tmp_path / "missing.jsonl")
+
+
+@pytest.mark.slow
+def test_shipped_eval_sets_are_valid_and_split_by_type(real_search_pipe):
+    ids = set(real_search_pipe.index.papers)
+    full = evaluate.load_set(ROOT / "eval" / "questions.jsonl", ids)
+    train = evaluate.load_set(ROOT / "eval" / "train.jsonl", ids)
+    dev = evaluate.load_set(ROOT / "eval" / "dev.jsonl", ids)
+    counts = {t: sum(r["type"] == t for r in full) for t in evaluate.TYPES}
+    assert len(full) >= 80 and counts["single"] >= 45 and counts["multi"] >= 12 and counts["unanswerable"] >= 15
+    assert {r["id"] for r in train} | {r["id"] for r in dev} == {r["id"] for r in full}
+    assert not {r["id"] for r in train} & {r["id"] for r in dev}
+    for t in evaluate.TYPES:  # stratified: each type split roughly in half
+        n_train, n_dev = (sum(r["type"] == t for r in s) for s in (train, dev))
+        assert abs(n_train - n_dev) <= 1
+    from rag.corpus import load_corpus
+    from rag.metrics import fact_found
+
+    abstracts = {p.id: p.abstract for p in load_corpus(real_search_pipe.settings.corpus)}
+    for r in full:  # every fact of an answerable question is in one of its gold abstracts
+        for fact in r["facts"]:
+            assert any(fact_found(fact, abstracts[g]) for g in r["gold_paper_ids"]), (r["id"], fact)
+
+
+# --- the harness end to end ---------------------------------------------------------------
+
+def test_eval_end_to_end_writes_a_report(env, capsys):
+    tmp, _ = env
+    code, out, err = run(capsys, "eval", "--set", str(tmp / "set.jsonl"), "--out", str(tmp / "reports"),
+                         "--label", "good")
+    assert code == 0, err
+    report = Path(out.strip().splitlines()[-1].removeprefix("report: "))
+    assert report.parent == tmp / "reports" and report.name.endswith("-good")
+    results = [json.loads(line) for line in (report / "results.jsonl").read_text().splitlines()]
+    assert [r["id"] for r in results] == ["q1", "q2", "q3", "q4", "q5"]
+    by_id = {r["id"]: r for r in results}
+    assert by_id["q1"]["metrics"]["fact_recall"] == 1.0 and by_id["q1"]["cited_paper_ids"] == ["tiny-ssm"]
+    assert by_id["q2"]["metrics"]["fact_recall"] == 1.0
+    assert by_id["q3"]["metrics"]["false_abstention"] == 1.0 and by_id["q3"]["metrics"]["headline"] == 0.0
+    assert by_id["q4"]["metrics"]["citation_recall"] == 0.5
+    assert by_id["q5"]["metrics"]["headline"] == 1.0
+    summary = json.loads((report / "summary.json").read_text())
+    assert summary["n"] == 5 and summary["n_by_type"] == {"single": 3, "multi": 1, "unanswerable": 1}
+    assert summary["headline"] == pytest.approx(sum(r["metrics"]["headline"] for r in results) / 5, abs=1e-4)
+    assert summary["abstention"] == {"abstention_precision": 0.5, "abstention_recall": 1.0,
+                                     "false_abstention_rate": 0.25}
+    assert set(summary["retrieval"]) == {"dense", "bm25", "hybrid"}
+    assert summary["retrieval"]["hybrid"]["n"] == 4 and 0 < summary["retrieval"]["hybrid"]["recall@5"] <= 1
+    md = (report / "report.md").read_text()
+    assert "## Metrics by question type" in md and "| q3 | single | 0.00 |" in md
+    assert (report / "metrics.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert not list((tmp / "reports").glob(".*.tmp"))
+    assert "headline" in out and "abstention precision 0.5" in out
+
+
+def test_eval_compare_says_which_is_better(env, capsys):
+    tmp, answers = env
+    args = ["eval", "--set", str(tmp / "set.jsonl"), "--out", str(tmp / "reports")]
+    answers["lm"] = DummyLM(BAD)
+    code, out, _ = run(capsys, *args, "--label", "bad")
+    bad = out.strip().splitlines()[-1].removeprefix("report: ")
+    answers["lm"] = DummyLM(GOOD)
+    code, out, _ = run(capsys, *args, "--label", "good")
+    good = out.strip().splitlines()[-1].removeprefix("report: ")
+    code, out, err = run(capsys, "eval", "--compare", bad, good, "--out", str(tmp / "reports"))
+    assert code == 0, err
+    assert "B is better than A" in out or "not significant" in out  # 5 questions: the CI may be wide
+    cmp_dir = Path(out.strip().splitlines()[-1].removeprefix("report: "))
+    result = json.loads((cmp_dir / "compare.json").read_text())
+    assert result["n"] == 5 and result["headline"]["mean_diff"] > 0.3
+    assert result["metrics"]["headline"]["b"] > result["metrics"]["headline"]["a"]
+    assert (cmp_dir / "compare.png").read_bytes()[:4] == b"\x89PNG" and "paired bootstrap" in (cmp_dir / "compare.md").read_text()
+    code, _, err = run(capsys, "eval", "--compare", bad, str(tmp))
+    assert code == 1 and "not a report directory" in err and "Traceback" not in err
+
+
+def test_eval_bad_set_is_one_line_error(env, capsys):
+    tmp, _ = env
+    (tmp / "broken.jsonl").write_text('{"id": "x"}\n')
+    code, out, err = run(capsys, "eval", "--set", str(tmp / "broken.jsonl"))
+    assert code == 1 and err.count("\n") == 1 and "broken.jsonl:1: missing or empty 'question'" in err
+
+
+# --- the disk cache -----------------------------------------------------------------------
+
+class CountingEngine:
+    """The parts of LlamaCppEngine the cache uses: `_body` and `chat`."""
+
+    model = "counting"
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    def _body(self, request):
+        return {"messages": [{"role": m.role, "content": m.text} for m in request.messages], "cache_prompt": True,
+                "temperature": request.config.temperature or 0.0}
+
+    def chat(self, body):
+        self.calls += 1
+        text = f"[[ ## answer ## ]]\nreply {self.calls}\n\n[[ ## completed ## ]]"
+        return {"choices": [{"message": {"content": text}, "finish_reason": "stop"}],
+                "usage": {"prompt_tokens": 7, "completion_tokens": 3, "total_tokens": 10}}
+
+
+def test_disk_cache_makes_reruns_free(tmp_path):
+    engine = CountingEngine()
+    cached = DiskCachedEngine(engine, tmp_path / "c.sqlite", "model-sha")
+    lm = dspy.LM("local/counting", engine=cached, cache=False, num_retries=0)
+    predict = dspy.Predict("question -> answer")
+    with dspy.context(lm=lm):
+        first = predict(question="q1").answer
+        assert predict(question="q1").answer == first and engine.calls == 1
+        assert predict(question="q2").answer != first and engine.calls == 2
+    assert cached.stats["calls"] == 3 and cached.stats["hits"] == 1
+    # A new process (a new cache object on the same file) still hits; another model misses.
+    again = DiskCachedEngine(engine, tmp_path / "c.sqlite", "model-sha")
+    other = DiskCachedEngine(engine, tmp_path / "c.sqlite", "other-sha")
+    with dspy.context(lm=dspy.LM("local/counting", engine=again, cache=False, num_retries=0)):
+        assert predict(question="q1").answer == first and engine.calls == 2
+    with dspy.context(lm=dspy.LM("local/counting", engine=other, cache=False, num_retries=0)):
+        predict(question="q1")
+        assert engine.calls == 3
+
+
+# --- optimisation and program files ---------------------------------------------------
+
+def test_shorten_demo_keeps_cited_passages_renumbered():
+    demo = {"question": "q", "passages": "[1] A: a.\n[2] B: " + "b. " * 200 + "\n[3] C: c.\n[4] D: d.",
+            "answer": "From B [2] and D [4].", "sources": [2, 4]}
+    short = optimize.shorten_demo(demo)
+    assert short["answer"] == "From B [2] and D [3]." and short["sources"] == [2, 3]
+    lines = short["passages"].splitlines()
+    assert [line[:6] for line in lines] == ["[1] A:", "[2] B:", "[3] D:"]
+    assert len(lines[1]) <= optimize.DEMO_PASSAGE_CHARS + 10
+
+
+def test_optimize_bootstrap_round_trip_changes_the_prompt(env, capsys):
+    tmp, _ = env
+    out_file = tmp / "programs" / "20990101-000000-bootstrap.json"
+    code, out, err = run(capsys, "optimize", "--train", str(tmp / "set.jsonl"), "--dev", str(tmp / "set.jsonl"),
+                         "--out", str(out_file), "--reports", str(tmp / "reports"))
+    assert code == 0, err
+    state = json.loads(out_file.read_text())
+    prov = state["provenance"]
+    assert prov["format"] == optimize.FORMAT and prov["optimizer"] == "bootstrap"
+    assert prov["train"]["sha256"] == evaluate.file_sha256(tmp / "set.jsonl") and prov["train"]["n"] == 5
+    assert prov["demos"] >= 1 and 0 <= prov["dev"]["headline"] <= 1 and Path(prov["dev"]["report"]).is_dir()
+    assert prov["settings"]["k"] == 4 and prov["lm"]
+
+    baseline = CitedRAG()
+    loaded = CitedRAG()
+    assert rag.pipeline.load_program(loaded, out_file) == out_file.name
+    assert len(loaded.answer.demos) == prov["demos"]
+    inputs = {"passages": "[1] T: text", "question": "Q?"}
+    adapter = dspy.ChatAdapter()
+    before = adapter.format(CitedAnswer, demos=baseline.answer.demos, inputs=inputs)
+    after = adapter.format(CitedAnswer, demos=loaded.answer.demos, inputs=inputs)
+    assert len(after) > len(before)
+    assert loaded.answer.demos[0]["question"] in json.dumps(after)
+    # The fixed part (system message, demos) comes before the variable part (passages, question).
+    assert after[-1]["content"].count("Q?") == 1 and "Q?" not in after[0]["content"]
+
+    # `auto` (the default) now picks it up, and --program baseline overrides it.
+    code, out, _ = run(capsys, "ask", SSM_Q, "--json")
+    assert json.loads(out)["provenance"]["program"] == out_file.name
+    code, out, _ = run(capsys, "ask", SSM_Q, "--json", "--program", "baseline")
+    assert json.loads(out)["provenance"]["program"] == "baseline"
+
+
+def test_auto_picks_the_newest_program_by_name(env):
+    tmp, _ = env
+    prog = CitedRAG()
+    prog.answer.demos = [dspy.Example(question="q", passages="[1] t", answer="a [1]", sources=[1])]
+    for name in ("20260101-000000-bootstrap.json", "20270101-000000-gepa.json", "20250101-000000-mipro.json"):
+        optimize.save_program_file(prog, tmp / "programs" / name, {"optimizer": name})
+    assert rag.pipeline.resolve_program("auto").name == "20270101-000000-gepa.json"
+    assert rag.pipeline.resolve_program("baseline") is None
+
+
+def test_bad_program_files_are_errors(env, capsys, tmp_path):
+    good = tmp_path / "good.json"
+    optimize.save_program_file(CitedRAG(), good, {"optimizer": "bootstrap"})
+    state = json.loads(good.read_text())
+
+    corrupt = tmp_path / "corrupt.json"
+    corrupt.write_text(good.read_text()[:50])
+    plain = tmp_path / "plain.json"
+    CitedRAG().save(str(plain))  # DSPy's own format: no provenance
+    other = tmp_path / "other.json"
+    other.write_text(json.dumps({**state, "answer": {**state["answer"], "signature": {
+        "instructions": "x", "fields": [{"prefix": "Question:", "description": ""}, {"prefix": "Answer:", "description": ""}]}}}))
+    for path, message in ((corrupt, "is corrupt"), (plain, "not a papers-rag program"),
+                          (other, "made for another program"), (tmp_path / "none.json", "does not exist")):
+        code, out, err = run(capsys, "ask", SSM_Q, "--program", str(path))
+        errors = [line for line in err.splitlines() if line.startswith("error:")]
+        assert code == 1 and len(errors) == 1 and message in errors[0] and "Traceback" not in err, err
+    with pytest.raises(ProgramError):
+        rag.pipeline.load_program(CitedRAG(), other)
+
+
+def test_optimize_bad_train_set_fails_before_loading(env, capsys):
+    tmp, _ = env
+    code, _, err = run(capsys, "optimize", "--train", str(tmp / "nope.jsonl"))
+    assert code == 1 and "does not exist" in err
+
+
+@pytest.mark.parametrize("name", ["mipro", "gepa"])
+def test_other_optimizers_compile_with_a_dummy_lm(name, embedder):
+    pytest.importorskip("optuna" if name == "mipro" else "gepa")
+    rows = [r for r in SET if r["type"] != "unanswerable"] * 2
+    rows = [{**r, "id": f"{r['id']}-{i}"} for i, r in enumerate(rows)]
+
+    class Hit:  # the parts of rag.retrieve.Hit the program and metric read
+        def __init__(self, pid, text):
+            self.paper, self.text = type("P", (), {"id": pid, "title": pid})(), text
+
+    def search(question):
+        from rag.retrieve import SearchResult
+
+        return SearchResult([Hit("tiny-ssm", "state matrix initialised with HiPPO")], 1.0)
+
+    lm = DummyLM([{"answer": "The state matrix is initialised with HiPPO [1].", "sources": "[1]",
+                   "proposed_instruction": "Answer with citations.", "new_instruction": "Answer with citations.",
+                   "observations": "x", "summary": "x", "program_description": "x", "module_description": "x"}] * 400)
+    compiled = optimize.compile_program(CitedRAG(search), name, rows, lambda t: embedder.encode(t), lm)
+    assert isinstance(compiled, CitedRAG) and compiled.answer.lm is None
