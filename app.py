@@ -20,6 +20,7 @@ from collections.abc import Iterator
 
 import gradio as gr
 
+from rag.cli import quiet_libraries
 from rag.errors import RagError
 from rag.pipeline import MAX_QUESTION_CHARS, Pipeline
 from rag.settings import Settings
@@ -226,6 +227,7 @@ def main() -> int:
         auth = parse_auth(settings.auth)
         print("Loading the index and the model...", file=sys.stderr, flush=True)
         pipe = Pipeline.open(settings, progress=sys.stderr.isatty())
+        quiet_libraries()
     except RagError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1

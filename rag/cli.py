@@ -164,7 +164,9 @@ def _open(args: argparse.Namespace, *, need_lm: bool, disk_cache: bool = False, 
     rebuild = "never" if getattr(args, "no_rebuild", False) else "auto"
     if rebuild == "auto" and not (expected_index_path(settings) / "meta.json").exists():
         _say("Building the index (first run or the corpus/settings changed; about a minute)...")
-    return Pipeline.open(settings, rebuild=rebuild, progress=_progress(), need_lm=need_lm, disk_cache=disk_cache)
+    pipeline = Pipeline.open(settings, rebuild=rebuild, progress=_progress(), need_lm=need_lm, disk_cache=disk_cache)
+    quiet_libraries()  # libraries imported while opening (DSPy) set their loggers back to INFO
+    return pipeline
 
 
 def _say(msg: str) -> None:
@@ -455,14 +457,25 @@ COMMANDS = {"index": cmd_index, "papers": cmd_papers, "search": cmd_search, "ask
             "settings": cmd_settings}
 
 
+NOISY = ("dspy", "LiteLLM", "litellm", "httpx", "sentence_transformers", "transformers", "bm25s")
+
+
+def quiet_libraries() -> None:
+    """Libraries' own warnings (DSPy's "response was truncated", ...) only with --verbose.
+
+    Called again once DSPy is imported: its import sets its logger back to INFO."""
+    if logging.getLogger().getEffectiveLevel() > logging.INFO:
+        for noisy in NOISY:
+            logging.getLogger(noisy).setLevel(logging.ERROR)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     verbose = getattr(args, "verbose", False)
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     if not verbose:
         warnings.filterwarnings("ignore")
-        for noisy in ("dspy", "LiteLLM", "litellm", "httpx", "sentence_transformers", "transformers", "bm25s"):
-            logging.getLogger(noisy).setLevel(logging.ERROR)
+        quiet_libraries()
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     try:
         return COMMANDS[args.command](args)

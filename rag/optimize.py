@@ -3,8 +3,9 @@
 `optimize()` compiles `CitedRAG` against a labelled train set with one of:
 
 - `bootstrap`: BootstrapFewShot. Runs the program on train questions in a fixed,
-  type-interleaved order and keeps the first traces whose headline score is at
-  least DEMO_MIN_SCORE as few-shot demos (answers and abstentions both).
+  type-interleaved order and keeps the first BOOTSTRAP_CANDIDATES traces whose
+  headline score is at least DEMO_MIN_SCORE; `select_demos` then keeps
+  MAX_DEMOS of them, answers first and at most one abstention.
 - `mipro`: MIPROv2 with a small explicit budget (instruction candidates proposed
   by the LM, demo sets, a few Optuna trials on minibatches of a held-out part of
   the train set).
@@ -12,7 +13,7 @@
   feedback (missing facts, wrong or missing citations, should have abstained).
 
 Demos are shortened before saving (`shorten_demo`): each keeps only the passages
-its answer cites plus one distractor, cut to a couple of sentences, renumbered.
+its answer cites (their sentences that hold the answer) plus one distractor, renumbered.
 On the local model every prompt token costs time, and DSPy puts demos in the
 fixed part of the prompt (system message and earlier turns, before the
 passages and question), so llama.cpp's prompt cache reads them once.
@@ -48,6 +49,7 @@ FORMAT = "papers-rag-program/1"
 OPTIMIZERS = ("bootstrap", "mipro", "gepa")
 DEMO_MIN_SCORE = 0.7
 MAX_DEMOS = 3
+BOOTSTRAP_CANDIDATES = 6  # traces bootstrapped, of which select_demos keeps MAX_DEMOS
 DEMO_PASSAGE_CHARS = 320
 
 
@@ -131,8 +133,33 @@ def _cut(text: str, limit: int = DEMO_PASSAGE_CHARS) -> str:
     return text[: cut + 1] if cut > limit // 3 else text[:limit].rsplit(" ", 1)[0] + " ..."
 
 
+_SENTENCE = re.compile(r"(?<=[.!?])\s+")
+
+
+def _focus(passage: str, answer: str, limit: int = DEMO_PASSAGE_CHARS) -> str:
+    """The passage's title and the sentences that hold the answer's words, in order, within `limit`.
+
+    Cutting a cited passage to its first sentences would often cut away the very
+    sentence the answer came from, and the demo would teach unsupported answers."""
+    title, sep, body = passage.partition(": ")
+    if not sep or len(passage) <= limit:
+        return _cut(passage, limit)
+    wanted = set(content_words(re.sub(r"\[\d+\]", " ", answer)))
+    sentences = _SENTENCE.split(body)
+    ranked = sorted(range(len(sentences)),
+                    key=lambda i: (-sum(w in wanted for w in set(content_words(sentences[i]))), i))
+    keep, size = [], len(title) + 2
+    for i in ranked:
+        if size + len(sentences[i]) + 1 > limit and keep:
+            continue
+        keep.append(i)
+        size += len(sentences[i]) + 1
+    text = " ".join(sentences[i] for i in sorted(keep))
+    return f"{title}: {_cut(text, limit - len(title) - 2)}"
+
+
 def shorten_demo(demo: dict) -> dict:
-    """Keep the cited passages plus one distractor, each cut short, renumbered from [1]."""
+    """Keep the cited passages (their sentences that hold the answer) plus one distractor, renumbered."""
     passages: dict[int, str] = {}
     for line in str(demo.get("passages", "")).splitlines():
         m = _PASSAGE.match(line)
@@ -147,7 +174,8 @@ def shorten_demo(demo: dict) -> dict:
     order = sorted(keep)
     renumber = {old: new for new, old in enumerate(order, 1)}
     short = dict(demo)
-    short["passages"] = "\n".join(f"[{renumber[n]}] {_cut(passages[n])}" for n in order)
+    short["passages"] = "\n".join(
+        f"[{renumber[n]}] {_focus(passages[n], answer) if n in cited else _cut(passages[n])}" for n in order)
     short["answer"] = re.sub(r"\[(\d+)\]", lambda m: f"[{renumber.get(int(m.group(1)), int(m.group(1)))}]", answer)
     if "sources" in short:
         short["sources"] = [renumber[n] for n in cited]
@@ -157,10 +185,30 @@ def shorten_demo(demo: dict) -> dict:
 def demo_supported(demo: dict) -> bool:
     """A shortened demo still holds its answer: the answer's content words appear in its passages."""
     words = content_words(re.sub(r"\[\d+\]", " ", str(demo.get("answer", ""))))
-    if not words or "do not answer" in str(demo.get("answer", "")):
+    if not words or _abstains(demo):
         return True
     text = str(demo.get("passages", "")).lower()
     return sum(w in text for w in words) / len(words) >= 0.6
+
+
+def _abstains(demo: dict) -> bool:
+    return "do not answer" in str(demo.get("answer", ""))
+
+
+def select_demos(demos: list[dict], k: int = MAX_DEMOS) -> list[dict]:
+    """At most `k` shortened, supported demos, mixing answers and abstentions.
+
+    Bootstrapping keeps the first traces that pass, and on the local model the
+    first to pass are mostly abstentions (an easy full score); a demo set of only
+    abstentions teaches the model to abstain. Keep at most one abstention, the
+    answered ones first (shortest first: prompt length is latency), in their
+    original order."""
+    short = [d for d in (shorten_demo(d) for d in demos) if demo_supported(d)]
+    answered = sorted((d for d in short if not _abstains(d)), key=lambda d: len(json.dumps(d)))
+    abstain = [d for d in short if _abstains(d)]
+    chosen = answered[: k - 1] + abstain[:1] if abstain else answered[:k]
+    chosen += [d for d in answered if d not in chosen][: k - len(chosen)]
+    return sorted(chosen, key=lambda d: next(i for i, x in enumerate(short) if x is d))
 
 
 # --- optimising -----------------------------------------------------------------------
@@ -175,7 +223,8 @@ def compile_program(program: CitedRAG, optimizer: str, train_rows: list[dict], e
     with dspy.context(lm=lm, max_history_size=20, max_trace_size=20):
         if optimizer == "bootstrap":
             opt = dspy.BootstrapFewShot(metric=metric, metric_threshold=DEMO_MIN_SCORE,
-                                        max_bootstrapped_demos=MAX_DEMOS, max_labeled_demos=0, max_rounds=1)
+                                        max_bootstrapped_demos=BOOTSTRAP_CANDIDATES, max_labeled_demos=0,
+                                        max_rounds=1)
             compiled = opt.compile(program, trainset=to_examples(rows))
         elif optimizer == "mipro":
             # A budget for 2 CPU cores: 3 instruction candidates, 2 demo sets, 6 trials on minibatches of 8.
@@ -192,9 +241,8 @@ def compile_program(program: CitedRAG, optimizer: str, train_rows: list[dict], e
                             reflection_minibatch_size=3, num_threads=1, seed=seed, track_stats=False)
             compiled = opt.compile(program, trainset=to_examples(train), valset=to_examples(val))
     for predictor in compiled.predictors():
-        demos = [shorten_demo(d.toDict() if hasattr(d, "toDict") else dict(d)) for d in predictor.demos]
-        predictor.demos = [dspy.Example(**{k: v for k, v in d.items() if k != "label"}) for d in demos
-                           if demo_supported(d)]
+        demos = select_demos([d.toDict() if hasattr(d, "toDict") else dict(d) for d in predictor.demos])
+        predictor.demos = [dspy.Example(**{k: v for k, v in d.items() if k != "label"}) for d in demos]
         predictor.lm = None
     return compiled
 

@@ -7,6 +7,7 @@ DummyLM; subprocess tests run the real console entry point for the error paths.
 from __future__ import annotations
 
 import json
+import logging
 import subprocess
 import sys
 from pathlib import Path
@@ -92,6 +93,16 @@ def test_ask_human_prints_answer_and_references(cli):
     assert code == 0
     assert out.startswith("They initialise the state matrix with HiPPO [1].")
     assert "References:\n  [1] Structured State Space Models for Long Sequences (tiny-ssm)" in out
+
+
+def test_library_warnings_are_quiet_unless_verbose(cli, monkeypatch, embedder):
+    def importing_dspy(name):  # importing dspy while the pipeline opens sets its logger to INFO
+        logging.getLogger("dspy").setLevel(logging.INFO)
+        return embedder
+    monkeypatch.setattr(rag.pipeline, "get_embedder", importing_dspy)
+    code, _, _ = cli("ask", "How are state space models initialised?")
+    assert code == 0
+    assert not logging.getLogger("dspy.clients.lm").isEnabledFor(logging.WARNING)
 
 
 def test_no_rebuild_is_a_one_line_error(cli):

@@ -294,6 +294,31 @@ def test_shorten_demo_keeps_cited_passages_renumbered():
     assert len(lines[1]) <= optimize.DEMO_PASSAGE_CHARS + 10
 
 
+def test_shorten_demo_keeps_the_sentence_the_answer_came_from():
+    filler = " ".join(f"Sentence {i} is about something else entirely." for i in range(20))
+    demo = {"question": "q", "passages": f"[1] Paper: {filler} The model reaches 91.5% accuracy on ImageNet.",
+            "answer": "It reaches 91.5% accuracy on ImageNet [1].", "sources": [1]}
+    short = optimize.shorten_demo(demo)
+    assert short["passages"].startswith("[1] Paper: ") and "91.5% accuracy on ImageNet" in short["passages"]
+    assert len(short["passages"]) <= optimize.DEMO_PASSAGE_CHARS + 10
+    assert optimize.demo_supported(short)
+
+
+def test_select_demos_mixes_answers_and_at_most_one_abstention():
+    abstain = [{"question": f"u{i}", "passages": "[1] X: x.\n[2] Y: y.",
+                "answer": "The papers here do not answer this question.", "sources": []} for i in range(3)]
+    answer = [{"question": f"a{i}", "passages": f"[1] P: The value is {i}{'0' * i}.",
+               "answer": f"The value is {i}{'0' * i} [1].", "sources": [1]} for i in range(3)]
+    unsupported = {"question": "bad", "passages": "[1] Q: nothing here.", "answer": "Zebras migrate north [1].",
+                   "sources": [1]}
+    chosen = optimize.select_demos(abstain[:2] + [unsupported, answer[2], answer[0]] + abstain[2:] + [answer[1]])
+    # the two shortest answers and one abstention, in their original order; the unsupported one dropped
+    assert [d["question"] for d in chosen] == ["u0", "a0", "a1"]
+    assert [d["question"] for d in optimize.select_demos(abstain)] == ["u0"]
+    assert [d["question"] for d in optimize.select_demos(answer)] == ["a0", "a1", "a2"]
+    assert optimize.select_demos([]) == []
+
+
 def test_optimize_bootstrap_round_trip_changes_the_prompt(env, capsys):
     tmp, _ = env
     out_file = tmp / "programs" / "20990101-000000-bootstrap.json"

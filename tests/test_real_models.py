@@ -11,6 +11,7 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -114,3 +115,6 @@ def test_rag_ask_json_end_to_end(settings, pipe):
     assert proc.stderr == ""  # no logs, no warnings, no llama.cpp chatter by default
     data = json.loads(proc.stdout)
     assert data["citations"][0]["title"].startswith("I am a Strange Dataset")
+    # a fresh clone answers with the optimised program it ships (programs/*.json), and says so
+    shipped = sorted(p.name for p in (Path(__file__).parents[1] / "programs").glob("*.json"))
+    assert shipped and data["provenance"]["program"] == shipped[-1]
