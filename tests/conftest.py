@@ -41,13 +41,20 @@ class KeywordEmbedder:
 
 
 @pytest.fixture(autouse=True)
-def _clean_dspy_and_env(monkeypatch):
-    """Each test starts with no configured LM and no RAG_* variables from the caller's shell."""
+def _clean_dspy_and_env(monkeypatch, request, tmp_path):
+    """Each test starts with no configured LM and no RAG_* variables from the caller's shell.
+
+    Fast tests also see no optimised programs (the shipped programs/*.json would put its
+    demos into every DummyLM prompt); the real-model (slow) tests use what a clone ships."""
     import os
+
+    import rag.pipeline
 
     for key in list(os.environ):
         if key.startswith("RAG_"):
             monkeypatch.delenv(key)
+    if request.node.get_closest_marker("slow") is None:
+        monkeypatch.setattr(rag.pipeline, "PROGRAMS_DIR", tmp_path / "programs")
     dspy.settings.configure(lm=None, adapter=None)
     yield
     dspy.settings.configure(lm=None, adapter=None)
