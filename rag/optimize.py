@@ -28,11 +28,14 @@ Left out: fine-tuning, optimising the follow-up rewriter.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
+import io
 import json
 import logging
 import os
 import re
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -220,7 +223,10 @@ def compile_program(program: CitedRAG, optimizer: str, train_rows: list[dict], e
         raise ProgramError(f"unknown optimizer {optimizer!r}; use one of {', '.join(OPTIMIZERS)}")
     rows = interleave(train_rows)
     metric = make_metric(embed)
-    with dspy.context(lm=lm, max_history_size=20, max_trace_size=20):
+    # DSPy's proposers print() their internals (program source, proposed instructions) to
+    # stdout, which is the command's output: they go to stderr with --verbose, else nowhere.
+    chatter = sys.stderr if log.isEnabledFor(logging.INFO) else io.StringIO()
+    with dspy.context(lm=lm, max_history_size=20, max_trace_size=20), contextlib.redirect_stdout(chatter):
         if optimizer == "bootstrap":
             opt = dspy.BootstrapFewShot(metric=metric, metric_threshold=DEMO_MIN_SCORE,
                                         max_bootstrapped_demos=BOOTSTRAP_CANDIDATES, max_labeled_demos=0,

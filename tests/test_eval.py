@@ -390,7 +390,7 @@ def test_optimize_bad_train_set_fails_before_loading(env, capsys):
 
 
 @pytest.mark.parametrize("name", ["mipro", "gepa"])
-def test_other_optimizers_compile_with_a_dummy_lm(name, embedder):
+def test_other_optimizers_compile_with_a_dummy_lm(name, embedder, capsys):
     pytest.importorskip("optuna" if name == "mipro" else "gepa")
     rows = [r for r in SET if r["type"] != "unanswerable"] * 2
     rows = [{**r, "id": f"{r['id']}-{i}"} for i, r in enumerate(rows)]
@@ -409,3 +409,4 @@ def test_other_optimizers_compile_with_a_dummy_lm(name, embedder):
                    "observations": "x", "summary": "x", "program_description": "x", "module_description": "x"}] * 400)
     compiled = optimize.compile_program(CitedRAG(search), name, rows, lambda t: embedder.encode(t), lm)
     assert isinstance(compiled, CitedRAG) and compiled.answer.lm is None
+    assert capsys.readouterr().out == ""  # DSPy's print()s do not reach the command's stdout
