@@ -339,6 +339,16 @@ def _eval_path(given: str | None, default: str) -> str:
     return given or str(ROOT / default)
 
 
+def _portable(path: object) -> str:
+    """`path` relative to the project root when inside it, so provenance reads the same in any clone."""
+    from pathlib import Path
+
+    from rag.settings import ROOT
+
+    p = Path(str(path)).resolve()
+    return str(p.relative_to(ROOT)) if p.is_relative_to(ROOT) else str(p)
+
+
 def _print_summary(s: dict) -> None:
     m, a = s["metrics"], s["abstention"]
     keys = ("fact_recall", "token_f1", "citation_validity", "citation_precision", "citation_recall",
@@ -421,7 +431,7 @@ def cmd_optimize(args: argparse.Namespace) -> int:
         "optimizer_seconds": round(seconds, 1), "lm": pipe.lm_label, "index": pipe.index.name,
         "settings": {"k": s.k, "retrieval": s.retrieval, "per_paper": s.per_paper, "min_score": s.min_score,
                      "max_tokens": s.max_tokens, "temperature": s.temperature},
-        "train": {"path": str(train_path), "sha256": evaluate.file_sha256(train_path), "n": len(train)},
+        "train": {"path": _portable(train_path), "sha256": evaluate.file_sha256(train_path), "n": len(train)},
         **optimize.describe(compiled),
     }
     optimize.save_program_file(compiled, out, provenance)
@@ -433,8 +443,8 @@ def cmd_optimize(args: argparse.Namespace) -> int:
         report = evaluate.run_eval(pipe, dev, label=f"{out.stem}-dev", set_path=dev_path,
                                    out_root=_eval_path(args.reports, "eval/reports"), progress=_progress())
         summary, _ = evaluate.read_report(report)
-        provenance["dev"] = {"path": str(dev_path), "sha256": summary["set_sha256"], "headline": summary["headline"],
-                             "headline_ci95": summary["headline_ci95"], "report": str(report),
+        provenance["dev"] = {"path": _portable(dev_path), "sha256": summary["set_sha256"], "headline": summary["headline"],
+                             "headline_ci95": summary["headline_ci95"], "report": _portable(report),
                              "lm_mean_s": summary["latency"]["lm_mean_s"]}
         optimize.save_program_file(compiled, out, provenance)
         _print_summary(summary)

@@ -410,3 +410,11 @@ def test_other_optimizers_compile_with_a_dummy_lm(name, embedder, capsys):
     compiled = optimize.compile_program(CitedRAG(search), name, rows, lambda t: embedder.encode(t), lm)
     assert isinstance(compiled, CitedRAG) and compiled.answer.lm is None
     assert capsys.readouterr().out == ""  # DSPy's print()s do not reach the command's stdout
+
+
+def test_provenance_paths_are_relative_inside_the_project(tmp_path):
+    from rag.cli import _portable
+    from rag.settings import ROOT
+
+    assert _portable(ROOT / "eval" / "train.jsonl") == "eval/train.jsonl"  # the same in any clone
+    assert _portable(tmp_path / "set.jsonl") == str(tmp_path / "set.jsonl")
