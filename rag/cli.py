@@ -424,7 +424,8 @@ def cmd_optimize(args: argparse.Namespace) -> int:
     _say(f"Optimising with {args.optimizer} on {len(train)} questions ({pipe.lm_label}); "
          f"each question the model answers takes ~20s locally ...")
     embed = lambda texts: pipe.embedder.encode(texts)  # noqa: E731
-    compiled, seconds = optimize.timed_compile(pipe.program, args.optimizer, train, embed, pipe.lm, seed=args.seed)
+    compiled, seconds = optimize.timed_compile(pipe.program, args.optimizer, train, embed, pipe.lm,
+                                               seed=args.seed, progress=_progress())
     s = pipe.settings
     provenance = {
         "optimizer": args.optimizer, "date": time.strftime("%Y-%m-%dT%H:%M:%S"), "seed": args.seed,

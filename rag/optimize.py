@@ -216,13 +216,39 @@ def select_demos(demos: list[dict], k: int = MAX_DEMOS) -> list[dict]:
 
 # --- optimising -----------------------------------------------------------------------
 
+def counted(metric: Any, bar: Any) -> Any:
+    """`metric`, ticking `bar` (a tqdm) once per scored answer with the running mean score: the
+    optimisers run quietly for tens of minutes, and this is how the user sees them move."""
+    seen: list[float] = []
+
+    def wrapped(*args: Any, **kwargs: Any) -> Any:
+        result = metric(*args, **kwargs)
+        seen.append(float(getattr(result, "score", result)))
+        bar.set_postfix_str(f"mean score {sum(seen) / len(seen):.2f}", refresh=False)
+        bar.update(1)
+        return result
+
+    return wrapped
+
+
 def compile_program(program: CitedRAG, optimizer: str, train_rows: list[dict], embed: Any, lm: Any,
-                    *, seed: int = 0) -> CitedRAG:
+                    *, seed: int = 0, progress: bool = False) -> CitedRAG:
     """Compile `program` with `optimizer` on `train_rows`; demos come back shortened."""
     if optimizer not in OPTIMIZERS:
         raise ProgramError(f"unknown optimizer {optimizer!r}; use one of {', '.join(OPTIMIZERS)}")
+    from tqdm.auto import tqdm
+
+    bar = tqdm(desc=f"{optimizer}: answers scored", unit="answer", disable=not progress, file=sys.stderr)
+    try:
+        return _compile(program, optimizer, train_rows, embed, lm, seed, bar)
+    finally:
+        bar.close()
+
+
+def _compile(program: CitedRAG, optimizer: str, train_rows: list[dict], embed: Any, lm: Any, seed: int,
+             bar: Any) -> CitedRAG:
     rows = interleave(train_rows)
-    metric = make_metric(embed)
+    metric = counted(make_metric(embed), bar)
     # DSPy's proposers print() their internals (program source, proposed instructions) to
     # stdout, which is the command's output: they go to stderr with --verbose, else nowhere.
     chatter = sys.stderr if log.isEnabledFor(logging.INFO) else io.StringIO()
@@ -243,7 +269,7 @@ def compile_program(program: CitedRAG, optimizer: str, train_rows: list[dict], e
                                    data_aware_proposer=False, view_data_batch_size=3)
         else:
             train, val = rows[: len(rows) // 2], rows[len(rows) // 2:]
-            opt = dspy.GEPA(metric=make_feedback_metric(embed), max_metric_calls=60, reflection_lm=lm,
+            opt = dspy.GEPA(metric=counted(make_feedback_metric(embed), bar), max_metric_calls=60, reflection_lm=lm,
                             reflection_minibatch_size=3, num_threads=1, seed=seed, track_stats=False)
             compiled = opt.compile(program, trainset=to_examples(train), valset=to_examples(val))
     for predictor in compiled.predictors():

@@ -407,9 +407,29 @@ def test_other_optimizers_compile_with_a_dummy_lm(name, embedder, capsys):
     lm = DummyLM([{"answer": "The state matrix is initialised with HiPPO [1].", "sources": "[1]",
                    "proposed_instruction": "Answer with citations.", "new_instruction": "Answer with citations.",
                    "observations": "x", "summary": "x", "program_description": "x", "module_description": "x"}] * 400)
-    compiled = optimize.compile_program(CitedRAG(search), name, rows, lambda t: embedder.encode(t), lm)
+    compiled = optimize.compile_program(CitedRAG(search), name, rows, lambda t: embedder.encode(t), lm, progress=True)
     assert isinstance(compiled, CitedRAG) and compiled.answer.lm is None
-    assert capsys.readouterr().out == ""  # DSPy's print()s do not reach the command's stdout
+    out, err = capsys.readouterr()
+    assert out == ""  # DSPy's print()s do not reach the command's stdout
+    assert f"{name}: answers scored" in err and "mean score" in err  # the user sees it move
+
+
+def test_counted_metric_ticks_once_per_answer_and_keeps_the_mean():
+    class Bar:
+        n, postfix = 0, ""
+
+        def update(self, k):
+            self.n += k
+
+        def set_postfix_str(self, s, refresh=True):
+            self.postfix = s
+
+    bar = Bar()
+    scores = iter([1.0, 0.0, dspy.Prediction(score=0.5, feedback="x")])
+    metric = optimize.counted(lambda *a, **kw: next(scores), bar)
+    assert metric(None, None) == 1.0 and metric(None, None, None) == 0.0
+    assert metric(None, None, None, pred_name="answer", pred_trace=None).feedback == "x"
+    assert bar.n == 3 and bar.postfix == "mean score 0.50"
 
 
 def test_provenance_paths_are_relative_inside_the_project(tmp_path):
