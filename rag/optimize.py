@@ -44,7 +44,7 @@ import dspy
 
 from rag.errors import ProgramError
 from rag.metrics import content_words, score_row
-from rag.program import CitedAnswer, CitedRAG
+from rag.program import CitedAnswer, CitedRAG, map_citations
 
 log = logging.getLogger(__name__)
 
@@ -195,7 +195,9 @@ def demo_supported(demo: dict) -> bool:
 
 
 def _abstains(demo: dict) -> bool:
-    return "do not answer" in str(demo.get("answer", ""))
+    """The demo's answer is an abstention as the program and the metric judge it (any phrasing)."""
+    passages = [m.group(2) for m in map(_PASSAGE.match, str(demo.get("passages", "")).splitlines()) if m]
+    return map_citations(str(demo.get("answer", "")), demo.get("sources"), passages).abstained
 
 
 def select_demos(demos: list[dict], k: int = MAX_DEMOS) -> list[dict]:
@@ -212,9 +214,8 @@ def select_demos(demos: list[dict], k: int = MAX_DEMOS) -> list[dict]:
     if not answered:
         return []
     abstain = [d for d in short if _abstains(d)]
-    chosen = answered[: k - 1] + abstain[:1] if abstain else answered[:k]
-    chosen += [d for d in answered if d not in chosen][: k - len(chosen)]
-    return sorted(chosen, key=lambda d: next(i for i, x in enumerate(short) if x is d))
+    picked = {id(d) for d in (answered[: k - 1] + abstain[:1] if abstain else answered[:k])}
+    return [d for d in short if id(d) in picked]
 
 
 # --- optimising -----------------------------------------------------------------------

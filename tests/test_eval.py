@@ -315,6 +315,11 @@ def test_select_demos_mixes_answers_and_at_most_one_abstention():
     # the two shortest answers and one abstention, in their original order; the unsupported one dropped
     assert [d["question"] for d in chosen] == ["u0", "a0", "a1"]
     assert optimize.select_demos(abstain) == []  # abstentions alone teach the model to abstain
+    # an abstention in other words is still an abstention (as the metric judged it)
+    reworded = {"question": "u-other", "passages": "[1] X: x.", "answer": "The passages do not mention the GPU used.",
+                "sources": []}
+    assert optimize.select_demos([reworded]) == []
+    assert [d["question"] for d in optimize.select_demos([reworded, abstain[0], *answer])] == ["u-other", "a0", "a1"]
     assert [d["question"] for d in optimize.select_demos(abstain + [unsupported])] == []
     assert [d["question"] for d in optimize.select_demos(answer)] == ["a0", "a1", "a2"]
     assert optimize.select_demos([]) == []
