@@ -20,9 +20,10 @@ from collections.abc import Iterator
 
 import gradio as gr
 
-from rag.cli import quiet_libraries
-from rag.errors import RagError
-from rag.pipeline import MAX_QUESTION_CHARS, Pipeline
+from rag import logs
+from rag.errors import QuestionTooLong, RagError
+from rag.pipeline import Pipeline
+from rag.retrieve import MODES
 from rag.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -123,10 +124,6 @@ def history_pairs(history: list) -> list[tuple[str, str]]:
 
 def make_respond(pipe: Pipeline):
     def respond(message: str, history: list, k: int, retrieval: str) -> Iterator[tuple[str, str]]:
-        if len(message or "") > MAX_QUESTION_CHARS:
-            yield (f"Your question is {len(message):,} characters; the limit is {MAX_QUESTION_CHARS:,}. "
-                   "Please shorten it.", render_sources([]))
-            return
         hits, query, text = [], None, ""
         try:
             for ev in pipe.ask_stream(message, history_pairs(history), k=int(k), mode=retrieval):
@@ -144,6 +141,9 @@ def make_respond(pipe: Pipeline):
                 elif kind == "done":
                     yield final_message(ev["result"]), render_sources(
                         ev["hits"], {c["n"] for c in ev["result"]["citations"]}, ev["query"] if history else None)
+        except QuestionTooLong as e:
+            yield (f"Your question is {e.length:,} characters; the limit is {e.limit:,}. Please shorten it.",
+                   render_sources([]))
         except RagError as e:
             yield f"**Error:** {md_escape(str(e))}", render_sources(hits, query=query)
         except Exception as e:  # noqa: BLE001 - the app keeps serving whatever one answer does
@@ -183,7 +183,7 @@ def build_app(pipe: Pipeline, queue_max: int = QUEUE_MAX) -> gr.Blocks:
                 with gr.Column(scale=3):
                     with gr.Accordion("Settings", open=False):
                         k = gr.Slider(1, 8, value=settings.k, step=1, label="Passages (k)")
-                        mode = gr.Radio(["hybrid", "dense", "bm25"], value=settings.retrieval, label="Retrieval")
+                        mode = gr.Radio(list(MODES), value=settings.retrieval, label="Retrieval")
                         gr.Markdown(f"LM: `{pipe.lm_label}` · program: `{pipe.program_label}` · "
                                     f"index: `{pipe.index.name}` (set with RAG_LM / RAG_PROGRAM)")
                     gr.ChatInterface(
@@ -221,13 +221,13 @@ def parse_auth(value: str) -> tuple[str, str] | None:
 
 
 def main() -> int:
-    logging.basicConfig(level=logging.WARNING)
+    logs.setup()
     try:
         settings = Settings.load()
         auth = parse_auth(settings.auth)
         print("Loading the index and the model...", file=sys.stderr, flush=True)
         pipe = Pipeline.open(settings, progress=sys.stderr.isatty())
-        quiet_libraries()
+        logs.quiet_libraries()
     except RagError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1

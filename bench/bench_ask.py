@@ -16,7 +16,7 @@ import argparse
 import statistics
 import time
 
-from rag.lm import local_engine
+from rag.llama import local_engine
 from rag.pipeline import Pipeline
 from rag.settings import Settings
 

@@ -10,12 +10,13 @@ top 3, and the per-query latency. Figures and ratios are measured in this one ru
 from __future__ import annotations
 
 import argparse
-import statistics
 import time
 
-from rag.chunking import split_sentences
+from rag.metrics import percentile
 from rag.pipeline import Pipeline
+from rag.retrieve import MODES
 from rag.settings import Settings
+from rag.text import split_sentences
 
 
 def main() -> None:
@@ -34,7 +35,7 @@ def main() -> None:
         queries.append((p.id, p.abstract[s:e]))
     pipe.search("warm up", k=4)
     results = {}
-    for mode in ("dense", "bm25", "hybrid"):
+    for mode in MODES:
         lat, top1, top3 = [], 0, 0
         for pid, q in queries:
             t = time.perf_counter()
@@ -43,10 +44,9 @@ def main() -> None:
             ids = [h.paper.id for h in hits]
             top1 += bool(ids) and ids[0] == pid
             top3 += pid in ids
-        results[mode] = statistics.median(lat)
-        lat.sort()
+        results[mode] = percentile(lat, 50)
         print(f"{mode:>6}: recall@1 {top1 / len(queries):.3f}  recall@3 {top3 / len(queries):.3f}  "
-              f"latency p50 {statistics.median(lat):.1f} ms  p95 {lat[int(0.95 * (len(lat) - 1))]:.1f} ms")
+              f"latency p50 {percentile(lat, 50):.1f} ms  p95 {percentile(lat, 95):.1f} ms")
     print(f"hybrid/dense latency ratio: {results['hybrid'] / results['dense']:.2f}")
 
 

@@ -13,7 +13,11 @@ from __future__ import annotations
 
 import json
 import random
+import sys
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from rag.metrics import TYPES  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 SEED = 20261123
@@ -21,7 +25,7 @@ SEED = 20261123
 
 def split(rows: list[dict]) -> tuple[list[dict], list[dict]]:
     train, dev = [], []
-    for kind in ("single", "multi", "unanswerable"):
+    for kind in TYPES:
         group = sorted((r for r in rows if r["type"] == kind), key=lambda r: r["id"])
         random.Random(f"{SEED}-{kind}").shuffle(group)
         for i, row in enumerate(group):
@@ -35,7 +39,7 @@ def main() -> None:
     for name, part in (("train", train), ("dev", dev)):
         text = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in part)
         (HERE / f"{name}.jsonl").write_text(text, encoding="utf-8")
-        counts = {k: sum(r["type"] == k for r in part) for k in ("single", "multi", "unanswerable")}
+        counts = {k: sum(r["type"] == k for r in part) for k in TYPES}
         print(f"{name}: {len(part)} questions {counts}")
 
 

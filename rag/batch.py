@@ -19,6 +19,7 @@ several workers, lines are written in completion order; ids say which is which).
 from __future__ import annotations
 
 import csv
+import dataclasses
 import io
 import json
 import logging
@@ -33,12 +34,14 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 from rag.errors import RagError
+from rag.metrics import percentile
+from rag.pipeline import Answer
 
 log = logging.getLogger(__name__)
 
 FORMATS = ("jsonl", "csv", "txt")
 _EXTENSIONS = {".jsonl": "jsonl", ".ndjson": "jsonl", ".csv": "csv", ".txt": "txt", ".text": "txt"}
-ASK_KEYS = ("question", "answer", "abstained", "citations", "passages", "provenance")
+ASK_KEYS = tuple(f.name for f in dataclasses.fields(Answer))
 
 
 @dataclass
@@ -75,9 +78,8 @@ class Summary:
         self.completion_tokens += int(prov.get("completion_tokens") or 0)
 
     def line(self) -> str:
-        lat = sorted(self.latencies)
-        mean = statistics.fmean(lat) if lat else 0.0
-        p95 = lat[min(len(lat) - 1, int(round(0.95 * (len(lat) - 1))))] if lat else 0.0
+        mean = statistics.fmean(self.latencies) if self.latencies else 0.0
+        p95 = percentile(self.latencies, 95) if self.latencies else 0.0
         return (f"answered {self.answered} (abstained {self.abstained}), errors {self.errors}, "
                 f"skipped {self.skipped} already done; latency mean {mean:.2f}s p95 {p95:.2f}s; "
                 f"tokens {self.prompt_tokens} prompt + {self.completion_tokens} completion")
@@ -269,8 +271,7 @@ def carry(extra: dict[str, Any]) -> dict[str, Any]:
 
 
 def error_record(row: Row, error: str) -> dict:
-    return {"id": row.id, "question": row.question, "answer": None, "abstained": None, "citations": [],
-            "passages": [], "provenance": None, **carry(row.extra), "error": error}
+    return {"id": row.id, **Answer.failed(row.question).to_json(), **carry(row.extra), "error": error}
 
 
 def answer_row(ask: Callable[[str], dict], row: Row) -> dict:

@@ -12,15 +12,10 @@ Left out: token-based windows and cross-paper chunks. Abstracts are short
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 
 from rag.corpus import Paper
-
-# A sentence ends at . ! or ? followed by whitespace and an upper-case letter,
-# digit or opening bracket; common abbreviations do not end a sentence.
-_BOUNDARY = re.compile(r"(?<=[.!?])[\"')\]]?\s+(?=[A-Z0-9(\[\"'])")
-_ABBREV = re.compile(r"(?:\b(?:e\.g|i\.e|et al|etc|vs|cf|Fig|Eq|Sec|resp|approx|Dr|Mr|Ms|No)\.|\b[A-Z]\.)$")
+from rag.text import split_sentences
 
 
 @dataclass(frozen=True)
@@ -35,20 +30,6 @@ class Chunk:
 
     def to_json(self) -> dict:
         return {"id": self.id, "paper_id": self.paper_id, "text": self.text, "start": self.start, "end": self.end}
-
-
-def split_sentences(text: str) -> list[tuple[int, int]]:
-    """(start, end) character spans of the sentences of `text`."""
-    spans, start = [], 0
-    for m in _BOUNDARY.finditer(text):
-        if _ABBREV.search(text[start:m.start()]):
-            continue
-        end = m.start() + len(m.group(0).rstrip())  # keep a closing quote/bracket
-        spans.append((start, end))
-        start = m.end()
-    if start < len(text.rstrip()):
-        spans.append((start, len(text.rstrip())))
-    return [(s, e) for s, e in spans if text[s:e].strip()]
 
 
 def chunk_paper(paper: Paper, sentences: int = 3, overlap: int = 1) -> list[Chunk]:

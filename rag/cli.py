@@ -3,22 +3,21 @@
 Subcommands: index, papers, search, ask, batch, chat, eval, optimize, settings. Options fall back to
 `RAG_*` environment variables (see `rag settings`). Expected errors print one
 line on stderr and exit 1; bad usage exits 2. `--json` output shapes are the
-contracts in DESIGN.md and only ever gain fields.
+contracts in docs/json.md and only ever gain fields.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import logging
-import os
 import sys
 import textwrap
 import time
-import warnings
 from typing import Any
 
+from rag import logs
 from rag.errors import RagError
+from rag.retrieve import MODES
 
 EXAMPLES = {
     "index": """examples:
@@ -68,7 +67,7 @@ def _parser() -> argparse.ArgumentParser:
     retrieval = argparse.ArgumentParser(add_help=False)
     r = retrieval.add_argument_group("retrieval")
     r.add_argument("--k", type=int, help="number of passages (RAG_K, default 4)")
-    r.add_argument("--retrieval", choices=("hybrid", "dense", "bm25"), help="retrieval mode (RAG_RETRIEVAL)")
+    r.add_argument("--retrieval", choices=tuple(MODES), help="retrieval mode (RAG_RETRIEVAL)")
     r.add_argument("--no-rebuild", action="store_true", help="error instead of building a missing or stale index")
 
     model = argparse.ArgumentParser(add_help=False)
@@ -151,21 +150,19 @@ def _progress() -> bool:
 
 
 def _open(args: argparse.Namespace, *, need_lm: bool, disk_cache: bool = False, **overrides: Any):
-    from rag.index import expected_index_path
     from rag.pipeline import Pipeline
 
     settings = _settings(args)
     if overrides:
         settings = settings.replace(**overrides)
-    if need_lm and settings.lm != "local":
-        from rag.lm import check_remote
-
-        check_remote(settings)  # a missing key should not cost an index build first
     rebuild = "never" if getattr(args, "no_rebuild", False) else "auto"
-    if rebuild == "auto" and not (expected_index_path(settings) / "meta.json").exists():
+
+    def building(path) -> None:
         _say("Building the index (first run or the corpus/settings changed; about a minute)...")
-    pipeline = Pipeline.open(settings, rebuild=rebuild, progress=_progress(), need_lm=need_lm, disk_cache=disk_cache)
-    quiet_libraries()  # libraries imported while opening (DSPy) set their loggers back to INFO
+
+    pipeline = Pipeline.open(settings, rebuild=rebuild, progress=_progress(), need_lm=need_lm, disk_cache=disk_cache,
+                             on_build=building)
+    logs.quiet_libraries()  # libraries imported while opening (DSPy) set their loggers back to INFO
     return pipeline
 
 
@@ -193,18 +190,19 @@ def format_answer(result: dict, width: int = 100) -> str:
 
 
 def cmd_index(args: argparse.Namespace) -> int:
-    from rag.embed import get_embedder
-    from rag.index import expected_index_path, open_index
+    from rag.pipeline import Pipeline
 
     settings = _settings(args)
-    path = expected_index_path(settings)
-    fresh = args.rebuild or not (path / "meta.json").exists()
-    if fresh:
+    built = []
+
+    def building(path) -> None:
+        built.append(path)
         _say(f"Building index {path.name} over {settings.corpus} ...")
+
     t0 = time.perf_counter()
-    index = open_index(settings, lambda: get_embedder(settings.embed_model),
-                       rebuild="always" if args.rebuild else "auto", progress=_progress())
-    state = f"built in {time.perf_counter() - t0:.1f}s" if fresh else "up to date"
+    index = Pipeline.open(settings, need_lm=False, rebuild="always" if args.rebuild else "auto",
+                          progress=_progress(), on_build=building).index
+    state = f"built in {time.perf_counter() - t0:.1f}s" if built else "up to date"
     print(f"{index.path}: {index.meta['n_papers']} papers, {index.meta['n_chunks']} chunks ({state})")
     return 0
 
@@ -274,7 +272,6 @@ def cmd_batch(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from rag import batch
-    from rag.metrics import has_labels, score_row, summarize
 
     if args.workers < 1:
         raise RagError(f"--workers must be at least 1, got {args.workers}")
@@ -320,16 +317,9 @@ def cmd_batch(args: argparse.Namespace) -> int:
         batch.write_csv(Path(args.output), Path(args.output).with_suffix(".csv"))
     _say(summary.line())
     if args.eval:
-        scored = []
-        with open(args.output, encoding="utf-8") as f:
-            for line in f:
-                rec = json.loads(line)
-                if has_labels(rec) and not rec.get("error"):
-                    label = {**rec, "answer": rec.get("input_answer")}
-                    scored.append(score_row(label, rec))
-        if not scored:
-            raise RagError("--eval: no answered row carries facts, gold_paper_ids or type; nothing to score")
-        _print_json(summarize(scored))
+        from rag.evaluate import score_output
+
+        _print_json(score_output(args.output))
     return 0
 
 
@@ -337,16 +327,6 @@ def _eval_path(given: str | None, default: str) -> str:
     from rag.settings import ROOT
 
     return given or str(ROOT / default)
-
-
-def _portable(path: object) -> str:
-    """`path` relative to the project root when inside it, so provenance reads the same in any clone."""
-    from pathlib import Path
-
-    from rag.settings import ROOT
-
-    p = Path(str(path)).resolve()
-    return str(p.relative_to(ROOT)) if p.is_relative_to(ROOT) else str(p)
 
 
 def _print_summary(s: dict) -> None:
@@ -399,55 +379,24 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 
 def cmd_optimize(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
     from rag import evaluate, optimize
-    from rag.pipeline import PROGRAMS_DIR
+    from rag.programs import new_program_path
 
     train_path = _eval_path(args.train, "eval/train.jsonl")
     dev_path = None if args.dev == "none" else _eval_path(args.dev, "eval/dev.jsonl")
     train = evaluate.load_set(train_path)
     dev = evaluate.load_set(dev_path) if dev_path else None
-    stamp = optimize.program_stamp()
-    out = Path(args.out) if args.out else PROGRAMS_DIR / f"{stamp}-{args.optimizer}.json"
-    if out.suffix != ".json":
-        raise RagError(f"--out {out} must end in .json")
-    try:
-        out.parent.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise RagError(f"cannot write {out.parent}: {e.strerror}; pass --out PATH") from None
-    if not os.access(out.parent, os.W_OK):
-        raise RagError(f"cannot write {out.parent}; pass --out PATH")
+    out = new_program_path(args.optimizer, args.out)  # an unwritable --out fails before any work
     pipe = _open(args, need_lm=True, disk_cache=True, program="baseline")
     ids = set(pipe.index.papers)
     evaluate.load_set(train_path, ids)
-    _say(f"Optimising with {args.optimizer} on {len(train)} questions ({pipe.lm_label}); "
-         f"each question the model answers takes ~20s locally ...")
-    embed = lambda texts: pipe.embedder.encode(texts)  # noqa: E731
-    compiled, seconds = optimize.timed_compile(pipe.program, args.optimizer, train, embed, pipe.lm,
-                                               seed=args.seed, progress=_progress())
-    s = pipe.settings
-    provenance = {
-        "optimizer": args.optimizer, "date": time.strftime("%Y-%m-%dT%H:%M:%S"), "seed": args.seed,
-        "optimizer_seconds": round(seconds, 1), "lm": pipe.lm_label, "index": pipe.index.name,
-        "settings": {"k": s.k, "retrieval": s.retrieval, "per_paper": s.per_paper, "min_score": s.min_score,
-                     "max_tokens": s.max_tokens, "temperature": s.temperature},
-        "train": {"path": _portable(train_path), "sha256": evaluate.file_sha256(train_path), "n": len(train)},
-        **optimize.describe(compiled),
-    }
-    optimize.save_program_file(compiled, out, provenance)
-    _say(f"compiled in {seconds:.0f}s: {provenance['demos']} demos; saved {out}")
     if dev is not None:
         evaluate.load_set(dev_path, ids)
-        pipe.program, pipe.program_label = compiled, out.name
-        _say(f"Scoring it on {len(dev)} dev questions ...")
-        report = evaluate.run_eval(pipe, dev, label=f"{out.stem}-dev", set_path=dev_path,
-                                   out_root=_eval_path(args.reports, "eval/reports"), progress=_progress())
+    out, report = optimize.optimize_and_save(pipe, args.optimizer, train, train_path, out, dev=dev, dev_path=dev_path,
+                                             reports=_eval_path(args.reports, "eval/reports"), seed=args.seed,
+                                             progress=_progress(), say=_say)
+    if report is not None:
         summary, _ = evaluate.read_report(report)
-        provenance["dev"] = {"path": _portable(dev_path), "sha256": summary["set_sha256"], "headline": summary["headline"],
-                             "headline_ci95": summary["headline_ci95"], "report": _portable(report),
-                             "lm_mean_s": summary["latency"]["lm_mean_s"]}
-        optimize.save_program_file(compiled, out, provenance)
         _print_summary(summary)
         print(f"report: {report}")
     print(f"program: {out}")
@@ -468,26 +417,9 @@ COMMANDS = {"index": cmd_index, "papers": cmd_papers, "search": cmd_search, "ask
             "settings": cmd_settings}
 
 
-NOISY = ("dspy", "LiteLLM", "litellm", "httpx", "sentence_transformers", "transformers", "bm25s")
-
-
-def quiet_libraries() -> None:
-    """Libraries' own warnings (DSPy's "response was truncated", ...) only with --verbose.
-
-    Called again once DSPy is imported: its import sets its logger back to INFO."""
-    if logging.getLogger().getEffectiveLevel() > logging.INFO:
-        for noisy in NOISY:
-            logging.getLogger(noisy).setLevel(logging.ERROR)
-
-
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    verbose = getattr(args, "verbose", False)
-    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    if not verbose:
-        warnings.filterwarnings("ignore")
-        quiet_libraries()
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    logs.setup(getattr(args, "verbose", False))
     try:
         return COMMANDS[args.command](args)
     except RagError as e:

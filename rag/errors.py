@@ -27,3 +27,12 @@ class ProgramError(RagError):
 
 class SettingsError(RagError):
     """A setting has an unknown name or an invalid value."""
+
+
+class QuestionTooLong(RagError):
+    """A question over the length limit; the chat words it for its own users."""
+
+    def __init__(self, length: int, limit: int) -> None:
+        super().__init__(f"the question is {length:,} characters; the limit is {limit:,}, shorten it")
+        self.length = length
+        self.limit = limit

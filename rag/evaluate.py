@@ -36,16 +36,19 @@ from typing import Any
 
 from rag.errors import RagError
 from rag.metrics import (
+    TYPES,
     abstention_summary,
     bootstrap_ci,
+    has_labels,
     paired_bootstrap,
+    percentile,
     retrieval_scores,
     score_row,
     summarize,
 )
+from rag.pipeline import Answer
+from rag.retrieve import MODES
 
-TYPES = ("single", "multi", "unanswerable")
-MODES = ("dense", "bm25", "hybrid")
 REPORT_METRICS = ("headline", "fact_recall", "token_f1", "citation_validity", "citation_precision",
                   "citation_recall", "citation_f1", "faithfulness", "retrieval_recall", "correct_abstention",
                   "false_abstention", "semantic_f1")
@@ -164,7 +167,7 @@ def run_eval(pipe: Any, rows: list[dict], *, label: str, set_path: str | Path, o
                 pred = pipe.ask(row["question"])
             except RagError as e:
                 error = str(e)
-                pred = {"answer": "", "abstained": False, "citations": [], "passages": [], "provenance": {}}
+                pred = Answer.failed(row["question"]).to_json()
             wall = time.perf_counter() - t0
             scores = score_row(row, pred, embed=embed)
             if judge is not None and row["type"] != "unanswerable" and not error:
@@ -214,7 +217,7 @@ def summarize_results(results: list[dict], rows: list[dict]) -> dict:
     preds = [r["prediction"] for r in results]
     heads = [r["metrics"]["headline"] for r in results]
     lo, hi = bootstrap_ci(heads)
-    lm_times = sorted(r["lm_s"] for r in results)
+    lm_times = [r["lm_s"] for r in results]
     called = [r for r in results if (r["prediction"].get("provenance") or {}).get("completion_tokens")]
     prov = [r["prediction"].get("provenance") or {} for r in results]
     return {
@@ -230,7 +233,7 @@ def summarize_results(results: list[dict], rows: list[dict]) -> dict:
         "latency": {
             # lm_s is the model's generation time, taken from the cache entry on a cache hit.
             "lm_mean_s": round(statistics.fmean(lm_times), 2),
-            "lm_p95_s": round(lm_times[min(len(lm_times) - 1, int(0.95 * len(lm_times)))], 2),
+            "lm_p95_s": round(percentile(lm_times, 95), 2),
             "lm_mean_s_when_called": round(statistics.fmean(r["lm_s"] for r in called), 2) if called else None,
             "wall_mean_s": round(statistics.fmean(r["wall_s"] for r in results), 2),
         },
@@ -239,6 +242,21 @@ def summarize_results(results: list[dict], rows: list[dict]) -> dict:
             "completion_mean": round(statistics.fmean(p.get("completion_tokens") or 0 for p in prov), 1),
         },
     }
+
+
+def score_output(path: str | Path) -> dict:
+    """Metrics of a `rag batch` output whose rows carried labels (facts, gold_paper_ids, type):
+    the same `score_row` as a `rag eval` run, without the embedder (so no faithfulness)."""
+    scored = []
+    with open(path, encoding="utf-8") as f:
+        for line in f:
+            rec = json.loads(line)
+            if has_labels(rec) and not rec.get("error"):
+                label = {**rec, "answer": rec.get("input_answer")}
+                scored.append(score_row(label, rec))
+    if not scored:
+        raise EvalError("--eval: no answered row carries facts, gold_paper_ids or type; nothing to score")
+    return summarize(scored)
 
 
 # --- reports --------------------------------------------------------------------------

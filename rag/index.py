@@ -29,7 +29,7 @@ import re
 import shutil
 import tempfile
 import time
-from dataclasses import dataclass
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -38,46 +38,14 @@ from rag.chunking import Chunk, chunk_corpus, embedding_text
 from rag.corpus import Paper, corpus_hash, load_corpus
 from rag.embed import Embedder
 from rag.errors import IndexStoreError
+from rag.retrieve import Index
 from rag.settings import Settings
+from rag.text import tokenize
 
 log = logging.getLogger(__name__)
 
 FORMAT = 1
 FILES = ("papers.jsonl", "chunks.jsonl", "dense.faiss")
-_STOPWORDS = frozenset("""a an and are as at be by can do does for from has have how in into is it its of on or
-that the their these this those to was we were what when which who why will with our via using use used
-about than then there they them also such both between over under more most other some any each not no""".split())
-
-
-def tokenize(text: str) -> list[str]:
-    """BM25 tokens: lower-case words, stopwords dropped, a plural 's' stripped."""
-    out = []
-    for tok in re.findall(r"[a-z0-9]+", text.lower()):
-        if tok in _STOPWORDS:
-            continue
-        if len(tok) > 3 and tok.endswith("s") and not tok.endswith("ss"):
-            tok = tok[:-1]
-        out.append(tok)
-    return out
-
-
-@dataclass
-class Index:
-    """A loaded index: papers, chunks, the FAISS index and the BM25 index."""
-
-    path: Path
-    meta: dict
-    papers: dict[str, Paper]
-    chunks: list[Chunk]
-    dense: object  # faiss.Index
-    bm25: object  # bm25s.BM25
-
-    @property
-    def name(self) -> str:
-        return self.path.name
-
-    def __len__(self) -> int:
-        return len(self.chunks)
 
 
 def _bm25s():
@@ -94,32 +62,47 @@ def index_name(corpus_digest: str, settings: Settings) -> str:
     return f"idx-{key}"
 
 
+def chunk_papers(papers: list[Paper], settings: Settings) -> tuple[list[Chunk], list[str]]:
+    """The chunks of `papers` and, for each, the text that is embedded and BM25-indexed."""
+    by_id = {p.id: p for p in papers}
+    chunks = chunk_corpus(papers, settings.chunk_sentences, settings.chunk_overlap)
+    return chunks, [embedding_text(by_id[c.paper_id], c) for c in chunks]
+
+
+def embed_chunks(texts: list[str], embedder: Embedder, *, progress: bool = False) -> np.ndarray:
+    """One normalised float32 row per text. Anything with the `Embedder` interface plugs in here:
+    the local sentence-transformers model, a fake in tests, a distributed engine."""
+    vectors = embedder.encode(texts, progress=progress)
+    if vectors.shape != (len(texts), embedder.dim):
+        raise IndexStoreError(f"embedder returned shape {vectors.shape}, expected {(len(texts), embedder.dim)}")
+    return np.ascontiguousarray(vectors, dtype=np.float32)
+
+
 def build_index(papers: list[Paper], embedder: Embedder, settings: Settings, *, progress: bool = False) -> Path:
     """Chunk, embed and index `papers`; write atomically to `index_dir/<name>`. Returns the path."""
+    if not papers:
+        raise IndexStoreError("cannot build an index over an empty corpus; check --corpus")
+    root = Path(settings.index_dir)
+    _check_writable(root)  # before the embedding work, not after it
+    t0 = time.perf_counter()
+    chunks, texts = chunk_papers(papers, settings)
+    vectors = embed_chunks(texts, embedder, progress=progress)
+    return write_index(root, papers, chunks, texts, vectors, settings, started=t0)
+
+
+def write_index(root: Path, papers: list[Paper], chunks: list[Chunk], texts: list[str], vectors: np.ndarray,
+                settings: Settings, *, started: float | None = None) -> Path:
+    """Write the index of `chunks` (their embedded `texts` and `vectors`, row i for chunk i) to
+    `root/<name>`: built in a temporary sibling directory and renamed into place. Returns the path."""
     import faiss
 
     bm25s = _bm25s()
-    if not papers:
-        raise IndexStoreError("cannot build an index over an empty corpus; check --corpus")
+    t0 = time.perf_counter() if started is None else started
     digest = corpus_hash(papers)
-    root = Path(settings.index_dir)
     final = root / index_name(digest, settings)
+    tmp = _temp_dir(root, final.name)
     try:
-        root.mkdir(parents=True, exist_ok=True)
-        _remove_abandoned_builds(root)
-        tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{os.getpid()}-{final.name}-", dir=root))
-    except OSError as e:
-        raise IndexStoreError(f"cannot write to index directory {root}: {e.strerror}; set RAG_INDEX_DIR "
-                              f"to a writable directory") from None
-    try:
-        t0 = time.perf_counter()
-        by_id = {p.id: p for p in papers}
-        chunks = chunk_corpus(papers, settings.chunk_sentences, settings.chunk_overlap)
-        texts = [embedding_text(by_id[c.paper_id], c) for c in chunks]
-        vectors = embedder.encode(texts, progress=progress)
-        if vectors.shape != (len(chunks), embedder.dim):
-            raise IndexStoreError(f"embedder returned shape {vectors.shape}, expected {(len(chunks), embedder.dim)}")
-        dense = faiss.IndexFlatIP(embedder.dim)
+        dense = faiss.IndexFlatIP(vectors.shape[1])
         dense.add(np.ascontiguousarray(vectors, dtype=np.float32))
         faiss.write_index(dense, str(tmp / "dense.faiss"))
 
@@ -134,7 +117,7 @@ def build_index(papers: list[Paper], embedder: Embedder, settings: Settings, *, 
             "corpus": str(settings.corpus),
             "corpus_hash": digest,
             "shape": settings.index_shape(),
-            "embed_dim": embedder.dim,
+            "embed_dim": int(vectors.shape[1]),
             "n_papers": len(papers),
             "n_chunks": len(chunks),
             "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
@@ -191,28 +174,36 @@ def load_index(path: str | Path, *, settings: Settings | None = None, digest: st
     return Index(path, meta, {p.id: p for p in papers}, chunks, dense, bm25)
 
 
+def locate_index(settings: Settings) -> tuple[list[Paper], Path]:
+    """The corpus's papers, and where their index for these settings lives (built or not)."""
+    papers = load_corpus(settings.corpus)
+    return papers, Path(settings.index_dir) / index_name(corpus_hash(papers), settings)
+
+
 def expected_index_path(settings: Settings) -> Path:
     """Where the index for the current corpus and settings lives (built or not)."""
-    return Path(settings.index_dir) / index_name(corpus_hash(load_corpus(settings.corpus)), settings)
+    return locate_index(settings)[1]
 
 
-def open_index(settings: Settings, embedder_factory, *, rebuild: str = "auto", progress: bool = False) -> Index:
-    """The index for the current corpus and settings.
+def open_index(settings: Settings, embedder_factory: Callable[[], Embedder], *, rebuild: str = "auto",
+               progress: bool = False, on_build: Callable[[Path], None] | None = None) -> Index:
+    """The index for the current corpus and settings; the corpus is read once.
 
     rebuild: "auto" builds it when missing or stale, "never" raises instead,
-    "always" rebuilds even when a valid index exists.
+    "always" rebuilds even when a valid index exists. `on_build(path)` is called
+    before a build starts (the CLI uses it to say that a build takes a minute).
     """
-    papers = load_corpus(settings.corpus)
-    digest = corpus_hash(papers)
-    path = Path(settings.index_dir) / index_name(digest, settings)
+    papers, path = locate_index(settings)
     if rebuild == "always" or (rebuild == "auto" and not (path / "meta.json").exists()):
+        if on_build is not None:
+            on_build(path)
         build_index(papers, embedder_factory(), settings, progress=progress)
     elif not (path / "meta.json").exists():
         others = sorted(p.name for p in Path(settings.index_dir).glob("idx-*")) if Path(settings.index_dir).is_dir() else []
         state = f"the index is stale (found {', '.join(others)}, built for another corpus or settings)" if others \
             else "no index has been built"
         raise IndexStoreError(f"{state}; run `rag index` to build {path.name}")
-    return load_index(path, settings=settings, digest=digest)
+    return load_index(path, settings=settings, digest=corpus_hash(papers))
 
 
 # --- file helpers -------------------------------------------------------------
@@ -259,6 +250,25 @@ def _swap_into_place(tmp: Path, final: Path) -> None:
     else:
         os.rename(tmp, final)
     _fsync_dir(final.parent)
+
+
+def _check_writable(root: Path) -> None:
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        _remove_abandoned_builds(root)
+    except OSError as e:
+        raise IndexStoreError(f"cannot write to index directory {root}: {e.strerror}; set RAG_INDEX_DIR "
+                              f"to a writable directory") from None
+
+
+def _temp_dir(root: Path, name: str) -> Path:
+    """A new temporary sibling of the final directory (the same file system, so the rename is atomic)."""
+    _check_writable(root)
+    try:
+        return Path(tempfile.mkdtemp(prefix=f".tmp-{os.getpid()}-{name}-", dir=root))
+    except OSError as e:
+        raise IndexStoreError(f"cannot write to index directory {root}: {e.strerror}; set RAG_INDEX_DIR "
+                              f"to a writable directory") from None
 
 
 def _remove_abandoned_builds(root: Path) -> None:

@@ -35,6 +35,10 @@ from typing import Any
 
 import numpy as np
 
+from rag.text import content_words, sentences, word_set
+
+# Question types of a labelled set; "unanswerable" ones must be declined.
+TYPES = ("single", "multi", "unanswerable")
 # Calibrated on the labelled set by eval/calibrate_faithfulness.py; see eval/README.md.
 FAITHFUL_MIN = 0.45
 HEADLINE_WEIGHTS = {"fact_recall": 0.5, "citation_f1": 0.3, "faithfulness": 0.2}
@@ -64,20 +68,12 @@ def token_f1(prediction: str, reference: str) -> float:
 
 
 _MARKER = re.compile(r"\[(\d+)\]")
-_WORD = re.compile(r"[a-z0-9]+(?:[.-][a-z0-9]+)*")
-_STOP = frozenset("the and for are with that this from was were has have its their our which can into than also "
-                  "both more most such these those they them not but all any how what when who why does use uses "
-                  "used using paper papers".split())
-
-
-def content_words(text: str) -> list[str]:
-    return [w for w in _WORD.findall(text.lower()) if len(w) > 2 and w not in _STOP]
 
 
 def support_score(sentence: str, passage: str, cosine: float) -> float:
     """0.5 * embedding cosine + 0.5 * share of the sentence's content words found in the passage."""
     words = content_words(sentence)
-    bag = set(_WORD.findall(passage.lower()))
+    bag = word_set(passage)
     overlap = sum(w in bag for w in words) / len(words) if words else 0.0
     return 0.5 * max(cosine, 0.0) + 0.5 * overlap
 
@@ -85,7 +81,7 @@ def support_score(sentence: str, passage: str, cosine: float) -> float:
 def answer_sentences(answer: str) -> list[tuple[str, list[int]]]:
     """(sentence without markers, the passage numbers it cites) for each sentence of an answer."""
     out = []
-    for sentence in re.split(r"(?<=[.!?\]])\s+(?=[A-Z(\d])", answer.strip()):
+    for sentence in sentences(answer.strip()):
         numbers = [int(n) for n in _MARKER.findall(sentence)]
         text = " ".join(_MARKER.sub(" ", sentence).split())
         if len(content_words(text)) >= 2:
@@ -202,6 +198,18 @@ def bootstrap_ci(values: Sequence[float], n_resamples: int = 10_000, seed: int =
     means = v[rng.integers(0, len(v), size=(n_resamples, len(v)))].mean(axis=1)
     lo, hi = np.quantile(means, [alpha / 2, 1 - alpha / 2])
     return float(lo), float(hi)
+
+
+def percentile(values: Iterable[float], pct: float) -> float:
+    """The `pct`-th percentile (0-100) with linear interpolation between ranks (numpy's default);
+    NaN for no values. The one definition every latency figure in the project uses."""
+    v = sorted(values)
+    if not v:
+        return math.nan
+    pos = (len(v) - 1) * pct / 100
+    lo = math.floor(pos)
+    hi = min(lo + 1, len(v) - 1)
+    return v[lo] + (v[hi] - v[lo]) * (pos - lo)
 
 
 def summarize(rows: Iterable[dict[str, float | None]]) -> dict[str, Any]:

@@ -18,10 +18,9 @@ On the local model every prompt token costs time, and DSPy puts demos in the
 fixed part of the prompt (system message and earlier turns, before the
 passages and question), so llama.cpp's prompt cache reads them once.
 
-A program file is DSPy's saved state plus a `provenance` block (optimizer,
-settings, train set hash, LM, date, dev score). `read_program_file` checks both
-before anything is loaded; a corrupt or mismatched file is an error, never
-silently ignored.
+`optimize_and_save` is the whole `rag optimize` run: compile on train, save the
+program file with its provenance (`rag.programs`), then score it on dev and
+record the dev score in that provenance.
 
 Left out: fine-tuning, optimising the follow-up rewriter.
 """
@@ -29,26 +28,28 @@ Left out: fine-tuning, optimising the follow-up rewriter.
 from __future__ import annotations
 
 import contextlib
-import datetime as dt
 import io
 import json
 import logging
-import os
 import re
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import dspy
 
 from rag.errors import ProgramError
-from rag.metrics import content_words, score_row
-from rag.program import CitedAnswer, CitedRAG, map_citations
+from rag.metrics import TYPES, score_row
+from rag.pipeline import Answer
+from rag.program import CitedRAG, map_citations
+from rag.programs import save_program_file
+from rag.settings import ROOT
+from rag.text import content_words, sentences
 
 log = logging.getLogger(__name__)
 
-FORMAT = "papers-rag-program/1"
 OPTIMIZERS = ("bootstrap", "mipro", "gepa")
 DEMO_MIN_SCORE = 0.7
 MAX_DEMOS = 3
@@ -69,27 +70,17 @@ def interleave(rows: list[dict]) -> list[dict]:
         by_type.setdefault(r["type"], []).append(r)
     out: list[dict] = []
     while any(by_type.values()):
-        for t in ("single", "unanswerable", "multi"):
+        for t in TYPES:
             if by_type.get(t):
                 out.append(by_type[t].pop(0))
     return out
-
-
-def prediction_dict(pred: Any) -> dict:
-    """The parts of a `rag ask --json` object the metrics read, from a CitedRAG prediction."""
-    hits = pred.hits
-    return {
-        "answer": pred.answer, "abstained": bool(pred.abstained),
-        "citations": [{"n": n, "paper_id": hits[n - 1].paper.id} for n in pred.citations],
-        "passages": [{"n": i, "paper_id": h.paper.id, "text": h.text} for i, h in enumerate(hits, 1)],
-    }
 
 
 def make_metric(embed: Any):
     """The optimiser's metric: the headline score of one prediction (see rag.metrics)."""
 
     def metric(example: dspy.Example, pred: Any, trace: Any = None) -> float:
-        return score_row(example.label, prediction_dict(pred), embed=embed)["headline"]
+        return score_row(example.label, Answer.from_prediction(example.question, pred).to_json(), embed=embed)["headline"]
 
     return metric
 
@@ -117,7 +108,7 @@ def feedback(label: dict, scores: dict, pred: dict) -> str:
 
 def make_feedback_metric(embed: Any):
     def metric(gold: dspy.Example, pred: Any, trace: Any = None, pred_name: Any = None, pred_trace: Any = None):
-        d = prediction_dict(pred)
+        d = Answer.from_prediction(gold.question, pred).to_json()
         scores = score_row(gold.label, d, embed=embed)
         return dspy.Prediction(score=scores["headline"], feedback=feedback(gold.label, scores, d))
 
@@ -136,9 +127,6 @@ def _cut(text: str, limit: int = DEMO_PASSAGE_CHARS) -> str:
     return text[: cut + 1] if cut > limit // 3 else text[:limit].rsplit(" ", 1)[0] + " ..."
 
 
-_SENTENCE = re.compile(r"(?<=[.!?])\s+")
-
-
 def _focus(passage: str, answer: str, limit: int = DEMO_PASSAGE_CHARS) -> str:
     """The passage's title and the sentences that hold the answer's words, in order, within `limit`.
 
@@ -148,16 +136,15 @@ def _focus(passage: str, answer: str, limit: int = DEMO_PASSAGE_CHARS) -> str:
     if not sep or len(passage) <= limit:
         return _cut(passage, limit)
     wanted = set(content_words(re.sub(r"\[\d+\]", " ", answer)))
-    sentences = _SENTENCE.split(body)
-    ranked = sorted(range(len(sentences)),
-                    key=lambda i: (-sum(w in wanted for w in set(content_words(sentences[i]))), i))
+    parts = sentences(body)
+    ranked = sorted(range(len(parts)), key=lambda i: (-sum(w in wanted for w in set(content_words(parts[i]))), i))
     keep, size = [], len(title) + 2
     for i in ranked:
-        if size + len(sentences[i]) + 1 > limit and keep:
+        if size + len(parts[i]) + 1 > limit and keep:
             continue
         keep.append(i)
-        size += len(sentences[i]) + 1
-    text = " ".join(sentences[i] for i in sorted(keep))
+        size += len(parts[i]) + 1
+    text = " ".join(parts[i] for i in sorted(keep))
     return f"{title}: {_cut(text, limit - len(title) - 2)}"
 
 
@@ -283,52 +270,6 @@ def _compile(program: CitedRAG, optimizer: str, train_rows: list[dict], embed: A
     return compiled
 
 
-def save_program_file(program: CitedRAG, path: str | Path, provenance: dict) -> Path:
-    """DSPy state plus provenance, written atomically."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp.json")
-    program.save(str(tmp))
-    state = json.loads(tmp.read_text(encoding="utf-8"))
-    state["provenance"] = {"format": FORMAT, **provenance}
-    tmp.write_text(json.dumps(state, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
-    return path
-
-
-def read_program_file(path: str | Path) -> dict:
-    """The parsed program file, checked against this program's shape; ProgramError if it does not fit."""
-    path = Path(path)
-    fix = "re-run `rag optimize` or use --program baseline"
-    try:
-        state = json.loads(path.read_text(encoding="utf-8"))
-    except OSError as e:
-        raise ProgramError(f"program file {path} cannot be read ({e.strerror}); {fix}") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise ProgramError(f"program file {path} is corrupt ({getattr(e, 'msg', e)}); {fix}") from None
-    prov = state.get("provenance") if isinstance(state, dict) else None
-    if not isinstance(prov, dict) or prov.get("format") != FORMAT:
-        raise ProgramError(f"program file {path} is not a papers-rag program (no provenance format {FORMAT}); {fix}")
-    answer = state.get("answer")
-    expected = [f["prefix"] for f in CitedAnswer.dump_state()["fields"]]
-    try:
-        prefixes = [f["prefix"] for f in answer["signature"]["fields"]]
-        demo_keys = {k for d in answer["demos"] for k in d}
-    except (TypeError, KeyError):
-        raise ProgramError(f"program file {path} does not hold a cited-answer predictor; {fix}") from None
-    if prefixes != expected:
-        raise ProgramError(f"program file {path} was made for another program (fields {', '.join(prefixes)}; "
-                           f"this one has {', '.join(expected)}); {fix}")
-    unknown = demo_keys - {"passages", "question", "answer", "sources", "augmented", "reasoning"}
-    if unknown:
-        raise ProgramError(f"program file {path} has demos with unknown fields ({', '.join(sorted(unknown))}); {fix}")
-    return state
-
-
-def program_stamp() -> str:
-    return dt.datetime.now().strftime("%Y%m%d-%H%M%S")
-
-
 def describe(program: CitedRAG) -> dict:
     """Instructions length and demo count of the answer predictor (for notes and logs)."""
     p = program.answer
@@ -339,3 +280,50 @@ def timed_compile(*args, **kwargs) -> tuple[CitedRAG, float]:
     t0 = time.perf_counter()
     compiled = compile_program(*args, **kwargs)
     return compiled, time.perf_counter() - t0
+
+
+def portable(path: str | Path) -> str:
+    """`path` relative to the project root when inside it, so provenance reads the same in any clone."""
+    p = Path(str(path)).resolve()
+    return str(p.relative_to(ROOT)) if p.is_relative_to(ROOT) else str(p)
+
+
+def optimize_and_save(pipe: Any, optimizer: str, train: list[dict], train_path: str | Path, out: Path, *,
+                      dev: list[dict] | None = None, dev_path: str | Path | None = None,
+                      reports: str | Path, seed: int = 0, progress: bool = False,
+                      say: Callable[[str], None] = log.info) -> tuple[Path, dict | None]:
+    """Compile `pipe`'s program with `optimizer` on `train`, save it to `out` with its provenance,
+    then (with `dev`) score it on dev and add the dev score to the provenance.
+
+    Returns the program path and the dev report's path (None without dev). `pipe` should run the
+    baseline program on a disk-cached LM; its program is replaced by the compiled one.
+    """
+    from rag import evaluate
+
+    say(f"Optimising with {optimizer} on {len(train)} questions ({pipe.lm_label}); "
+        f"each question the model answers takes ~20s locally ...")
+    embed = lambda texts: pipe.embedder.encode(texts)  # noqa: E731
+    compiled, seconds = timed_compile(pipe.program, optimizer, train, embed, pipe.lm, seed=seed, progress=progress)
+    s = pipe.settings
+    provenance = {
+        "optimizer": optimizer, "date": time.strftime("%Y-%m-%dT%H:%M:%S"), "seed": seed,
+        "optimizer_seconds": round(seconds, 1), "lm": pipe.lm_label, "index": pipe.index.name,
+        "settings": {"k": s.k, "retrieval": s.retrieval, "per_paper": s.per_paper, "min_score": s.min_score,
+                     "max_tokens": s.max_tokens, "temperature": s.temperature},
+        "train": {"path": portable(train_path), "sha256": evaluate.file_sha256(train_path), "n": len(train)},
+        **describe(compiled),
+    }
+    save_program_file(compiled, out, provenance)
+    say(f"compiled in {seconds:.0f}s: {provenance['demos']} demos; saved {out}")
+    if dev is None:
+        return out, None
+    pipe.program, pipe.program_label = compiled, out.name
+    say(f"Scoring it on {len(dev)} dev questions ...")
+    report = evaluate.run_eval(pipe, dev, label=f"{out.stem}-dev", set_path=dev_path, out_root=reports,
+                               progress=progress)
+    summary, _ = evaluate.read_report(report)
+    provenance["dev"] = {"path": portable(dev_path), "sha256": summary["set_sha256"], "headline": summary["headline"],
+                         "headline_ci95": summary["headline_ci95"], "report": portable(report),
+                         "lm_mean_s": summary["latency"]["lm_mean_s"]}
+    save_program_file(compiled, out, provenance)
+    return out, report

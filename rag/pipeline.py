@@ -17,7 +17,8 @@ import threading
 import time
 import unicodedata
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -25,12 +26,13 @@ import dspy
 from dspy.streaming import StreamListener, StreamResponse
 
 from rag.embed import Embedder, get_embedder
-from rag.errors import ProgramError, RagError
+from rag.errors import QuestionTooLong, RagError
 from rag.index import Index, open_index
-from rag.lm import LOCAL_MODEL_NAME, describe_lm_error, make_lm
+from rag.lm import backend, describe_lm_error, lm_label, make_lm
 from rag.program import CitedRAG, rewrite_question
+from rag.programs import load_program, read_program_file, resolve_program
 from rag.retrieve import Retriever, SearchResult
-from rag.settings import ROOT, Settings
+from rag.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -38,7 +40,6 @@ MAX_QUESTION_CHARS = 2000
 # DSPy keeps every LM call (prompt and output) in histories and traces of up to 10,000 entries; a
 # long batch would hold tens of MB of old prompts. Keep the last few for `dspy.inspect_history`.
 HISTORY_KEEP = 20
-PROGRAMS_DIR = ROOT / "programs"
 
 
 def validate_question(question: Any) -> str:
@@ -49,77 +50,103 @@ def validate_question(question: Any) -> str:
     if not q:
         raise RagError("the question is empty; ask something, e.g. rag ask \"What is ReFT?\"")
     if len(q) > MAX_QUESTION_CHARS:
-        raise RagError(f"the question is {len(q):,} characters; the limit is {MAX_QUESTION_CHARS:,}, shorten it")
+        raise QuestionTooLong(len(q), MAX_QUESTION_CHARS)
     bad = sorted({f"U+{ord(c):04X}" for c in q if unicodedata.category(c) in ("Cc", "Cs", "Co", "Cn") and c not in "\t\n\r"})
     if bad:
         raise RagError(f"the question contains control characters ({', '.join(bad[:5])}); remove them")
     return " ".join(q.split())
 
 
-def resolve_program(spec: str) -> Path | None:
-    """'baseline' -> None; 'auto' -> newest programs/*.json or None; else a path that must exist."""
-    if spec == "baseline":
-        return None
-    if spec == "auto":
-        # Newest by name: files are named <YYYYmmdd-HHMMSS>-<optimizer>.json (a clone resets mtimes).
-        found = sorted(PROGRAMS_DIR.glob("*.json")) if PROGRAMS_DIR.is_dir() else []
-        return found[-1] if found else None
-    path = Path(spec)
-    if not path.is_file():
-        raise ProgramError(f"program file {spec} does not exist; use --program baseline, auto, or a saved program path")
-    return path
-
-
-def load_program(program: CitedRAG, path: Path | None) -> str:
-    """Load optimised predictor state into `program`; return its provenance label."""
-    from rag.optimize import read_program_file
-
-    if path is None:
-        return "baseline"
-    state = read_program_file(path)
-    try:
-        program.load_state(state)
-    except Exception as e:  # noqa: BLE001 - dspy raises many kinds on a bad file
-        raise ProgramError(f"program file {path} could not be loaded ({type(e).__name__}: "
-                           f"{str(e).splitlines()[0][:120] if str(e) else ''}); re-run `rag optimize` "
-                           f"or use --program baseline") from None
-    return path.name
-
-
 @dataclass
+class Answer:
+    """One answered question: the `rag ask --json` object (docs/json.md), built here and nowhere else.
+
+    `[n]` markers in `answer` refer to `citations[].n` and `passages[].n`. A question that could
+    not be answered at all (a batch row whose LM call failed) is `Answer.failed`: no answer, no
+    abstention decision, no provenance.
+    """
+
+    question: str | None
+    answer: str | None
+    abstained: bool | None
+    citations: list[dict] = field(default_factory=list)
+    passages: list[dict] = field(default_factory=list)
+    provenance: dict | None = None
+
+    @classmethod
+    def from_prediction(cls, question: str, pred: Any, provenance: dict | None = None) -> Answer:
+        """From a `CitedRAG` prediction: its hits become the numbered passages."""
+        hits = pred.hits
+        return cls(
+            question=question,
+            answer=pred.answer,
+            abstained=bool(pred.abstained),
+            citations=[{"n": n, "paper_id": hits[n - 1].paper.id, "title": hits[n - 1].paper.title}
+                       for n in pred.citations],
+            passages=[{"n": i, "paper_id": h.paper.id, "title": h.paper.title, "text": h.text,
+                       "score": round(float(h.score), 6)} for i, h in enumerate(hits, 1)],
+            provenance=provenance,
+        )
+
+    @classmethod
+    def failed(cls, question: str | None) -> Answer:
+        return cls(question, None, None)
+
+    def to_json(self) -> dict:
+        return {"question": self.question, "answer": self.answer, "abstained": self.abstained,
+                "citations": self.citations, "passages": self.passages, "provenance": self.provenance}
+
+
 class Pipeline:
-    settings: Settings
-    index: Index
-    embedder: Embedder
-    retriever: Retriever
-    lm: Any = None
-    program: CitedRAG | None = None
-    program_label: str = "baseline"
-    _streamer: Any = None
+    """One loaded session. The embedder is loaded on the first search, so a pipeline opened only
+    to check or build the index (`rag index`) never loads it when the index is up to date."""
+
+    def __init__(self, settings: Settings, index: Index, embedder_factory: Callable[[], Embedder],
+                 lm: Any = None, program: CitedRAG | None = None, program_label: str = "baseline") -> None:
+        self.settings = settings
+        self.index = index
+        self._embedder_factory = embedder_factory
+        self.lm = lm
+        self.program = program
+        self.program_label = program_label
+        self._streamer: Any = None
 
     @classmethod
     def open(cls, settings: Settings, *, embedder: Embedder | None = None, lm: Any = None,
              rebuild: str = "auto", progress: bool = False, need_lm: bool = True,
-             disk_cache: bool = False) -> Pipeline:
-        """Load everything `ask` needs. `embedder` and `lm` may be injected (tests)."""
+             disk_cache: bool = False, on_build: Callable[[Path], None] | None = None) -> Pipeline:
+        """Load everything `ask` needs; `embedder` and `lm` may be injected (tests, other engines).
+
+        Checks that cost nothing (the program file, the remote backend's settings) run before the
+        index is built or the model loaded. `on_build(path)` is called before an index build starts.
+        """
         program_path = resolve_program(settings.program) if need_lm else None
         if program_path is not None:
-            from rag.optimize import read_program_file
-
             read_program_file(program_path)  # a bad program file fails before the index or the model loads
+        if need_lm and lm is None:
+            backend(settings).check(settings)  # a missing API key should not cost an index build first
         factory: Callable[[], Embedder] = (lambda: embedder) if embedder is not None else \
             (lambda: get_embedder(settings.embed_model))
-        index = open_index(settings, factory, rebuild=rebuild, progress=progress)
-        emb = factory()
-        if emb.dim != index.meta["embed_dim"]:
-            raise RagError(f"embedder gives {emb.dim}-d vectors, index {index.name} holds {index.meta['embed_dim']}-d; "
-                           f"rebuild with `rag index --rebuild`")
-        pipe = cls(settings, index, emb, Retriever(index, emb))
+        index = open_index(settings, factory, rebuild=rebuild, progress=progress, on_build=on_build)
+        pipe = cls(settings, index, factory)
         if need_lm:
+            pipe.embedder  # noqa: B018 - load it now: the first question should not wait for it
             pipe.lm = lm if lm is not None else make_lm(settings, disk_cache=disk_cache)
             pipe.program = CitedRAG(pipe.search, settings.min_score)
             pipe.program_label = load_program(pipe.program, program_path)
         return pipe
+
+    @cached_property
+    def embedder(self) -> Embedder:
+        emb = self._embedder_factory()
+        if emb.dim != self.index.meta["embed_dim"]:
+            raise RagError(f"embedder gives {emb.dim}-d vectors, index {self.index.name} holds "
+                           f"{self.index.meta['embed_dim']}-d; rebuild with `rag index --rebuild`")
+        return emb
+
+    @cached_property
+    def retriever(self) -> Retriever:
+        return Retriever(self.index, self.embedder)
 
     def search(self, question: str, k: int | None = None, mode: str | None = None) -> SearchResult:
         q = validate_question(question)
@@ -129,7 +156,7 @@ class Pipeline:
         return dspy.context(lm=self.lm, track_usage=True, max_history_size=HISTORY_KEEP, max_trace_size=HISTORY_KEEP)
 
     def ask(self, question: str) -> dict:
-        """Answer one question; returns the `rag ask --json` object."""
+        """Answer one question; returns the `rag ask --json` object (`Answer.to_json()`)."""
         q = validate_question(question)
         if self.program is None:
             raise RagError("this pipeline was opened without a language model")
@@ -218,30 +245,21 @@ class Pipeline:
     def _result(self, q: str, pred: Any, latency: float, k: int | None = None, mode: str | None = None) -> dict:
         _trim_global_history()
         prompt_tokens, completion_tokens = _usage(pred)
-        hits = pred.hits
-        return {
-            "question": q,
-            "answer": pred.answer,
-            "abstained": bool(pred.abstained),
-            "citations": [{"n": n, "paper_id": hits[n - 1].paper.id, "title": hits[n - 1].paper.title}
-                          for n in pred.citations],
-            "passages": [{"n": i, "paper_id": h.paper.id, "title": h.paper.title, "text": h.text,
-                          "score": round(float(h.score), 6)} for i, h in enumerate(hits, 1)],
-            "provenance": {
-                "lm": self.lm_label,
-                "index": self.index.name,
-                "program": self.program_label,
-                "retrieval": mode or self.settings.retrieval,
-                "k": k or self.settings.k,
-                "latency_s": round(latency, 3),
-                "prompt_tokens": prompt_tokens,
-                "completion_tokens": completion_tokens,
-            },
+        provenance = {
+            "lm": self.lm_label,
+            "index": self.index.name,
+            "program": self.program_label,
+            "retrieval": mode or self.settings.retrieval,
+            "k": k or self.settings.k,
+            "latency_s": round(latency, 3),
+            "prompt_tokens": prompt_tokens,
+            "completion_tokens": completion_tokens,
         }
+        return Answer.from_prediction(q, pred, provenance).to_json()
 
     @property
     def lm_label(self) -> str:
-        return f"local/{LOCAL_MODEL_NAME}" if self.settings.lm == "local" else self.settings.lm
+        return lm_label(self.settings)
 
 
 def _trim_global_history() -> None:

@@ -28,6 +28,7 @@ import dspy
 from dspy.utils.exceptions import AdapterParseError
 
 from rag.retrieve import Hit, SearchResult
+from rag.text import content_words, sentences, word_set
 
 ABSTAIN_TEXT = "The papers here do not answer this question."
 
@@ -115,7 +116,6 @@ def map_citations(raw_answer: str, raw_sources: object, passages: list[str]) -> 
     return Cited(text, numbers, False)
 
 
-_WORD = re.compile(r"[a-z0-9]+(?:[.-][a-z0-9]+)*")
 # Share of an answer sentence's words that must appear in one passage for it to count as the source.
 ATTRIBUTION_MIN_OVERLAP = 0.6
 
@@ -126,10 +126,10 @@ def attribute(answer: str, passages: list[str]) -> list[int]:
     A sentence is attributed to the passage holding the largest share of its words (stopwords
     and words of 1-2 letters aside) when that share is at least ATTRIBUTION_MIN_OVERLAP.
     """
-    bags = [set(_WORD.findall(p.lower())) for p in passages]
+    bags = [word_set(p) for p in passages]
     found: list[int] = []
-    for sentence in re.split(r"(?<=[.!?])\s+", answer):
-        words = [w for w in _WORD.findall(sentence.lower()) if len(w) > 2 and w not in _STOP]
+    for sentence in sentences(answer):
+        words = content_words(sentence)
         if len(words) < 3:
             continue
         shares = [sum(w in bag for w in words) / len(words) for bag in bags]
@@ -137,10 +137,6 @@ def attribute(answer: str, passages: list[str]) -> list[int]:
         if best is not None and shares[best] >= ATTRIBUTION_MIN_OVERLAP and best + 1 not in found:
             found.append(best + 1)
     return found
-
-
-_STOP = frozenset("the and for are with that this from was were has have its their our which can into than "
-                  "also both more most such these those they them not but all any".split())
 
 
 def _as_ints(value: object) -> list[int]:

@@ -12,13 +12,18 @@ model. Each hit also carries the
 best dense cosine similarity of the query to any chunk, which the program uses
 to abstain early when nothing in the corpus is close.
 
+`Index` is a loaded index (papers, chunks, FAISS and BM25); `rag.index` builds,
+saves and loads it.
+
 Left out: re-ranking with a cross-encoder (no packaged offline model) and query
 expansion.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
@@ -26,12 +31,30 @@ from rag.chunking import Chunk
 from rag.corpus import Paper
 from rag.embed import Embedder
 from rag.errors import RagError
-from rag.index import Index, tokenize
+from rag.text import tokenize
 
-MODES = ("hybrid", "dense", "bm25")
 RRF_K = 60
 # Candidates taken from each ranking before fusion and per-paper diversification.
 CANDIDATES = 100
+
+
+@dataclass
+class Index:
+    """A loaded index: papers, chunks, the FAISS index and the BM25 index."""
+
+    path: Path
+    meta: dict
+    papers: dict[str, Paper]
+    chunks: list[Chunk]
+    dense: object  # faiss.Index
+    bm25: object  # bm25s.BM25
+
+    @property
+    def name(self) -> str:
+        return self.path.name
+
+    def __len__(self) -> int:
+        return len(self.chunks)
 
 
 @dataclass(frozen=True)
@@ -78,6 +101,7 @@ class Retriever:
         self.embedder = embedder
 
     def search(self, query: str, k: int = 4, mode: str = "hybrid", per_paper: int = 1) -> SearchResult:
+        """The best `k` papers for `query`, each with its best `per_paper` chunks, by `mode` (see MODES)."""
         if mode not in MODES:
             raise RagError(f"unknown retrieval mode {mode!r}; use one of {', '.join(MODES)}")
         if k < 1:
@@ -86,25 +110,29 @@ class Retriever:
         if n == 0:
             return SearchResult([], 0.0)
         depth = min(n, max(CANDIDATES, k * per_paper * 4))
-        dense_ids, dense_scores = self._dense(query, depth)
-        best = float(dense_scores[0]) if len(dense_scores) else 0.0
-        if mode == "dense":
-            ranked = list(zip(dense_ids, dense_scores, strict=True))
-            return SearchResult(self._diversify(ranked, k, per_paper), best)
-        if mode == "bm25":
-            return SearchResult(self._diversify(self._bm25(query, depth), k, per_paper), best)
+        # Dense search runs in every mode: its best cosine is what the program's early abstention reads.
+        dense = self._dense(query, depth)
+        best = float(dense[0][1]) if dense else 0.0
+        return SearchResult(MODES[mode](self, query, dense, depth, k, per_paper), best)
+
+    def _dense_hits(self, query: str, dense: list[tuple[int, float]], depth: int, k: int, per_paper: int) -> list[Hit]:
+        return self._diversify(dense, k, per_paper)
+
+    def _bm25_hits(self, query: str, dense: list[tuple[int, float]], depth: int, k: int, per_paper: int) -> list[Hit]:
+        return self._diversify(self._bm25(query, depth), k, per_paper)
+
+    def _hybrid_hits(self, query: str, dense: list[tuple[int, float]], depth: int, k: int, per_paper: int) -> list[Hit]:
+        dense_ids = [i for i, _ in dense]
         bm25_ids = [i for i, _ in self._bm25(query, depth)]
-        ranked = _rrf([list(dense_ids), bm25_ids])
         # Papers are ordered by the fused ranking, but a paper's passage starts from the chunk each
         # retriever liked best: fused ranks within one paper are close, and BM25's favourite (the
         # sentence with the exact term) is often the one that holds the answer.
-        return SearchResult(self._diversify(ranked, k, per_paper, seeds=(list(dense_ids), bm25_ids)), best)
+        return self._diversify(_rrf([dense_ids, bm25_ids]), k, per_paper, seeds=(dense_ids, bm25_ids))
 
-    def _dense(self, query: str, depth: int) -> tuple[np.ndarray, np.ndarray]:
+    def _dense(self, query: str, depth: int) -> list[tuple[int, float]]:
         vec = self.embedder.encode([query])
         scores, ids = self.index.dense.search(np.ascontiguousarray(vec, dtype=np.float32), depth)
-        keep = ids[0] >= 0
-        return ids[0][keep], scores[0][keep]
+        return [(int(i), float(s)) for i, s in zip(ids[0], scores[0], strict=True) if i >= 0]
 
     def _bm25(self, query: str, depth: int) -> list[tuple[int, float]]:
         vocab = self.index.bm25.vocab_dict
@@ -159,3 +187,12 @@ def _rrf(rankings: list[list[int]]) -> list[tuple[int, float]]:
         for rank, idx in enumerate(ranking, 1):
             fused[int(idx)] = fused.get(int(idx), 0.0) + 1.0 / (RRF_K + rank)
     return sorted(fused.items(), key=lambda kv: -kv[1])
+
+
+SearchMode = Callable[[Retriever, str, list[tuple[int, float]], int, int, int], list[Hit]]
+# The retrieval modes, by name: the one list the settings, the CLI, the chat and the eval read.
+MODES: dict[str, SearchMode] = {
+    "hybrid": Retriever._hybrid_hits,
+    "dense": Retriever._dense_hits,
+    "bm25": Retriever._bm25_hits,
+}

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from rag.errors import SettingsError
+from rag.retrieve import MODES
 
 ROOT = Path(__file__).resolve().parent.parent
 ENV_PREFIX = "RAG_"
@@ -53,7 +54,7 @@ class Settings:
     # --- retrieval ----------------------------------------------------------
     k: int = _f(4, "Passages given to the model (and results shown by `rag search`).")
     retrieval: str = _f("hybrid", "Retrieval mode: hybrid (reciprocal-rank fusion), dense or bm25.",
-                        choices=("hybrid", "dense", "bm25"))
+                        choices=tuple(MODES))
     per_paper: int = _f(2, "Best chunks of one paper merged into its passage (1 = just the best chunk).")
     min_score: float = _f(0.25, "Dense cosine similarity below which no passage is relevant: "
                                 "the program abstains without calling the model.")
@@ -108,8 +109,11 @@ class Settings:
                 f"got {self.chunk_sentences} and {self.chunk_overlap}")
         if self.per_paper < 1:
             raise SettingsError(f"per_paper must be at least 1, got {self.per_paper}")
-        if self.retrieval not in ("hybrid", "dense", "bm25"):
-            raise SettingsError(f"retrieval must be hybrid, dense or bm25, got {self.retrieval!r}")
+        for f in fields(self):
+            choices = f.metadata.get("choices")
+            if choices and getattr(self, f.name) not in choices:
+                raise SettingsError(f"{f.name} must be {', '.join(choices[:-1])} or {choices[-1]}, "
+                                    f"got {getattr(self, f.name)!r}")
 
     def replace(self, **changes: Any) -> Settings:
         return dataclasses.replace(self, **{k: v for k, v in changes.items() if v is not None})

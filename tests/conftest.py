@@ -48,13 +48,13 @@ def _clean_dspy_and_env(monkeypatch, request, tmp_path):
     demos into every DummyLM prompt); the real-model (slow) tests use what a clone ships."""
     import os
 
-    import rag.pipeline
+    import rag.programs
 
     for key in list(os.environ):
         if key.startswith("RAG_"):
             monkeypatch.delenv(key)
     if request.node.get_closest_marker("slow") is None:
-        monkeypatch.setattr(rag.pipeline, "PROGRAMS_DIR", tmp_path / "programs")
+        monkeypatch.setattr(rag.programs, "PROGRAMS_DIR", tmp_path / "programs")
     dspy.settings.configure(lm=None, adapter=None)
     yield
     dspy.settings.configure(lm=None, adapter=None)
@@ -63,6 +63,15 @@ def _clean_dspy_and_env(monkeypatch, request, tmp_path):
 @pytest.fixture
 def embedder() -> KeywordEmbedder:
     return KeywordEmbedder()
+
+
+@pytest.fixture
+def fake_models(monkeypatch, embedder):
+    """Every `Pipeline.open` that is not handed its own models (the CLI, batch and eval commands open
+    theirs) gets the keyword embedder and a fake LM; see `fakes.Models` to swap the LM."""
+    from fakes import FakeEngine, Models, inject
+
+    return inject(Models(embedder, FakeEngine()), monkeypatch.setattr)
 
 
 @pytest.fixture

@@ -67,19 +67,39 @@ def fake_lm(engine: FakeEngine | None = None):
     return dspy.LM("local/fake", engine=engine or FakeEngine(), cache=False, num_retries=0)
 
 
+class Models:
+    """What `Pipeline.open` is given when its caller (the CLI, batch, eval) passes nothing: the
+    keyword embedder and `lm` (a fake LM on `engine` by default; set it to a DummyLM, or to None
+    for the real backend)."""
+
+    def __init__(self, embedder, engine: FakeEngine) -> None:
+        self.embedder = embedder
+        self.engine = engine
+        self.lm = fake_lm(engine)
+
+
+def inject(models: Models, setattr=setattr) -> Models:
+    """Make every `Pipeline.open` use `models` unless it is handed its own embedder and LM."""
+    from rag.pipeline import Pipeline
+
+    real_open = Pipeline.open.__func__
+
+    def open_with_fakes(cls, settings, **kw):
+        if kw.get("embedder") is None:
+            kw["embedder"] = models.embedder
+        if kw.get("lm") is None and models.lm is not None:
+            kw["lm"] = models.lm
+        return real_open(cls, settings, **kw)
+
+    setattr(Pipeline, "open", classmethod(open_with_fakes))
+    return models
+
+
 def install_fakes(delay: float = 0.0) -> FakeEngine:
-    """Patch the pipeline to use the keyword embedder and the fake LM."""
+    """Make the pipeline use the keyword embedder and the fake LM (for `rag` run in a subprocess)."""
     from conftest import KeywordEmbedder
 
-    import rag.embed
-    import rag.pipeline
-
-    emb = KeywordEmbedder()
-    engine = FakeEngine(delay)
-    rag.embed.get_embedder = lambda name: emb
-    rag.pipeline.get_embedder = lambda name: emb
-    rag.pipeline.make_lm = lambda settings, **kw: fake_lm(engine)
-    return engine
+    return inject(Models(KeywordEmbedder(), FakeEngine(delay))).engine
 
 
 if __name__ == "__main__":

@@ -15,7 +15,6 @@ from pathlib import Path
 
 import pytest
 
-import rag.embed
 import rag.pipeline
 from rag import batch
 from rag.cli import main
@@ -33,16 +32,8 @@ def env(monkeypatch, tmp_path):
 
 
 @pytest.fixture
-def engine(env, monkeypatch):
-    from conftest import KeywordEmbedder
-    from fakes import FakeEngine, fake_lm
-
-    eng = FakeEngine()
-    emb = KeywordEmbedder()
-    monkeypatch.setattr(rag.embed, "get_embedder", lambda name: emb)
-    monkeypatch.setattr(rag.pipeline, "get_embedder", lambda name: emb)
-    monkeypatch.setattr(rag.pipeline, "make_lm", lambda settings, **kw: fake_lm(eng))
-    return eng
+def engine(env, fake_models):
+    return fake_models.engine
 
 
 @pytest.fixture

@@ -15,23 +15,18 @@ from pathlib import Path
 import pytest
 from dspy.utils import DummyLM
 
-import rag.embed
-import rag.lm
-import rag.pipeline
 from rag.cli import main
+from rag.pipeline import Pipeline
 
 DATA = Path(__file__).parent / "data"
 
 
 @pytest.fixture
-def cli(monkeypatch, tmp_path, embedder, capsys):
+def cli(monkeypatch, tmp_path, fake_models, capsys):
     monkeypatch.setenv("RAG_CORPUS", str(DATA / "tiny.jsonl"))
     monkeypatch.setenv("RAG_INDEX_DIR", str(tmp_path / "indexes"))
     monkeypatch.setenv("RAG_MIN_SCORE", "0.0")
-    monkeypatch.setattr(rag.embed, "get_embedder", lambda name: embedder)
-    monkeypatch.setattr(rag.pipeline, "get_embedder", lambda name: embedder)
-    answers = [{"answer": "They initialise the state matrix with HiPPO [1].", "sources": "[1]"}]
-    monkeypatch.setattr(rag.pipeline, "make_lm", lambda settings, **kw: DummyLM(answers))
+    fake_models.lm = DummyLM([{"answer": "They initialise the state matrix with HiPPO [1].", "sources": "[1]"}])
 
     def run(*argv: str) -> tuple[int, str, str]:
         code = main(list(argv))
@@ -95,11 +90,13 @@ def test_ask_human_prints_answer_and_references(cli):
     assert "References:\n  [1] Structured State Space Models for Long Sequences (tiny-ssm)" in out
 
 
-def test_library_warnings_are_quiet_unless_verbose(cli, monkeypatch, embedder):
-    def importing_dspy(name):  # importing dspy while the pipeline opens sets its logger to INFO
+def test_library_warnings_are_quiet_unless_verbose(cli, monkeypatch):
+    opening = Pipeline.open.__func__
+
+    def importing_dspy(cls, settings, **kw):  # importing dspy while the pipeline opens sets its logger to INFO
         logging.getLogger("dspy").setLevel(logging.INFO)
-        return embedder
-    monkeypatch.setattr(rag.pipeline, "get_embedder", importing_dspy)
+        return opening(cls, settings, **kw)
+    monkeypatch.setattr(Pipeline, "open", classmethod(importing_dspy))
     code, _, _ = cli("ask", "How are state space models initialised?")
     assert code == 0
     assert not logging.getLogger("dspy.clients.lm").isEnabledFor(logging.WARNING)
@@ -147,15 +144,15 @@ def test_corrupt_index_error_from_the_command(cli, tmp_path):
     assert code == 1 and "is corrupt" in err and "rag index --rebuild" in err
 
 
-def test_remote_backend_without_key_fails_before_any_work(cli, monkeypatch):
+def test_remote_backend_without_key_fails_before_any_work(cli, monkeypatch, fake_models):
     monkeypatch.delenv("OPENAI_API_KEY", raising=False)
-    monkeypatch.setattr(rag.pipeline, "make_lm", rag.lm.make_lm)
+    fake_models.lm = None  # the real backend
     code, _, err = cli("ask", "state space", "--lm", "openai/gpt-4o-mini")
     assert code == 1 and "needs an API key: set OPENAI_API_KEY" in err
 
 
-def test_unreachable_server_is_a_one_line_error(cli, monkeypatch):
-    monkeypatch.setattr(rag.pipeline, "make_lm", rag.lm.make_lm)
+def test_unreachable_server_is_a_one_line_error(cli, monkeypatch, fake_models):
+    fake_models.lm = None  # the real backend
     monkeypatch.setenv("RAG_TIMEOUT", "5")
     assert cli("index")[0] == 0
     # port 9 (discard) on loopback: nothing listens, the connection is refused at once

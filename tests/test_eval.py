@@ -9,12 +9,11 @@ import dspy
 import pytest
 from dspy.utils.dummies import DummyLM
 
-import rag.embed
-import rag.pipeline
+import rag.programs
 from rag import evaluate, optimize
 from rag.cli import main
 from rag.errors import ProgramError
-from rag.lm import DiskCachedEngine
+from rag.lm_cache import DiskCachedEngine
 from rag.metrics import abstention_summary, faithfulness, headline, paired_bootstrap, score_row
 from rag.program import ABSTAIN_TEXT, CitedAnswer, CitedRAG
 
@@ -56,18 +55,15 @@ def write_set(path: Path, rows: list[dict]) -> Path:
 
 
 @pytest.fixture
-def env(monkeypatch, tmp_path, embedder):
+def env(monkeypatch, tmp_path, fake_models):
     monkeypatch.setenv("RAG_CORPUS", str(DATA / "tiny.jsonl"))
     monkeypatch.setenv("RAG_INDEX_DIR", str(tmp_path / "indexes"))
     monkeypatch.setenv("RAG_CACHE_DIR", str(tmp_path / "cache"))
     monkeypatch.setenv("RAG_MIN_SCORE", "0.0")
-    monkeypatch.setattr(rag.embed, "get_embedder", lambda name: embedder)
-    monkeypatch.setattr(rag.pipeline, "get_embedder", lambda name: embedder)
-    monkeypatch.setattr(rag.pipeline, "PROGRAMS_DIR", tmp_path / "programs")
-    answers = {"lm": DummyLM(GOOD)}
-    monkeypatch.setattr(rag.pipeline, "make_lm", lambda settings, **kw: answers["lm"])
+    monkeypatch.setattr(rag.programs, "PROGRAMS_DIR", tmp_path / "programs")
+    fake_models.lm = DummyLM(GOOD)
     write_set(tmp_path / "set.jsonl", SET)
-    return tmp_path, answers
+    return tmp_path, fake_models
 
 
 def run(capsys, *argv: str) -> tuple[int, str, str]:
@@ -216,10 +212,10 @@ def test_eval_end_to_end_writes_a_report(env, capsys):
 def test_eval_compare_says_which_is_better(env, capsys):
     tmp, answers = env
     args = ["eval", "--set", str(tmp / "set.jsonl"), "--out", str(tmp / "reports")]
-    answers["lm"] = DummyLM(BAD)
+    answers.lm = DummyLM(BAD)
     code, out, _ = run(capsys, *args, "--label", "bad")
     bad = out.strip().splitlines()[-1].removeprefix("report: ")
-    answers["lm"] = DummyLM(GOOD)
+    answers.lm = DummyLM(GOOD)
     code, out, _ = run(capsys, *args, "--label", "good")
     good = out.strip().splitlines()[-1].removeprefix("report: ")
     code, out, err = run(capsys, "eval", "--compare", bad, good, "--out", str(tmp / "reports"))
@@ -244,22 +240,26 @@ def test_eval_bad_set_is_one_line_error(env, capsys):
 # --- the disk cache -----------------------------------------------------------------------
 
 class CountingEngine:
-    """The parts of LlamaCppEngine the cache uses: `_body` and `chat`."""
+    """An engine that counts its calls: the cache needs nothing but the engine protocol."""
 
     model = "counting"
 
     def __init__(self) -> None:
         self.calls = 0
 
-    def _body(self, request):
-        return {"messages": [{"role": m.role, "content": m.text} for m in request.messages], "cache_prompt": True,
-                "temperature": request.config.temperature or 0.0}
+    def complete(self, request):
+        from dspy.lm15 import Message, Response, TextPart, Usage
 
-    def chat(self, body):
         self.calls += 1
         text = f"[[ ## answer ## ]]\nreply {self.calls}\n\n[[ ## completed ## ]]"
-        return {"choices": [{"message": {"content": text}, "finish_reason": "stop"}],
-                "usage": {"prompt_tokens": 7, "completion_tokens": 3, "total_tokens": 10}}
+        return Response(id=None, model=self.model, message=Message.assistant([TextPart(text)]), finish_reason="stop",
+                        usage=Usage(input_tokens=7, output_tokens=3, total_tokens=10))
+
+    def stream(self, request):
+        raise NotImplementedError
+
+    def close(self) -> None:
+        pass
 
 
 def test_disk_cache_makes_reruns_free(tmp_path):
@@ -333,14 +333,14 @@ def test_optimize_bootstrap_round_trip_changes_the_prompt(env, capsys):
     assert code == 0, err
     state = json.loads(out_file.read_text())
     prov = state["provenance"]
-    assert prov["format"] == optimize.FORMAT and prov["optimizer"] == "bootstrap"
+    assert prov["format"] == rag.programs.FORMAT and prov["optimizer"] == "bootstrap"
     assert prov["train"]["sha256"] == evaluate.file_sha256(tmp / "set.jsonl") and prov["train"]["n"] == 5
     assert prov["demos"] >= 1 and 0 <= prov["dev"]["headline"] <= 1 and Path(prov["dev"]["report"]).is_dir()
     assert prov["settings"]["k"] == 4 and prov["lm"]
 
     baseline = CitedRAG()
     loaded = CitedRAG()
-    assert rag.pipeline.load_program(loaded, out_file) == out_file.name
+    assert rag.programs.load_program(loaded, out_file) == out_file.name
     assert len(loaded.answer.demos) == prov["demos"]
     inputs = {"passages": "[1] T: text", "question": "Q?"}
     adapter = dspy.ChatAdapter()
@@ -363,14 +363,14 @@ def test_auto_picks_the_newest_program_by_name(env):
     prog = CitedRAG()
     prog.answer.demos = [dspy.Example(question="q", passages="[1] t", answer="a [1]", sources=[1])]
     for name in ("20260101-000000-bootstrap.json", "20270101-000000-gepa.json", "20250101-000000-mipro.json"):
-        optimize.save_program_file(prog, tmp / "programs" / name, {"optimizer": name})
-    assert rag.pipeline.resolve_program("auto").name == "20270101-000000-gepa.json"
-    assert rag.pipeline.resolve_program("baseline") is None
+        rag.programs.save_program_file(prog, tmp / "programs" / name, {"optimizer": name})
+    assert rag.programs.resolve_program("auto").name == "20270101-000000-gepa.json"
+    assert rag.programs.resolve_program("baseline") is None
 
 
 def test_bad_program_files_are_errors(env, capsys, tmp_path):
     good = tmp_path / "good.json"
-    optimize.save_program_file(CitedRAG(), good, {"optimizer": "bootstrap"})
+    rag.programs.save_program_file(CitedRAG(), good, {"optimizer": "bootstrap"})
     state = json.loads(good.read_text())
 
     corrupt = tmp_path / "corrupt.json"
@@ -386,7 +386,7 @@ def test_bad_program_files_are_errors(env, capsys, tmp_path):
         errors = [line for line in err.splitlines() if line.startswith("error:")]
         assert code == 1 and len(errors) == 1 and message in errors[0] and "Traceback" not in err, err
     with pytest.raises(ProgramError):
-        rag.pipeline.load_program(CitedRAG(), other)
+        rag.programs.load_program(CitedRAG(), other)
 
 
 def test_optimize_bad_train_set_fails_before_loading(env, capsys):
@@ -403,7 +403,7 @@ def test_other_optimizers_compile_with_a_dummy_lm(name, embedder, capsys):
 
     class Hit:  # the parts of rag.retrieve.Hit the program and metric read
         def __init__(self, pid, text):
-            self.paper, self.text = type("P", (), {"id": pid, "title": pid})(), text
+            self.paper, self.text, self.score = type("P", (), {"id": pid, "title": pid})(), text, 1.0
 
     def search(question):
         from rag.retrieve import SearchResult
@@ -439,7 +439,7 @@ def test_counted_metric_ticks_once_per_answer_and_keeps_the_mean():
 
 
 def test_provenance_paths_are_relative_inside_the_project(tmp_path):
-    from rag.cli import _portable
+    from rag.optimize import portable as _portable
     from rag.settings import ROOT
 
     assert _portable(ROOT / "eval" / "train.jsonl") == "eval/train.jsonl"  # the same in any clone

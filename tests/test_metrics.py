@@ -5,11 +5,12 @@ from __future__ import annotations
 import pytest
 
 from rag.metrics import fact_found, normalize, retrieval_scores, score_row, summarize, token_f1
+from rag.pipeline import Answer
 
 
 def pred(answer="", cited=(), passages=(), abstained=False):
-    return {"answer": answer, "abstained": abstained, "citations": [{"paper_id": p} for p in cited],
-            "passages": [{"paper_id": p} for p in passages]}
+    return Answer("q", answer, abstained, citations=[{"paper_id": p} for p in cited],
+                  passages=[{"paper_id": p} for p in passages]).to_json()
 
 
 def test_normalize_and_facts():

@@ -1,0 +1,114 @@
+"""Optimised program files: find, read, check, load and save them.
+
+A program file is DSPy's saved state of the answer program plus a `provenance`
+block (optimizer, settings, train set hash, LM, date, dev score). `programs/`
+holds the shipped ones, named `<YYYYmmdd-HHMMSS>-<optimizer>.json`; `auto`
+means the newest of them (by name: a clone resets mtimes), `baseline` means
+none. A file is checked before the index or the model loads: a corrupt or
+mismatched one is an error that says how to fix it, never silently ignored.
+
+Left out: compiling programs (`rag.optimize` does that).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from rag.errors import ProgramError
+from rag.program import CitedAnswer
+from rag.settings import ROOT
+
+FORMAT = "papers-rag-program/1"
+PROGRAMS_DIR = ROOT / "programs"
+_DEMO_FIELDS = {"passages", "question", "answer", "sources", "augmented", "reasoning"}
+_FIX = "re-run `rag optimize` or use --program baseline"
+
+
+def resolve_program(spec: str) -> Path | None:
+    """'baseline' -> None; 'auto' -> newest programs/*.json or None; else a path that must exist."""
+    if spec == "baseline":
+        return None
+    if spec == "auto":
+        found = sorted(PROGRAMS_DIR.glob("*.json")) if PROGRAMS_DIR.is_dir() else []
+        return found[-1] if found else None
+    path = Path(spec)
+    if not path.is_file():
+        raise ProgramError(f"program file {spec} does not exist; use --program baseline, auto, or a saved program path")
+    return path
+
+
+def read_program_file(path: str | Path) -> dict:
+    """The parsed program file, checked against this program's shape; ProgramError if it does not fit."""
+    path = Path(path)
+    try:
+        state = json.loads(path.read_text(encoding="utf-8"))
+    except OSError as e:
+        raise ProgramError(f"program file {path} cannot be read ({e.strerror}); {_FIX}") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ProgramError(f"program file {path} is corrupt ({getattr(e, 'msg', e)}); {_FIX}") from None
+    prov = state.get("provenance") if isinstance(state, dict) else None
+    if not isinstance(prov, dict) or prov.get("format") != FORMAT:
+        raise ProgramError(f"program file {path} is not a papers-rag program (no provenance format {FORMAT}); {_FIX}")
+    answer = state.get("answer")
+    expected = [f["prefix"] for f in CitedAnswer.dump_state()["fields"]]
+    try:
+        prefixes = [f["prefix"] for f in answer["signature"]["fields"]]
+        demo_keys = {k for d in answer["demos"] for k in d}
+    except (TypeError, KeyError):
+        raise ProgramError(f"program file {path} does not hold a cited-answer predictor; {_FIX}") from None
+    if prefixes != expected:
+        raise ProgramError(f"program file {path} was made for another program (fields {', '.join(prefixes)}; "
+                           f"this one has {', '.join(expected)}); {_FIX}")
+    unknown = demo_keys - _DEMO_FIELDS
+    if unknown:
+        raise ProgramError(f"program file {path} has demos with unknown fields ({', '.join(sorted(unknown))}); {_FIX}")
+    return state
+
+
+def load_program(program: Any, path: Path | None) -> str:
+    """Load the optimised state at `path` into `program` (None: keep it as it is); return its provenance label."""
+    if path is None:
+        return "baseline"
+    state = read_program_file(path)
+    try:
+        program.load_state(state)
+    except Exception as e:  # noqa: BLE001 - dspy raises many kinds on a bad file
+        raise ProgramError(f"program file {path} could not be loaded ({type(e).__name__}: "
+                           f"{str(e).splitlines()[0][:120] if str(e) else ''}); {_FIX}") from None
+    return path.name
+
+
+def save_program_file(program: Any, path: str | Path, provenance: dict) -> Path:
+    """DSPy state plus provenance, written atomically."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp.json")
+    program.save(str(tmp))
+    state = json.loads(tmp.read_text(encoding="utf-8"))
+    state["provenance"] = {"format": FORMAT, **provenance}
+    tmp.write_text(json.dumps(state, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    os.replace(tmp, path)
+    return path
+
+
+def program_stamp() -> str:
+    return dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+
+
+def new_program_path(optimizer: str, out: str | Path | None = None) -> Path:
+    """Where a newly compiled program goes (`out`, or programs/<stamp>-<optimizer>.json), checked
+    to be writable before any compile work starts."""
+    path = Path(out) if out else PROGRAMS_DIR / f"{program_stamp()}-{optimizer}.json"
+    if path.suffix != ".json":
+        raise ProgramError(f"--out {path} must end in .json")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise ProgramError(f"cannot write {path.parent}: {e.strerror}; pass --out PATH") from None
+    if not os.access(path.parent, os.W_OK):
+        raise ProgramError(f"cannot write {path.parent}; pass --out PATH")
+    return path
