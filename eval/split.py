@@ -2,9 +2,9 @@
 
     python eval/split.py          # rewrites eval/train.jsonl and eval/dev.jsonl
 
-Within each type the questions are ordered by id, shuffled with a fixed seed, and
-dealt alternately to dev and train, so each type is split in half (dev gets the
-odd one). Deterministic: the same questions always give the same split. Run it
+Within each type (and, for the questions that carry one, each shape) the
+questions are ordered by id, shuffled with a fixed seed, and dealt alternately
+to dev and train, so each group is split in half (dev gets the odd one). Deterministic: the same questions always give the same split. Run it
 only when questions are added, and never move a question between the halves
 after looking at dev results.
 """
@@ -24,12 +24,16 @@ SEED = 20261123
 
 
 def split(rows: list[dict]) -> tuple[list[dict], list[dict]]:
+    """Stratified by type, and by shape for the rows that carry one (the second round of questions,
+    added after the first split: grouping them apart leaves every first-round question where it was)."""
     train, dev = [], []
+    shapes = sorted({r.get("shape") for r in rows if r.get("shape")})
     for kind in TYPES:
-        group = sorted((r for r in rows if r["type"] == kind), key=lambda r: r["id"])
-        random.Random(f"{SEED}-{kind}").shuffle(group)
-        for i, row in enumerate(group):
-            (dev if i % 2 == 0 else train).append(row)
+        for shape in [None, *shapes]:
+            group = sorted((r for r in rows if r["type"] == kind and r.get("shape") == shape), key=lambda r: r["id"])
+            random.Random(f"{SEED}-{kind}" if shape is None else f"{SEED}-{kind}-{shape}").shuffle(group)
+            for i, row in enumerate(group):
+                (dev if i % 2 == 0 else train).append(row)
     return train, dev
 
 
