@@ -6,6 +6,9 @@ whole in at least one chunk. Each chunk keeps the character offsets of its span
 in the abstract (so the UI can highlight it) and is embedded with the paper
 title in front, because abstracts rarely repeat their title's key terms.
 
+`sentence_units` cuts an abstract into single sentences for the evidence store:
+the model reads chosen sentences, not whole windows (see rag/evidence.py).
+
 Left out: token-based windows and cross-paper chunks. Abstracts are short
 (~150-300 words), so sentence windows are both cheap and readable.
 """
@@ -46,6 +49,12 @@ def chunk_paper(paper: Paper, sentences: int = 3, overlap: int = 1) -> list[Chun
         if first + sentences >= len(spans):
             break
     return chunks
+
+
+def sentence_units(paper: Paper) -> list[Chunk]:
+    """Each sentence of the abstract as a one-sentence chunk (`<paper id>.s<i>`): the evidence store's rows."""
+    return [Chunk(f"{paper.id}.s{i}", paper.id, paper.abstract[s:e], s, e)
+            for i, (s, e) in enumerate(split_sentences(paper.abstract))]
 
 
 def chunk_corpus(papers: list[Paper], sentences: int = 3, overlap: int = 1) -> list[Chunk]:

@@ -10,6 +10,8 @@ is never reused. The directory holds:
     chunks.jsonl   the chunks, row i is vector i and BM25 document i
     dense.faiss    exact inner-product index over normalised vectors (cosine)
     bm25/          bm25s sparse index over title + chunk tokens
+    sentences.jsonl  every abstract sentence (paper id, offsets, text), grouped by paper
+    sentences.npy    their vectors (row i is sentence i), for choosing evidence at query time
 
 Writes are atomic: everything is built in a temporary sibling directory and
 renamed into place, so an interrupted build never leaves a half index that
@@ -30,11 +32,12 @@ import shutil
 import tempfile
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from rag.chunking import Chunk, chunk_corpus, embedding_text
+from rag.chunking import Chunk, chunk_corpus, embedding_text, sentence_units
 from rag.corpus import Paper, corpus_hash, load_corpus
 from rag.embed import Embedder
 from rag.errors import IndexStoreError
@@ -44,8 +47,8 @@ from rag.text import tokenize
 
 log = logging.getLogger(__name__)
 
-FORMAT = 1
-FILES = ("papers.jsonl", "chunks.jsonl", "dense.faiss")
+FORMAT = 2  # 2: the sentence store
+FILES = ("papers.jsonl", "chunks.jsonl", "dense.faiss", "sentences.jsonl", "sentences.npy")
 
 
 def _bm25s():
@@ -62,11 +65,28 @@ def index_name(corpus_digest: str, settings: Settings) -> str:
     return f"idx-{key}"
 
 
-def chunk_papers(papers: list[Paper], settings: Settings) -> tuple[list[Chunk], list[str]]:
-    """The chunks of `papers` and, for each, the text that is embedded and BM25-indexed."""
+@dataclass
+class Units:
+    """What a build embeds: the chunks (searched) and the sentences (evidence), with their texts."""
+
+    chunks: list[Chunk]
+    chunk_texts: list[str]
+    sentences: list[Chunk]
+    sentence_texts: list[str]
+
+    @property
+    def texts(self) -> list[str]:
+        """Every text to embed: the chunks' first, then the sentences'."""
+        return self.chunk_texts + self.sentence_texts
+
+
+def chunk_papers(papers: list[Paper], settings: Settings) -> Units:
+    """The chunks and sentences of `papers`, and the text embedded for each."""
     by_id = {p.id: p for p in papers}
     chunks = chunk_corpus(papers, settings.chunk_sentences, settings.chunk_overlap)
-    return chunks, [embedding_text(by_id[c.paper_id], c) for c in chunks]
+    sentences = [s for p in papers for s in sentence_units(p)]
+    return Units(chunks, [embedding_text(by_id[c.paper_id], c) for c in chunks],
+                 sentences, [s.text for s in sentences])
 
 
 def embed_chunks(texts: list[str], embedder: Embedder, *, progress: bool = False) -> np.ndarray:
@@ -85,33 +105,41 @@ def build_index(papers: list[Paper], embedder: Embedder, settings: Settings, *, 
     root = Path(settings.index_dir)
     _check_writable(root)  # before the embedding work, not after it
     t0 = time.perf_counter()
-    chunks, texts = chunk_papers(papers, settings)
-    vectors = embed_chunks(texts, embedder, progress=progress)
-    return write_index(root, papers, chunks, texts, vectors, settings, started=t0)
+    units = chunk_papers(papers, settings)
+    vectors = embed_chunks(units.texts, embedder, progress=progress)
+    return write_index(root, papers, units, vectors, settings, started=t0)
 
 
-def write_index(root: Path, papers: list[Paper], chunks: list[Chunk], texts: list[str], vectors: np.ndarray,
-                settings: Settings, *, started: float | None = None) -> Path:
-    """Write the index of `chunks` (their embedded `texts` and `vectors`, row i for chunk i) to
-    `root/<name>`: built in a temporary sibling directory and renamed into place. Returns the path."""
+def write_index(root: Path, papers: list[Paper], units: Units, vectors: np.ndarray, settings: Settings, *,
+                started: float | None = None) -> Path:
+    """Write the index of `units` (`vectors`: one row per `units.texts`, chunks first) to `root/<name>`:
+    built in a temporary sibling directory and renamed into place. Returns the path."""
     import faiss
 
     bm25s = _bm25s()
     t0 = time.perf_counter() if started is None else started
+    n_chunks = len(units.chunks)
+    if vectors.shape[0] != n_chunks + len(units.sentences):
+        raise IndexStoreError(f"{vectors.shape[0]} vectors for {n_chunks} chunks and {len(units.sentences)} sentences")
     digest = corpus_hash(papers)
     final = root / index_name(digest, settings)
     tmp = _temp_dir(root, final.name)
     try:
         dense = faiss.IndexFlatIP(vectors.shape[1])
-        dense.add(np.ascontiguousarray(vectors, dtype=np.float32))
+        dense.add(np.ascontiguousarray(vectors[:n_chunks], dtype=np.float32))
         faiss.write_index(dense, str(tmp / "dense.faiss"))
 
         bm25 = bm25s.BM25()
-        bm25.index([tokenize(t) or ["<empty>"] for t in texts], show_progress=False)
+        bm25.index([tokenize(t) or ["<empty>"] for t in units.chunk_texts], show_progress=False)
         bm25.save(str(tmp / "bm25"), show_progress=False)
 
         _write_jsonl(tmp / "papers.jsonl", (p.to_json() for p in papers))
-        _write_jsonl(tmp / "chunks.jsonl", (c.to_json() for c in chunks))
+        _write_jsonl(tmp / "chunks.jsonl", (c.to_json() for c in units.chunks))
+        _write_jsonl(tmp / "sentences.jsonl", (s.to_json() for s in units.sentences))
+        with open(tmp / "sentences.npy", "wb") as f:
+            np.save(f, np.ascontiguousarray(vectors[n_chunks:], dtype=np.float32))
+            f.flush()
+            os.fsync(f.fileno())
         meta = {
             "format": FORMAT,
             "corpus": str(settings.corpus),
@@ -119,7 +147,8 @@ def write_index(root: Path, papers: list[Paper], chunks: list[Chunk], texts: lis
             "shape": settings.index_shape(),
             "embed_dim": int(vectors.shape[1]),
             "n_papers": len(papers),
-            "n_chunks": len(chunks),
+            "n_chunks": n_chunks,
+            "n_sentences": len(units.sentences),
             "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             "build_seconds": round(time.perf_counter() - t0, 2),
             "files": {f: _sha256(tmp / f) for f in FILES},
@@ -130,7 +159,7 @@ def write_index(root: Path, papers: list[Paper], chunks: list[Chunk], texts: lis
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    log.info("built index %s: %d papers, %d chunks", final, len(papers), len(chunks))
+    log.info("built index %s: %d papers, %d chunks, %d sentences", final, len(papers), n_chunks, len(units.sentences))
     return final
 
 
@@ -159,6 +188,8 @@ def load_index(path: str | Path, *, settings: Settings | None = None, digest: st
         papers = [Paper(d["paper_id"], d["title"], d["abstract"], tuple(d["sources"]))
                   for d in _read_jsonl(path / "papers.jsonl")]
         chunks = [Chunk(**d) for d in _read_jsonl(path / "chunks.jsonl")]
+        sentences = [Chunk(**d) for d in _read_jsonl(path / "sentences.jsonl")]
+        sentence_vectors = np.load(path / "sentences.npy", mmap_mode="r")
         dense = faiss.read_index(str(path / "dense.faiss"))
         bm25 = bm25s.BM25.load(str(path / "bm25"), show_progress=False)
     except IndexStoreError:
@@ -169,9 +200,10 @@ def load_index(path: str | Path, *, settings: Settings | None = None, digest: st
     except (OSError, ValueError, KeyError, TypeError, RuntimeError) as e:
         reason = str(e).splitlines()[0][:120] if str(e) else type(e).__name__
         raise IndexStoreError(f"index {path} is corrupt ({reason}); {fix}") from None
-    if not (len(papers) == meta["n_papers"] and len(chunks) == meta["n_chunks"] == dense.ntotal):
+    if not (len(papers) == meta["n_papers"] and len(chunks) == meta["n_chunks"] == dense.ntotal
+            and len(sentences) == meta["n_sentences"] == sentence_vectors.shape[0]):
         raise IndexStoreError(f"index {path} is corrupt (counts disagree with meta.json); {fix}")
-    return Index(path, meta, {p.id: p for p in papers}, chunks, dense, bm25)
+    return Index(path, meta, {p.id: p for p in papers}, chunks, dense, bm25, sentences, sentence_vectors)
 
 
 def locate_index(settings: Settings) -> tuple[list[Paper], Path]:
@@ -194,7 +226,8 @@ def open_index(settings: Settings, embedder_factory: Callable[[], Embedder], *, 
     before a build starts (the CLI uses it to say that a build takes a minute).
     """
     papers, path = locate_index(settings)
-    if rebuild == "always" or (rebuild == "auto" and not (path / "meta.json").exists()):
+    found = _format_of(path)
+    if rebuild == "always" or (rebuild == "auto" and (found is None or found < FORMAT)):
         if on_build is not None:
             on_build(path)
         build_index(papers, embedder_factory(), settings, progress=progress)
@@ -204,6 +237,20 @@ def open_index(settings: Settings, embedder_factory: Callable[[], Embedder], *, 
             else "no index has been built"
         raise IndexStoreError(f"{state}; run `rag index` to build {path.name}")
     return load_index(path, settings=settings, digest=corpus_hash(papers))
+
+
+def _format_of(path: Path) -> int | None:
+    """The format of the index at `path` (None: none there). An index of an older format (built by an
+    earlier version) is rebuilt by `open_index(rebuild="auto")`; a newer or unreadable one is left to
+    `load_index` to refuse, with the fix."""
+    meta = path / "meta.json"
+    try:
+        if not meta.is_file():
+            return None
+        found = json.loads(meta.read_text(encoding="utf-8")).get("format")
+        return found if isinstance(found, int) else FORMAT
+    except (OSError, ValueError, AttributeError):
+        return FORMAT
 
 
 # --- file helpers -------------------------------------------------------------

@@ -22,7 +22,8 @@ expansion.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 
 import numpy as np
@@ -40,7 +41,8 @@ CANDIDATES = 100
 
 @dataclass
 class Index:
-    """A loaded index: papers, chunks, the FAISS index and the BM25 index."""
+    """A loaded index: papers, chunks with their FAISS and BM25 indexes, and the sentence store
+    (every abstract sentence and its vector, for evidence selection)."""
 
     path: Path
     meta: dict
@@ -48,6 +50,8 @@ class Index:
     chunks: list[Chunk]
     dense: object  # faiss.Index
     bm25: object  # bm25s.BM25
+    sentences: list[Chunk] = field(default_factory=list)  # one-sentence chunks, grouped by paper
+    sentence_vectors: np.ndarray | None = None  # row i is sentences[i], normalised float32
 
     @property
     def name(self) -> str:
@@ -55,6 +59,17 @@ class Index:
 
     def __len__(self) -> int:
         return len(self.chunks)
+
+    @cached_property
+    def sentences_of(self) -> dict[str, range]:
+        """Paper id -> the rows of its sentences (they are stored contiguously, in abstract order)."""
+        spans: dict[str, range] = {}
+        start = 0
+        for i in range(1, len(self.sentences) + 1):
+            if i == len(self.sentences) or self.sentences[i].paper_id != self.sentences[start].paper_id:
+                spans[self.sentences[start].paper_id] = range(start, i)
+                start = i
+        return spans
 
 
 @dataclass(frozen=True)
@@ -91,6 +106,7 @@ class Hit:
 class SearchResult:
     hits: list[Hit]
     best_similarity: float  # highest dense cosine similarity of the query to any chunk
+    query_vector: np.ndarray | None = None  # the embedded query, reused to score evidence sentences
 
 
 class Retriever:
@@ -111,9 +127,10 @@ class Retriever:
             return SearchResult([], 0.0)
         depth = min(n, max(CANDIDATES, k * per_paper * 4))
         # Dense search runs in every mode: its best cosine is what the program's early abstention reads.
-        dense = self._dense(query, depth)
+        vec = self.embedder.encode([query])
+        dense = self._dense(vec, depth)
         best = float(dense[0][1]) if dense else 0.0
-        return SearchResult(MODES[mode](self, query, dense, depth, k, per_paper), best)
+        return SearchResult(MODES[mode](self, query, dense, depth, k, per_paper), best, vec[0])
 
     def _dense_hits(self, query: str, dense: list[tuple[int, float]], depth: int, k: int, per_paper: int) -> list[Hit]:
         return self._diversify(dense, k, per_paper)
@@ -129,8 +146,7 @@ class Retriever:
         # sentence with the exact term) is often the one that holds the answer.
         return self._diversify(_rrf([dense_ids, bm25_ids]), k, per_paper, seeds=(dense_ids, bm25_ids))
 
-    def _dense(self, query: str, depth: int) -> list[tuple[int, float]]:
-        vec = self.embedder.encode([query])
+    def _dense(self, vec: np.ndarray, depth: int) -> list[tuple[int, float]]:
         scores, ids = self.index.dense.search(np.ascontiguousarray(vec, dtype=np.float32), depth)
         return [(int(i), float(s)) for i, s in zip(ids[0], scores[0], strict=True) if i >= 0]
 

@@ -7,6 +7,7 @@ import os
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from rag.corpus import load_corpus
@@ -128,3 +129,40 @@ def test_unreadable_index_dir(tiny_settings, embedder):
         os.chmod(path / "papers.jsonl", 0)
     with pytest.raises(IndexStoreError, match="rag index --rebuild|permission denied"):
         load_index(path)
+
+
+# --- the sentence store -----------------------------------------------------------------
+
+def test_sentence_store_holds_every_sentence_with_its_vector(tiny_settings, embedder):
+    from rag.text import split_sentences
+
+    papers = load_corpus(tiny_settings.corpus)
+    index = load_index(build_index(papers, embedder, tiny_settings), settings=tiny_settings)
+    assert len(index.sentences) == index.meta["n_sentences"] == index.sentence_vectors.shape[0]
+    assert index.sentence_vectors.shape[1] == embedder.dim
+    for p in papers:
+        rows = index.sentences_of[p.id]
+        assert [(index.sentences[i].start, index.sentences[i].end) for i in rows] == split_sentences(p.abstract)
+        for i in rows:
+            s = index.sentences[i]
+            assert p.abstract[s.start:s.end] == s.text and s.id == f"{p.id}.s{i - rows.start}"
+            assert np.allclose(index.sentence_vectors[i], embedder.encode([s.text])[0])
+
+
+def test_a_tampered_sentence_store_is_refused(tiny_settings, embedder):
+    path = build_index(load_corpus(tiny_settings.corpus), embedder, tiny_settings)
+    vectors = np.load(path / "sentences.npy")
+    np.save(path / "sentences.npy", vectors[:-1])
+    with pytest.raises(IndexStoreError, match="sentences.npy does not match its checksum"):
+        load_index(path, settings=tiny_settings)
+
+
+def test_an_index_of_the_previous_format_is_rebuilt_or_refused(tiny_settings, embedder):
+    path = build_index(load_corpus(tiny_settings.corpus), embedder, tiny_settings)
+    meta = json.loads((path / "meta.json").read_text())
+    (path / "meta.json").write_text(json.dumps({**meta, "format": 1}))
+    with pytest.raises(IndexStoreError, match="format 1, expected 2"):
+        open_index(tiny_settings, lambda: embedder, rebuild="never")
+    built = []
+    index = open_index(tiny_settings, lambda: embedder, on_build=built.append)
+    assert built == [path] and index.meta["format"] == 2
