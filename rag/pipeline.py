@@ -27,11 +27,12 @@ from dspy.streaming import StreamListener, StreamResponse
 
 from rag.embed import Embedder, get_embedder
 from rag.errors import QuestionTooLong, RagError
+from rag.evidence import select_evidence
 from rag.index import Index, open_index
 from rag.lm import backend, describe_lm_error, lm_label, make_lm
 from rag.program import CitedRAG, rewrite_question
 from rag.programs import load_program, read_program_file, resolve_program
-from rag.retrieve import Retriever, SearchResult
+from rag.retrieve import Hit, Retriever, SearchResult
 from rag.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -72,10 +73,13 @@ class Answer:
     citations: list[dict] = field(default_factory=list)
     passages: list[dict] = field(default_factory=list)
     provenance: dict | None = None
+    shape: str | None = None  # list / yesno / specific (rag.shapes)
+    verdict: str | None = None  # yes / no / maybe for a yes/no question that was answered
+    claims: list[dict] = field(default_factory=list)  # rag.claims.Claim per answer sentence
 
     @classmethod
     def from_prediction(cls, question: str, pred: Any, provenance: dict | None = None) -> Answer:
-        """From a `CitedRAG` prediction: its hits become the numbered passages."""
+        """From a `CitedRAG` prediction: its evidence hits become the numbered passages."""
         hits = pred.hits
         return cls(
             question=question,
@@ -86,6 +90,9 @@ class Answer:
             passages=[{"n": i, "paper_id": h.paper.id, "title": h.paper.title, "text": h.text,
                        "score": round(float(h.score), 6)} for i, h in enumerate(hits, 1)],
             provenance=provenance,
+            shape=getattr(pred, "shape", None),
+            verdict=getattr(pred, "verdict", None),
+            claims=[c.to_json() for c in getattr(pred, "claims", None) or []],
         )
 
     @classmethod
@@ -94,7 +101,8 @@ class Answer:
 
     def to_json(self) -> dict:
         return {"question": self.question, "answer": self.answer, "abstained": self.abstained,
-                "citations": self.citations, "passages": self.passages, "provenance": self.provenance}
+                "citations": self.citations, "passages": self.passages, "provenance": self.provenance,
+                "shape": self.shape, "verdict": self.verdict, "claims": self.claims}
 
 
 class Pipeline:
@@ -132,7 +140,8 @@ class Pipeline:
         if need_lm:
             pipe.embedder  # noqa: B018 - load it now: the first question should not wait for it
             pipe.lm = lm if lm is not None else make_lm(settings, disk_cache=disk_cache)
-            pipe.program = CitedRAG(pipe.search, settings.min_score)
+            pipe.program = CitedRAG(pipe.search, settings.min_score, select=pipe.select_evidence,
+                                    threshold=settings.answerable_threshold)
             pipe.program_label = load_program(pipe.program, program_path)
         return pipe
 
@@ -151,6 +160,10 @@ class Pipeline:
     def search(self, question: str, k: int | None = None, mode: str | None = None) -> SearchResult:
         q = validate_question(question)
         return self.retriever.search(q, k or self.settings.k, mode or self.settings.retrieval, self.settings.per_paper)
+
+    def select_evidence(self, question: str, result: SearchResult, shape: str) -> list[Hit]:
+        """The program's evidence step: the best sentences of the retrieved papers, under the token budget."""
+        return select_evidence(self.index, result, question, budget=self.settings.evidence_tokens, shape=shape)
 
     def _context(self):
         return dspy.context(lm=self.lm, track_usage=True, max_history_size=HISTORY_KEEP, max_trace_size=HISTORY_KEEP)
@@ -238,8 +251,10 @@ class Pipeline:
 
     def _streaming_program(self):
         if self._streamer is None:
-            self._streamer = dspy.streamify(self.program, stream_listeners=[StreamListener("answer")],
-                                            async_streaming=False)
+            # The answer text streams from the predictors that write one (a list answer is rendered, not written).
+            listeners = [StreamListener("answer", predict=getattr(self.program, name), predict_name=name)
+                         for name in ("answer", "yesno")]
+            self._streamer = dspy.streamify(self.program, stream_listeners=listeners, async_streaming=False)
         return self._streamer
 
     def _result(self, q: str, pred: Any, latency: float, k: int | None = None, mode: str | None = None) -> dict:

@@ -52,12 +52,17 @@ class Settings:
     chunk_sentences: int = _f(3, "Sentences per chunk (sentence-window chunking).", shapes_index=True)
     chunk_overlap: int = _f(1, "Sentences shared by consecutive chunks of one abstract.", shapes_index=True)
     # --- retrieval ----------------------------------------------------------
-    k: int = _f(4, "Passages given to the model (and results shown by `rag search`).")
+    k: int = _f(6, "Papers retrieved for a question; the model reads evidence sentences chosen from them "
+                   "(and `rag search` shows them).")
     retrieval: str = _f("hybrid", "Retrieval mode: hybrid (reciprocal-rank fusion), dense or bm25.",
                         choices=tuple(MODES))
     per_paper: int = _f(2, "Best chunks of one paper merged into its passage (1 = just the best chunk).")
     min_score: float = _f(0.25, "Dense cosine similarity below which no passage is relevant: "
                                 "the program abstains without calling the model.")
+    evidence_tokens: int = _f(300, "Token budget of the evidence the model reads (the best sentences of the retrieved "
+                                   "papers, titles included).")
+    answerable_threshold: float = _f(0.5, "P(answerable), read from the model's logprobs, below which the program "
+                                          "abstains (calibrated on train by eval/calibrate_abstention.py).")
     # --- language model -----------------------------------------------------
     lm: str = _f("local", "LM backend: 'local' (embedded Qwen2.5-Coder-1.5B GGUF) or a LiteLLM model string, "
                           "e.g. openai/gpt-4o-mini, ollama_chat/llama3.2, openai/<name> with RAG_API_BASE.")
