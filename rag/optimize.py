@@ -43,7 +43,7 @@ import dspy
 from rag.errors import ProgramError
 from rag.metrics import TYPES, score_row
 from rag.pipeline import Answer
-from rag.program import CitedRAG, map_citations
+from rag.program import CitedRAG, as_numbers, map_citations
 from rag.programs import save_program_file
 from rag.settings import ROOT
 from rag.text import content_words, sentences
@@ -182,7 +182,12 @@ def demo_supported(demo: dict) -> bool:
 
 
 def _abstains(demo: dict) -> bool:
-    """The demo's answer is an abstention as the program and the metric judge it (any phrasing)."""
+    """The demo's answer is an abstention as the program and the metric judge it (any phrasing). A list
+    demo (no answer text: its lines are rendered from the passages it picks) abstains when it picks none."""
+    if str(demo.get("answerable")).lower() == "false":
+        return True
+    if "answer" not in demo:
+        return not as_numbers(demo.get("sources"))
     passages = [m.group(2) for m in map(_PASSAGE.match, str(demo.get("passages", "")).splitlines()) if m]
     return map_citations(str(demo.get("answer", "")), demo.get("sources"), passages).abstained
 

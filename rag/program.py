@@ -158,7 +158,7 @@ def map_citations(raw_answer: str, raw_sources: object, passages: list[str]) -> 
     text = re.sub(r"[ \t]+([.,;:])", r"\1", re.sub(r"[ \t]{2,}", " ", text)).strip()
     if text and not numbers and not _ABSTAIN.search(text):
         # No inline markers: cite what the text demonstrably comes from, else what the model listed.
-        numbers = attribute(text, passages) or [n for n in dict.fromkeys(_as_ints(raw_sources)) if 1 <= n <= n_passages]
+        numbers = attribute(text, passages) or [n for n in dict.fromkeys(as_numbers(raw_sources)) if 1 <= n <= n_passages]
         if numbers:
             text = f"{text} {''.join(f'[{n}]' for n in numbers)}"
     if not text or _ABSTAIN.search(text) or not numbers:
@@ -189,7 +189,8 @@ def attribute(answer: str, passages: list[str]) -> list[int]:
     return found
 
 
-def _as_ints(value: object) -> list[int]:
+def as_numbers(value: object) -> list[int]:
+    """Integers from a list or a text ("[1, 3]", "1 and 3"); what is not a number is skipped."""
     if isinstance(value, (list, tuple)):
         out = []
         for v in value:
@@ -329,7 +330,7 @@ class CitedRAG(dspy.Module):
             return _abstained(evidence, retrieved, shape, MODEL_DECLINED)
         verdict = None
         if shape == "list":
-            numbers = [n for n in dict.fromkeys(_as_ints(fields.get("sources"))) if 1 <= n <= len(evidence)]
+            numbers = [n for n in dict.fromkeys(as_numbers(fields.get("sources"))) if 1 <= n <= len(evidence)]
             lines = "\n".join(f"- {evidence[n - 1].paper.title}: {evidence[n - 1].text} [{n}]" for n in numbers)
             cited = Cited(lines, numbers, False) if numbers else Cited(ABSTAIN_TEXT, [], True)
         else:

@@ -108,14 +108,17 @@ def test_replies_are_json_under_the_schema_on_the_real_model(pipe):
 
 def test_the_abstention_decision_on_the_real_model(pipe):
     answerable = pipe.ask("What are the two subtasks of the I am a Strange Dataset benchmark?")
-    assert answerable["abstained"] is False
-    assert answerable["provenance"]["p_answerable"] >= pipe.settings.answerable_threshold
-    # close to a paper (so retrieval alone cannot decline it), but the abstract does not say
+    assert answerable["abstained"] is False and answerable["provenance"]["abstain_reason"] is None
+    assert 0 <= answerable["provenance"]["p_answerable"] <= 1  # read from the answer call's own logprobs
+    # close to a paper, so retrieval alone does not decline it; the abstract names no software package, and
+    # the model's draft fills the gap with a name no cited passage has
     unanswerable = pipe.ask("Which DFT software package was used to compute the decomposition energies when "
                             "evaluating UniMat?")
     assert unanswerable["abstained"] is True, unanswerable["answer"]
-    assert unanswerable["provenance"]["p_answerable"] < pipe.settings.answerable_threshold
-    assert unanswerable["provenance"]["completion_tokens"] <= 16  # declined after the short decision call
+    assert unanswerable["provenance"]["abstain_reason"] in ("unsupported_claim", "no_valid_citation")
+    far = pipe.ask("What is a good recipe for sourdough bread?")
+    assert far["abstained"] is True and far["provenance"]["abstain_reason"] == "no_close_passage"
+    assert far["provenance"]["prompt_tokens"] == 0  # declined without calling the model
 
 
 def test_list_and_yes_no_questions_are_answered_in_their_shape(pipe):
