@@ -2,7 +2,8 @@
 
 The engine plugs into dspy.LM exactly like the local llama.cpp engine, so the real
 ChatAdapter formats and parses its output. A question containing FAIL raises, to
-test per-row error isolation; FAKE_LM_DELAY slows every call (for kill tests).
+test per-row error isolation; FAKE_LM_DELAY slows every call (for kill tests);
+FAKE_EMBEDDER=fail makes any embedding an error (to prove a command failed before it).
 
     python tests/fakes.py batch questions.txt -o out.jsonl    # `rag` with the fakes
 """
@@ -95,15 +96,25 @@ def inject(models: Models, setattr=setattr) -> Models:
     return models
 
 
-def install_fakes(delay: float = 0.0) -> FakeEngine:
+class FailingEmbedder:
+    """An embedder that must not be reached."""
+
+    name, dim = "fail", 256
+
+    def encode(self, texts, *, progress=False):
+        raise AssertionError("the embedder was called")
+
+
+def install_fakes(delay: float = 0.0, embedder=None) -> FakeEngine:
     """Make the pipeline use the keyword embedder and the fake LM (for `rag` run in a subprocess)."""
     from conftest import KeywordEmbedder
 
-    return inject(Models(KeywordEmbedder(), FakeEngine(delay))).engine
+    return inject(Models(embedder or KeywordEmbedder(), FakeEngine(delay))).engine
 
 
 if __name__ == "__main__":
-    install_fakes(float(os.environ.get("FAKE_LM_DELAY", "0")))
+    install_fakes(float(os.environ.get("FAKE_LM_DELAY", "0")),
+                  FailingEmbedder() if os.environ.get("FAKE_EMBEDDER") == "fail" else None)
     from rag.cli import main
 
     raise SystemExit(main(sys.argv[1:]))
