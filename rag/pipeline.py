@@ -47,14 +47,44 @@ def validate_question(question: Any) -> str:
     if not isinstance(question, str):
         raise RagError("the question must be text")
     q = question.strip()
-    if not q:
-        raise RagError("the question is empty; ask something, e.g. rag ask \"What is ReFT?\"")
     if len(q) > MAX_QUESTION_CHARS:
         raise QuestionTooLong(len(q), MAX_QUESTION_CHARS)
+    # Bytes that were not UTF-8 reach Python (argv, a surrogateescape'd file) as U+DC80..U+DCFF.
+    raw = sorted({f"0x{ord(c) - 0xDC00:02X}" for c in q if 0xDC80 <= ord(c) <= 0xDCFF})
+    if raw:
+        raise RagError(f"the question is not valid UTF-8 (byte {', '.join(raw[:3])}); type it again or re-save "
+                       f"the text as UTF-8")
     bad = sorted({f"U+{ord(c):04X}" for c in q if unicodedata.category(c) in ("Cc", "Cs", "Co", "Cn") and c not in "\t\n\r"})
     if bad:
         raise RagError(f"the question contains control characters ({', '.join(bad[:5])}); remove them")
+    # Zero-width and other format characters (Cf) and separators show nothing: a question of only
+    # those is as empty as "" and must not reach the model.
+    if not any(unicodedata.category(c)[0] not in "ZC" for c in q):
+        raise RagError("the question is empty; ask something, e.g. rag ask \"What is ReFT?\"")
     return " ".join(q.split())
+
+
+# Prompt tokens besides the passages: instructions, field markers, the question, and an optimised
+# program's demos (the shipped one adds ~400). Passages are estimated at 4 characters a token.
+PROMPT_OVERHEAD_TOKENS = 900
+CHARS_PER_TOKEN = 4
+
+
+def check_context(settings: Settings, index: Index) -> None:
+    """Refuse a k whose passages cannot fit the local model's context window, before the model loads
+    (a remote backend's window is unknown here: it answers for itself)."""
+    if settings.lm != "local" or not index.chunks:
+        return
+    mean_chars = sum(len(c.text) for c in index.chunks) / len(index.chunks)
+    passage_tokens = (mean_chars * settings.per_paper + 100) / CHARS_PER_TOKEN  # + the title and "[n] "
+    budget = settings.n_ctx - settings.max_tokens - PROMPT_OVERHEAD_TOKENS
+    fits = int(budget // passage_tokens)
+    if fits < 1:
+        raise RagError(f"RAG_MAX_TOKENS={settings.max_tokens} leaves no room for passages in the local model's "
+                       f"context (RAG_N_CTX={settings.n_ctx}); lower RAG_MAX_TOKENS or raise RAG_N_CTX")
+    if min(settings.k, len(index.papers)) > fits:
+        raise RagError(f"k={settings.k} passages will not fit the local model's context (RAG_N_CTX={settings.n_ctx} "
+                       f"tokens holds about {fits} passages of this index); use --k {fits} or less, or raise RAG_N_CTX")
 
 
 @dataclass
@@ -130,6 +160,7 @@ class Pipeline:
         index = open_index(settings, factory, rebuild=rebuild, progress=progress, on_build=on_build)
         pipe = cls(settings, index, factory)
         if need_lm:
+            check_context(settings, index)  # a k that cannot fit fails before the model loads
             pipe.embedder  # noqa: B018 - load it now: the first question should not wait for it
             pipe.lm = lm if lm is not None else make_lm(settings, disk_cache=disk_cache)
             pipe.program = CitedRAG(pipe.search, settings.min_score)
