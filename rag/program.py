@@ -4,7 +4,8 @@
 for an answer with inline [n] markers plus the list of passage numbers used.
 The raw output is then made checkable:
 
-- leaked DSPy field markers (`[[ ## answer ## ]]`) are stripped;
+- leaked DSPy field markers (`[[ ## answer ## ]]`) are stripped (and any in the passages are
+  removed before the model sees them: corpus text is data, never prompt structure);
 - `[1, 2]` is written as `[1][2]`; markers and sources outside 1..k are dropped;
 - an answer with no valid citation, or one that says the passages do not hold
   the answer, becomes an abstention (`abstained=True`) with a plain sentence.
@@ -67,8 +68,11 @@ def recover_fields(reply: str) -> tuple[str, str]:
 
 
 def format_passages(hits: list[Hit]) -> str:
-    """Number the passages [1]..[k] in retrieval order."""
-    return "\n".join(f"[{i}] {h.paper.title}: {h.text}" for i, h in enumerate(hits, 1))
+    """Number the passages [1]..[k] in retrieval order. Corpus text is data, not prompt structure: a
+    DSPy field marker inside a title or abstract (`[[ ## answer ## ]]`, an injection attempt) is removed,
+    so the passages cannot open or close a field of the prompt."""
+    return "\n".join(f"[{i}] {_FIELD_MARKER.sub(' ', h.paper.title)}: {_FIELD_MARKER.sub(' ', h.text)}"
+                     for i, h in enumerate(hits, 1))
 
 
 @dataclass
