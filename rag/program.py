@@ -108,7 +108,10 @@ def map_citations(raw_answer: str, raw_sources: object, passages: list[str]) -> 
                     numbers.append(n)
         return "".join(f"[{n}]" for n in keep)
 
-    text = _CITE_GROUP.sub(rewrite, text)
+    for _ in range(10):  # removing a marker can form a new one ("[[9]2]" -> "[2]"): repeat until none changes
+        before, text = text, _CITE_GROUP.sub(rewrite, text)
+        if text == before:
+            break
     text = re.sub(r"[ \t]+([.,;:])", r"\1", re.sub(r"[ \t]{2,}", " ", text)).strip()
     if text and not numbers and not _ABSTAIN.search(text):
         # No inline markers: cite what the text demonstrably comes from, else what the model listed.
