@@ -140,8 +140,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="bench-load-") as tmp:
         t_start = time.perf_counter()
         proc = serve(args, port, Path(tmp))
-        print(f"mode: {'fake LM, %.1fs an answer' % args.fake_delay if args.fake_delay is not None else 'real app'}; "
-              f"server up in {time.perf_counter() - t_start:.1f}s")
+        mode = f"fake LM, {args.fake_delay:.1f}s an answer" if args.fake_delay is not None else "real app"
+        print(f"mode: {mode}; server up in {time.perf_counter() - t_start:.1f}s")
         samples: list[float] = []
         stop = threading.Event()
 

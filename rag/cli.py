@@ -162,6 +162,7 @@ def _open(args: argparse.Namespace, *, need_lm: bool, disk_cache: bool = False, 
 
     def building(path) -> None:
         _say("Building the index (first run or the corpus/settings changed; about a minute)...")
+        logs.show_steps("rag.index")
 
     pipeline = Pipeline.open(settings, rebuild=rebuild, progress=_progress(), need_lm=need_lm, disk_cache=disk_cache,
                              on_build=building)
@@ -209,6 +210,7 @@ def cmd_index(args: argparse.Namespace) -> int:
     def building(path) -> None:
         built.append(path)
         _say(f"Building index {path.name} over {settings.corpus} ...")
+        logs.show_steps("rag.index")
 
     t0 = time.perf_counter()
     index = Pipeline.open(settings, need_lm=False, rebuild="always" if args.rebuild else "auto",

@@ -50,8 +50,9 @@ def test_papers_human(cli):
 
 
 def test_index_builds_then_reports_up_to_date(cli):
-    code, out, _ = cli("index")
+    code, out, err = cli("index")
     assert code == 0 and "6 papers" in out and "built in" in out
+    assert "  chunking 6 papers\n  embedding 6 chunks and 18 sentences\n  BM25 over 6 chunks\n" in err  # each step shown
     code, out, _ = cli("index")
     assert code == 0 and "up to date" in out
     code, out, _ = cli("index", "--rebuild")
