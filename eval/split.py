@@ -5,9 +5,9 @@
 Within each type (and, for the questions that carry one, each shape) the
 questions are ordered by id, shuffled with a fixed seed, and dealt alternately
 to dev and train, so each group is split in half (dev gets the odd one).
-Deterministic: the same questions always give the same split. Run it only when
-questions are added, and never move a question between the halves after looking
-at dev results.
+Deterministic: the same questions always give the same split. Run it
+only when questions are added, and never move a question between the halves
+after looking at dev results.
 """
 
 from __future__ import annotations

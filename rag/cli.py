@@ -48,6 +48,9 @@ EXAMPLES = {
   rag eval --set eval/dev.jsonl --program baseline    the unoptimised program
   rag eval --retrieval bm25 --label bm25-only         another retrieval mode, named report
   rag eval --compare eval/reports/A eval/reports/B    paired bootstrap of the headline (B - A)
+  rag eval --set pubmedqa                             PubMedQA: 200 of the 500 official test questions
+  rag eval --set pubmedqa --full                      all 500 test questions (over an hour on the local model)
+  rag eval --set pubmedqa --split train               the non-test half, the only one to tune on
   RAG_LM=openai/gpt-4o-mini rag eval --judge openai/gpt-4o-mini   add DSPy's SemanticF1""",
     "optimize": """examples:
   rag optimize                                        BootstrapFewShot on eval/train.jsonl, scored on dev
@@ -117,7 +120,11 @@ def _parser() -> argparse.ArgumentParser:
 
     p = add("eval", "Score the program on a labelled set; write a report under eval/reports/.",
             [common, retrieval, model])
-    p.add_argument("--set", help="labelled JSONL (default eval/dev.jsonl)")
+    p.add_argument("--set", help="labelled JSONL (default eval/dev.jsonl), or 'pubmedqa' for the PubMedQA benchmark")
+    p.add_argument("--split", choices=("test", "train"),
+                   help="pubmedqa: the official test split (default; report on it) or the other half (tune on it)")
+    p.add_argument("--full", action="store_true",
+                   help="pubmedqa: all 500 questions of the split, not the fixed stratified 200-question subset")
     p.add_argument("--label", help="report name (default: program and retrieval mode)")
     p.add_argument("--out", help="reports directory (default eval/reports)")
     p.add_argument("--limit", type=int, help="only the first N questions")
@@ -371,6 +378,10 @@ def cmd_eval(args: argparse.Namespace) -> int:
             print(f"  {name:<20} A {v['a']:.3f}  B {v['b']:.3f}  ({v['b'] - v['a']:+.3f})")
         print(f"report: {path}")
         return 0
+    if args.set == "pubmedqa":
+        return _eval_pubmedqa(args, out_root)
+    if args.split or args.full:
+        raise RagError("--split and --full apply to --set pubmedqa only")
     set_path = _eval_path(args.set, "eval/dev.jsonl")
     rows = evaluate.load_set(set_path)  # a bad set fails before anything loads
     if args.limit is not None:
@@ -390,6 +401,33 @@ def cmd_eval(args: argparse.Namespace) -> int:
                              progress=_progress(), judge=judge)
     summary, _ = evaluate.read_report(path)
     _print_summary(summary)
+    print(f"report: {path}")
+    return 0
+
+
+def _eval_pubmedqa(args: argparse.Namespace, out_root: str) -> int:
+    """`rag eval --set pubmedqa`: the PubMedQA questions over its own 1,000-abstract corpus."""
+    from pathlib import Path
+
+    from rag import evaluate, pubmedqa
+
+    if args.judge:
+        raise RagError("--judge scores free-text answers of a labelled set; PubMedQA is scored by the "
+                       "answer's yes/no/maybe verdict, drop --judge")
+    if args.corpus and Path(args.corpus).resolve() != pubmedqa.CORPUS.resolve():
+        raise RagError(f"--set pubmedqa runs over its own corpus {pubmedqa.CORPUS}; drop --corpus")
+    rows, selection = pubmedqa.select(pubmedqa.load_questions(), args.split or "test", full=args.full,
+                                      limit=args.limit)  # a bad file or --limit fails before anything loads
+    pipe = _open(args, need_lm=True, disk_cache=not args.no_cache, corpus=str(pubmedqa.CORPUS))
+    pubmedqa.check_corpus(rows, set(pipe.index.papers))
+    label = args.label or (f"pubmedqa-{pubmedqa.selection_tag(selection)}-"
+                           f"{pipe.program_label.removesuffix('.json')}-{pipe.settings.retrieval}")
+    _say(f"Evaluating PubMedQA, {pubmedqa.describe(selection)}: {len(rows)} questions with program "
+         f"{pipe.program_label} on {pipe.lm_label} ...")
+    path = evaluate.run_eval(pipe, rows, label=label, set_path=pubmedqa.QUESTIONS, out_root=out_root,
+                             progress=_progress(), kind=pubmedqa.PubMedQA(selection))
+    summary, _ = evaluate.read_report(path)
+    print("\n".join(pubmedqa.summary_lines(summary)))
     print(f"report: {path}")
     return 0
 

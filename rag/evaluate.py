@@ -17,6 +17,13 @@ go through the disk cache (`make_lm(disk_cache=True)`): a re-run costs nothing.
 
 `compare_reports(a, b)` pairs two reports question by question and bootstraps
 the headline difference (compare.md, compare.json, compare.png).
+
+What is specific to one kind of labelled set (how an answer is scored, summed up,
+tabled and plotted) is an `EvalKind`: `SeedSet` here (the labelled set of eval/,
+the headline score), `rag.pubmedqa.PubMedQA` for the external benchmark (accuracy
+and macro-F1 over yes/no/maybe). The loop, timing, retrieval tables, provenance,
+atomic writing and the paired comparison are shared: every kind puts its
+per-question paired score in `metrics["headline"]`.
 """
 
 from __future__ import annotations
@@ -32,7 +39,7 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from rag.errors import RagError
 from rag.metrics import (
@@ -56,6 +63,71 @@ REPORT_METRICS = ("headline", "fact_recall", "token_f1", "citation_validity", "c
 
 class EvalError(RagError):
     """A labelled set or report that cannot be used."""
+
+
+class EvalKind(Protocol):
+    """What one kind of labelled set adds to the shared harness (see the module doc)."""
+
+    name: str  # written to summary.json as "benchmark" (the seed set writes none)
+    score_name: str  # what the paired per-question score, metrics["headline"], is called in reports
+    metrics: tuple[str, ...]  # per-question metrics `compare_reports` tables, in order
+
+    def score(self, pipe: Any, row: dict, pred: dict, error: str | None) -> dict:
+        """The results.jsonl record of one answered row, with its "metrics" (timing is added after)."""
+
+    def summarize(self, results: list[dict], rows: list[dict]) -> dict: ...
+
+    def render(self, summary: dict, results: list[dict]) -> str: ...
+
+    def plot(self, summary: dict, path: Path) -> None: ...
+
+    def compare_extra(self, a: list[dict], b: list[dict]) -> dict:
+        """Set-level metrics of two reports' shared questions ({name: {"a", "b", "n"}}), for compare."""
+
+
+class SeedSet:
+    """The labelled set of eval/ (eval/README.md): facts, gold papers, unanswerable questions, headline."""
+
+    name = "seed"
+    score_name = "headline"
+    metrics = REPORT_METRICS
+
+    def __init__(self, judge: Callable[[dict, dict], float | None] | None = None) -> None:
+        self.judge = judge
+
+    def score(self, pipe: Any, row: dict, pred: dict, error: str | None) -> dict:
+        scores = score_row(row, pred, embed=lambda texts: pipe.embedder.encode(texts))
+        if self.judge is not None and row["type"] != "unanswerable" and not error:
+            scores["semantic_f1"] = self.judge(row, pred)
+        return {
+            "id": row["id"], "type": row["type"], "question": row["question"],
+            "reference": row.get("answer"), "facts": row["facts"], "gold_paper_ids": row["gold_paper_ids"],
+            "answer": pred.get("answer"), "abstained": pred.get("abstained"),
+            "cited_paper_ids": [c["paper_id"] for c in pred.get("citations") or []],
+            "passage_paper_ids": [p["paper_id"] for p in pred.get("passages") or []],
+            "prediction": pred, "error": error, "metrics": scores,
+        }
+
+    def summarize(self, results: list[dict], rows: list[dict]) -> dict:
+        return summarize_results(results, rows)
+
+    def render(self, summary: dict, results: list[dict]) -> str:
+        return render_report(summary, results)
+
+    def plot(self, summary: dict, path: Path) -> None:
+        plot_by_type(summary, path)
+
+    def compare_extra(self, a: list[dict], b: list[dict]) -> dict:
+        return {}
+
+
+def kind_of(summary: dict) -> EvalKind:
+    """The kind of set a report was run on, from its summary.json."""
+    if summary.get("benchmark") == "pubmedqa":
+        from rag.pubmedqa import PubMedQA  # imported here: rag.pubmedqa builds on this module
+
+        return PubMedQA()
+    return SeedSet()
 
 
 # --- the labelled set -----------------------------------------------------------------
@@ -142,8 +214,11 @@ def _progress(total: int, enabled: bool):
 
 
 def run_eval(pipe: Any, rows: list[dict], *, label: str, set_path: str | Path, out_root: str | Path,
-             progress: bool = False, judge: Any = None, stamp: str | None = None) -> Path:
-    """Answer and score every row with `pipe`; write the report directory and return its path."""
+             progress: bool = False, judge: Any = None, stamp: str | None = None, kind: EvalKind | None = None) -> Path:
+    """Answer and score every row with `pipe`; write the report directory and return its path.
+
+    `kind` says how rows are scored and reported (default: the seed set, with `judge` if given)."""
+    kind = kind or SeedSet(judge)
     out_root = Path(out_root)
     stamp = stamp or dt.datetime.now().strftime("%Y%m%d-%H%M%S")
     final = out_root / f"{stamp}-{_slug(label)}"
@@ -154,7 +229,6 @@ def run_eval(pipe: Any, rows: list[dict], *, label: str, set_path: str | Path, o
         raise EvalError(f"cannot write reports under {out_root}: {e.strerror}; pass --out DIR") from None
     engine = getattr(getattr(pipe, "lm", None), "engine", None)
     stats = getattr(engine, "stats", None)
-    embed = lambda texts: pipe.embedder.encode(texts)  # noqa: E731
     results: list[dict] = []
     t_start = time.perf_counter()
     bar = _progress(len(rows), progress)
@@ -169,31 +243,23 @@ def run_eval(pipe: Any, rows: list[dict], *, label: str, set_path: str | Path, o
                 error = str(e)
                 pred = Answer.failed(row["question"]).to_json()
             wall = time.perf_counter() - t0
-            scores = score_row(row, pred, embed=embed)
-            if judge is not None and row["type"] != "unanswerable" and not error:
-                scores["semantic_f1"] = judge(row, pred)
-            record = {
-                "id": row["id"], "type": row["type"], "question": row["question"],
-                "reference": row.get("answer"), "facts": row["facts"], "gold_paper_ids": row["gold_paper_ids"],
-                "answer": pred.get("answer"), "abstained": pred.get("abstained"),
-                "cited_paper_ids": [c["paper_id"] for c in pred.get("citations") or []],
-                "passage_paper_ids": [p["paper_id"] for p in pred.get("passages") or []],
-                "prediction": pred, "error": error, "metrics": scores,
+            record = kind.score(pipe, row, pred, error)
+            record.update({
                 "wall_s": round(wall, 3),
                 "lm_s": round(stats["lm_seconds"] - before["lm_seconds"], 3) if stats else round(wall, 3),
                 "lm_cached": bool(stats and stats["hits"] > before["hits"]),
-            }
+            })
             out.write(json.dumps(record, ensure_ascii=False) + "\n")
             out.flush()
             results.append(record)
             bar.update(1)
-            bar.set_postfix(headline=f"{statistics.fmean(r['metrics']['headline'] for r in results):.3f}")
+            bar.set_postfix({kind.score_name: f"{statistics.fmean(r['metrics']['headline'] for r in results):.3f}"})
     bar.close()
 
     def ranked(question: str, k: int, mode: str) -> list[str]:
         return [h.paper.id for h in pipe.retriever.search(question, k, mode, pipe.settings.per_paper).hits]
 
-    summary = summarize_results(results, rows)
+    summary = kind.summarize(results, rows)
     summary.update({
         "label": label, "date": dt.datetime.now().isoformat(timespec="seconds"),
         "set": str(set_path), "set_sha256": file_sha256(set_path),
@@ -204,8 +270,8 @@ def run_eval(pipe: Any, rows: list[dict], *, label: str, set_path: str | Path, o
         "lm_cache": dict(stats) if stats else None,
     })
     (tmp / "summary.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
-    (tmp / "report.md").write_text(render_report(summary, results), encoding="utf-8")
-    plot_by_type(summary, tmp / "metrics.png")
+    (tmp / "report.md").write_text(kind.render(summary, results), encoding="utf-8")
+    kind.plot(summary, tmp / "metrics.png")
     if final.exists():
         shutil.rmtree(final)
     os.replace(tmp, final)
@@ -343,8 +409,15 @@ def read_report(path: str | Path) -> tuple[dict, list[dict]]:
 
 
 def compare_reports(a: str | Path, b: str | Path, out_root: str | Path, stamp: str | None = None) -> tuple[Path, dict]:
-    """Pair two reports by question id; bootstrap the headline difference (b - a)."""
+    """Pair two reports by question id; bootstrap the headline difference (b - a).
+
+    Works for any kind of set: the paired score is each question's metrics["headline"] (for
+    PubMedQA, correctness 0/1, so the difference is one of accuracy)."""
     (sa, ra), (sb, rb) = read_report(a), read_report(b)
+    kind = kind_of(sa)
+    if kind_of(sb).name != kind.name:
+        raise EvalError(f"{a} is a {kind.name} report and {b} a {kind_of(sb).name} report; "
+                        f"compare two runs of the same set")
     by_a, by_b = {r["id"]: r for r in ra}, {r["id"]: r for r in rb}
     common = [i for i in by_a if i in by_b]
     if not common:
@@ -356,12 +429,13 @@ def compare_reports(a: str | Path, b: str | Path, out_root: str | Path, stamp: s
     heads_b = [by_b[i]["metrics"]["headline"] for i in common]
     boot = paired_bootstrap(heads_a, heads_b)
     per_metric = {}
-    for m in REPORT_METRICS:
+    for m in kind.metrics:
         pairs = [(by_a[i]["metrics"].get(m), by_b[i]["metrics"].get(m)) for i in common]
         pairs = [(x, y) for x, y in pairs if x is not None and y is not None]
         if pairs:
             per_metric[m] = {"a": round(statistics.fmean(x for x, _ in pairs), 4),
                              "b": round(statistics.fmean(y for _, y in pairs), 4), "n": len(pairs)}
+    per_metric.update(kind.compare_extra([by_a[i] for i in common], [by_b[i] for i in common]))
     changed = sorted(common, key=lambda i: by_b[i]["metrics"]["headline"] - by_a[i]["metrics"]["headline"])
     result = {
         "a": {"path": str(a), "label": sa.get("label"), "program": sa.get("program"), "latency": sa.get("latency")},
@@ -370,6 +444,9 @@ def compare_reports(a: str | Path, b: str | Path, out_root: str | Path, stamp: s
         "worse": [i for i in changed if by_b[i]["metrics"]["headline"] < by_a[i]["metrics"]["headline"]][:10],
         "better": [i for i in reversed(changed) if by_b[i]["metrics"]["headline"] > by_a[i]["metrics"]["headline"]][:10],
     }
+    if kind.name != SeedSet.name:  # the seed set's compare.json stays as it always was
+        result.update({"benchmark": kind.name, "score": kind.score_name})
+        result["a"]["selection"], result["b"]["selection"] = sa.get("selection_text"), sb.get("selection_text")
     stamp = stamp or dt.datetime.now().strftime("%Y%m%d-%H%M%S")
     out = Path(out_root) / f"{stamp}-compare-{_slug(str(sa.get('label')))}-vs-{_slug(str(sb.get('label')))}"
     out.mkdir(parents=True, exist_ok=True)
@@ -381,11 +458,12 @@ def compare_reports(a: str | Path, b: str | Path, out_root: str | Path, stamp: s
 
 def verdict(result: dict) -> str:
     h = result["headline"]
+    score = result.get("score", "headline")
     sign = "better" if h["mean_diff"] > 0 else "worse"
     if h["significant"]:
-        return (f"B is {sign} than A by {h['mean_diff']:+.3f} headline (95% CI {h['ci_low']:+.3f} to "
+        return (f"B is {sign} than A by {h['mean_diff']:+.3f} {score} (95% CI {h['ci_low']:+.3f} to "
                 f"{h['ci_high']:+.3f}, p={h['p_value']:.3f}, n={h['n']}): significant")
-    return (f"difference {h['mean_diff']:+.3f} headline (95% CI {h['ci_low']:+.3f} to {h['ci_high']:+.3f}, "
+    return (f"difference {h['mean_diff']:+.3f} {score} (95% CI {h['ci_low']:+.3f} to {h['ci_high']:+.3f}, "
             f"p={h['p_value']:.3f}, n={h['n']}): not significant at 95%")
 
 
@@ -393,6 +471,7 @@ def render_compare(result: dict) -> str:
     lines = [f"# {result['a']['label']} (A) vs {result['b']['label']} (B)", "",
              f"A: `{result['a']['path']}` (program {result['a']['program']})  ",
              f"B: `{result['b']['path']}` (program {result['b']['program']})", "",
+             *[f"{x.upper()} ran on: {result[x]['selection']}.  " for x in ("a", "b") if result[x].get("selection")],
              f"**{verdict(result)}** (paired bootstrap over questions, 10,000 resamples).", "",
              "| metric | A | B | B - A | n |", "|---|---|---|---|---|"]
     for m, v in result["metrics"].items():
@@ -420,7 +499,8 @@ def plot_compare(result: dict, path: Path) -> None:
     h = result["headline"]
     ax.set_xticks(list(xs), metrics, rotation=30, ha="right")
     ax.set_ylim(0, 1.05)
-    ax.set_title(f"headline B - A = {h['mean_diff']:+.3f} (95% CI {h['ci_low']:+.3f} to {h['ci_high']:+.3f})")
+    ax.set_title(f"{result.get('score', 'headline')} B - A = {h['mean_diff']:+.3f} "
+                 f"(95% CI {h['ci_low']:+.3f} to {h['ci_high']:+.3f})")
     ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=110)

@@ -4,9 +4,20 @@
 hands it to llama.cpp, and turns the reply (whole or streamed token by token)
 back into DSPy's response types. One generation runs at a time: on 2 cores
 llama.cpp gains nothing from parallel requests, and one slot keeps the prompt
-cache warm, so a fixed prompt prefix (instructions, demos) is read once. A call
-that gets no reply (or, streaming, no next token) within `timeout` seconds is an
-LMError instead of a hang.
+cache warm, so a fixed prompt prefix (instructions, demos) is read once;
+llama.cpp also keeps earlier prompts' states in RAM and restores the longest
+matching one, so alternating between a few fixed prefixes stays cheap.
+
+A JSON schema on the request (DSPy's JSONAdapter sets one: the engine declares
+`supports_response_schema`) becomes llama.cpp's top-level `json_schema` field,
+which it compiles into a grammar: the reply always parses. (`response_format`
+with the schema directly under it is silently ignored by this server.) Token
+logprobs (`logprobs`, `top_logprobs`) come back as DSPy's `TokenLogprob`s; note
+that llama.cpp reports the model's probabilities before the grammar is applied.
+`warm(messages)` evaluates a fixed prompt prefix into the cache at load time,
+so the first question a user asks is as fast as the second. A call that gets no
+reply (or, streaming, no next token) within `timeout` seconds is an LMError
+instead of a hang.
 
 The model is driven by direct calls, but xllamacpp's `Server` always starts
 llama.cpp's HTTP server as well (it cannot be switched off). It is locked down
@@ -59,6 +70,16 @@ def request_body(request: Any, *, cache_prompt: bool = True) -> dict:
         body["stop"] = list(cfg.stop)
     if cfg.seed is not None:
         body["seed"] = cfg.seed
+    fmt = cfg.response_format or {}
+    schema = fmt.get("schema") or (fmt.get("json_schema") or {}).get("schema")
+    if schema:
+        body["json_schema"] = schema
+    elif fmt.get("type") == "json_object":
+        body["json_schema"] = {"type": "object"}
+    if cfg.logprobs is not None:
+        body["logprobs"] = True
+        if cfg.logprobs:
+            body["top_logprobs"] = cfg.logprobs
     return body
 
 
@@ -92,6 +113,13 @@ def server_params(model_path: str | Path, n_ctx: int, threads: int, socket_path:
 
 class LlamaCppEngine:
     """DSPy engine running a GGUF model in-process with llama.cpp (xllamacpp)."""
+
+    # What DSPy may ask of this engine (its JSONAdapter sends a schema only to engines that say so).
+    supports_response_schema = True
+    supports_function_calling = False
+    supports_reasoning = False
+    supported_params = frozenset({"temperature", "max_tokens", "stop", "seed", "response_format", "logprobs",
+                                  "top_logprobs"})
 
     def __init__(self, model_path: str | Path, n_ctx: int = 4096, threads: int = 0, timeout: float = 120.0) -> None:
         import xllamacpp
@@ -171,6 +199,10 @@ class LlamaCppEngine:
     def complete(self, request: Any) -> Any:
         return to_response(self.chat(request_body(request, cache_prompt=self.cache_prompt)), self.model)
 
+    def warm(self, messages: list[dict]) -> None:
+        """Evaluate `messages` (a fixed prompt prefix) into the prompt cache; generates one token."""
+        self.chat({"messages": messages, "max_tokens": 1, "temperature": 0.0, "cache_prompt": True})
+
     def stream(self, request: Any) -> Iterator[Any]:
         """Token-by-token events: llama.cpp calls back per chunk on a worker thread; we relay them."""
         from dspy.lm15 import StreamDeltaEvent, StreamEndEvent, StreamStartEvent, TextDelta, Usage
@@ -245,7 +277,20 @@ def to_response(out: dict, model: str) -> Any:
                     finish_reason=finish,
                     usage=Usage(input_tokens=usage.get("prompt_tokens", 0),
                                 output_tokens=usage.get("completion_tokens", 0),
-                                total_tokens=usage.get("total_tokens", 0)))
+                                total_tokens=usage.get("total_tokens", 0)),
+                    logprobs=_logprobs(choice.get("logprobs")))
+
+
+def _logprobs(raw: Any) -> Any:
+    """llama.cpp's OpenAI-style `logprobs.content` as DSPy TokenLogprobs (None when not asked for)."""
+    from dspy.lm15 import TokenLogprob, TopLogprob
+
+    if not isinstance(raw, dict) or not raw.get("content"):
+        return None
+    return tuple(TokenLogprob(token=t.get("token") or "", logprob=float(t.get("logprob", 0.0)),
+                              top=tuple(TopLogprob(token=a.get("token") or "", logprob=float(a.get("logprob", 0.0)))
+                                        for a in t.get("top_logprobs") or ()))
+                 for t in raw["content"])
 
 
 _LOCAL: dict[tuple, LlamaCppEngine] = {}

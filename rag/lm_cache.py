@@ -74,5 +74,12 @@ class DiskCachedEngine:
     def stream(self, request: Any) -> Iterator[Any]:
         return self.engine.stream(request)
 
+    def __getattr__(self, name: str) -> Any:
+        # What the wrapped engine declares (supported_params, supports_response_schema, warm, ...)
+        # holds for the cached one too.
+        if name.startswith("_") or name == "engine":
+            raise AttributeError(name)
+        return getattr(self.engine, name)
+
     def close(self) -> None:
         pass

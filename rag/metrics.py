@@ -20,6 +20,10 @@ best-matching cited passage scores at least FAITHFUL_MIN on
 found in the passage. The threshold is calibrated by eval/calibrate_faithfulness.py
 (see eval/README.md).
 
+`classification_scores` is the scorer of a fixed-label benchmark (PubMedQA: yes / no / maybe):
+accuracy and macro-F1 as scikit-learn computes them, where a missing prediction (None) is wrong
+and belongs to no label.
+
 Left out: LM-judged metrics here; `rag eval --judge` adds DSPy's SemanticF1 on a remote LM.
 """
 
@@ -230,6 +234,45 @@ def summarize(rows: Iterable[dict[str, float | None]]) -> dict[str, Any]:
 
 def has_labels(row: dict) -> bool:
     return any(k in row for k in ("facts", "gold_paper_ids", "type"))
+
+
+# --- fixed-label classification (PubMedQA) -----------------------------------------------
+
+def classification_scores(gold: Sequence[str], pred: Sequence[str | None], labels: Sequence[str]) -> dict[str, Any]:
+    """Accuracy, macro-F1 and per-label precision / recall / F1 of predictions against gold labels.
+
+    The same numbers as scikit-learn's `accuracy_score(gold, pred)` and
+    `f1_score(gold, pred, labels=labels, average="macro", zero_division=0)`, with None (no
+    prediction: an abstention, a failed call, an answer without a verdict) as a value outside
+    `labels`: it is wrong, counts against the recall of its gold label, and against no label's
+    precision. Macro-F1 is the unweighted mean F1 of `labels`; a label never predicted has
+    precision 0 (sklearn's zero_division=0). With no None predictions this is exactly the
+    official scorer's `f1_score(average="macro")` over the three PubMedQA labels.
+    """
+    if len(gold) != len(pred) or not gold:
+        raise ValueError("classification_scores needs two equally long, non-empty label lists")
+    unknown = sorted({g for g in gold if g not in labels} | {p for p in pred if p is not None and p not in labels})
+    if unknown:
+        raise ValueError(f"labels {unknown} are not among {list(labels)}")
+    per_label: dict[str, dict[str, float | int]] = {}
+    for label in labels:
+        tp = sum(g == label and p == label for g, p in zip(gold, pred, strict=True))
+        predicted = sum(p == label for p in pred)
+        support = sum(g == label for g in gold)
+        precision = tp / predicted if predicted else 0.0
+        recall = tp / support if support else 0.0
+        f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
+        per_label[label] = {"precision": round(precision, 4), "recall": round(recall, 4), "f1": f1,
+                            "support": support, "predicted": predicted}
+    macro = statistics.fmean(v["f1"] for v in per_label.values())
+    for v in per_label.values():
+        v["f1"] = round(v["f1"], 4)
+    # rows: gold label; columns: predicted label, and "none" for no prediction
+    confusion = {g: {p or "none": sum(x == g and y == p for x, y in zip(gold, pred, strict=True))
+                     for p in [*labels, None]} for g in labels}
+    return {"n": len(gold), "accuracy": round(sum(g == p for g, p in zip(gold, pred, strict=True)) / len(gold), 4),
+            "macro_f1": round(macro, 4), "no_prediction": sum(p is None for p in pred),
+            "per_label": per_label, "confusion": confusion}
 
 
 # --- retrieval ------------------------------------------------------------------------

@@ -309,6 +309,7 @@ def optimize_and_save(pipe: Any, optimizer: str, train: list[dict], train_path: 
         "optimizer": optimizer, "date": time.strftime("%Y-%m-%dT%H:%M:%S"), "seed": seed,
         "optimizer_seconds": round(seconds, 1), "lm": pipe.lm_label, "index": pipe.index.name,
         "settings": {"k": s.k, "retrieval": s.retrieval, "per_paper": s.per_paper, "min_score": s.min_score,
+                     "evidence_tokens": s.evidence_tokens, "answerable_threshold": s.answerable_threshold,
                      "max_tokens": s.max_tokens, "temperature": s.temperature},
         "train": {"path": portable(train_path), "sha256": evaluate.file_sha256(train_path), "n": len(train)},
         **describe(compiled),

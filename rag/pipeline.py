@@ -27,11 +27,12 @@ from dspy.streaming import StreamListener, StreamResponse
 
 from rag.embed import Embedder, get_embedder
 from rag.errors import QuestionTooLong, RagError
+from rag.evidence import select_evidence
 from rag.index import Index, open_index
 from rag.lm import backend, describe_lm_error, lm_label, make_lm
 from rag.program import CitedRAG, rewrite_question
 from rag.programs import load_program, read_program_file, resolve_program
-from rag.retrieve import Retriever, SearchResult
+from rag.retrieve import Hit, Retriever, SearchResult
 from rag.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -64,27 +65,24 @@ def validate_question(question: Any) -> str:
     return " ".join(q.split())
 
 
-# Prompt tokens besides the passages: instructions, field markers, the question, and an optimised
-# program's demos (the shipped one adds ~400). Passages are estimated at 4 characters a token.
-PROMPT_OVERHEAD_TOKENS = 900
-CHARS_PER_TOKEN = 4
+# Prompt tokens besides the evidence and the answer: instructions, field markers, an optimised program's
+# demos, and a question of up to 2,000 characters (~500 tokens).
+PROMPT_OVERHEAD_TOKENS = 1200
 
 
-def check_context(settings: Settings, index: Index) -> None:
-    """Refuse a k whose passages cannot fit the local model's context window, before the model loads
-    (a remote backend's window is unknown here: it answers for itself)."""
-    if settings.lm != "local" or not index.chunks:
+def check_context(settings: Settings) -> None:
+    """Refuse settings whose prompt cannot fit the local model's context window, before anything loads.
+
+    The model reads at most RAG_EVIDENCE_TOKENS of evidence however many papers are retrieved (k only
+    widens the choice), so the evidence budget and the answer's RAG_MAX_TOKENS are what must fit. A
+    remote backend's window is unknown here: it answers for itself."""
+    if settings.lm != "local":
         return
-    mean_chars = sum(len(c.text) for c in index.chunks) / len(index.chunks)
-    passage_tokens = (mean_chars * settings.per_paper + 100) / CHARS_PER_TOKEN  # + the title and "[n] "
-    budget = settings.n_ctx - settings.max_tokens - PROMPT_OVERHEAD_TOKENS
-    fits = int(budget // passage_tokens)
-    if fits < 1:
-        raise RagError(f"RAG_MAX_TOKENS={settings.max_tokens} leaves no room for passages in the local model's "
-                       f"context (RAG_N_CTX={settings.n_ctx}); lower RAG_MAX_TOKENS or raise RAG_N_CTX")
-    if min(settings.k, len(index.papers)) > fits:
-        raise RagError(f"k={settings.k} passages will not fit the local model's context (RAG_N_CTX={settings.n_ctx} "
-                       f"tokens holds about {fits} passages of this index); use --k {fits} or less, or raise RAG_N_CTX")
+    need = settings.evidence_tokens + settings.max_tokens + PROMPT_OVERHEAD_TOKENS
+    if need > settings.n_ctx:
+        raise RagError(f"RAG_EVIDENCE_TOKENS={settings.evidence_tokens} and RAG_MAX_TOKENS={settings.max_tokens} need "
+                       f"about {need:,} tokens with the prompt; the local model's context holds RAG_N_CTX="
+                       f"{settings.n_ctx:,}: lower them or raise RAG_N_CTX")
 
 
 @dataclass
@@ -102,10 +100,13 @@ class Answer:
     citations: list[dict] = field(default_factory=list)
     passages: list[dict] = field(default_factory=list)
     provenance: dict | None = None
+    shape: str | None = None  # list / yesno / specific (rag.shapes)
+    verdict: str | None = None  # yes / no / maybe for a yes/no question that was answered
+    claims: list[dict] = field(default_factory=list)  # rag.claims.Claim per answer sentence
 
     @classmethod
     def from_prediction(cls, question: str, pred: Any, provenance: dict | None = None) -> Answer:
-        """From a `CitedRAG` prediction: its hits become the numbered passages."""
+        """From a `CitedRAG` prediction: its evidence hits become the numbered passages."""
         hits = pred.hits
         return cls(
             question=question,
@@ -116,6 +117,9 @@ class Answer:
             passages=[{"n": i, "paper_id": h.paper.id, "title": h.paper.title, "text": h.text,
                        "score": round(float(h.score), 6)} for i, h in enumerate(hits, 1)],
             provenance=provenance,
+            shape=getattr(pred, "shape", None),
+            verdict=getattr(pred, "verdict", None),
+            claims=[c.to_json() for c in getattr(pred, "claims", None) or []],
         )
 
     @classmethod
@@ -124,7 +128,8 @@ class Answer:
 
     def to_json(self) -> dict:
         return {"question": self.question, "answer": self.answer, "abstained": self.abstained,
-                "citations": self.citations, "passages": self.passages, "provenance": self.provenance}
+                "citations": self.citations, "passages": self.passages, "provenance": self.provenance,
+                "shape": self.shape, "verdict": self.verdict, "claims": self.claims}
 
 
 class Pipeline:
@@ -155,15 +160,17 @@ class Pipeline:
             read_program_file(program_path)  # a bad program file fails before the index or the model loads
         if need_lm and lm is None:
             backend(settings).check(settings)  # a missing API key should not cost an index build first
+        if need_lm:
+            check_context(settings)  # nor a prompt that cannot fit the local model
         factory: Callable[[], Embedder] = (lambda: embedder) if embedder is not None else \
             (lambda: get_embedder(settings.embed_model))
         index = open_index(settings, factory, rebuild=rebuild, progress=progress, on_build=on_build)
         pipe = cls(settings, index, factory)
         if need_lm:
-            check_context(settings, index)  # a k that cannot fit fails before the model loads
             pipe.embedder  # noqa: B018 - load it now: the first question should not wait for it
             pipe.lm = lm if lm is not None else make_lm(settings, disk_cache=disk_cache)
-            pipe.program = CitedRAG(pipe.search, settings.min_score)
+            pipe.program = CitedRAG(pipe.search, settings.min_score, select=pipe.select_evidence,
+                                    threshold=settings.answerable_threshold)
             pipe.program_label = load_program(pipe.program, program_path)
         return pipe
 
@@ -182,6 +189,10 @@ class Pipeline:
     def search(self, question: str, k: int | None = None, mode: str | None = None) -> SearchResult:
         q = validate_question(question)
         return self.retriever.search(q, k or self.settings.k, mode or self.settings.retrieval, self.settings.per_paper)
+
+    def select_evidence(self, question: str, result: SearchResult, shape: str) -> list[Hit]:
+        """The program's evidence step: the best sentences of the retrieved papers, under the token budget."""
+        return select_evidence(self.index, result, question, budget=self.settings.evidence_tokens, shape=shape)
 
     def _context(self):
         return dspy.context(lm=self.lm, track_usage=True, max_history_size=HISTORY_KEEP, max_trace_size=HISTORY_KEEP)
@@ -269,8 +280,10 @@ class Pipeline:
 
     def _streaming_program(self):
         if self._streamer is None:
-            self._streamer = dspy.streamify(self.program, stream_listeners=[StreamListener("answer")],
-                                            async_streaming=False)
+            # The answer text streams from the predictors that write one (a list answer is rendered, not written).
+            listeners = [StreamListener("answer", predict=getattr(self.program, name), predict_name=name)
+                         for name in ("answer", "yesno")]
+            self._streamer = dspy.streamify(self.program, stream_listeners=listeners, async_streaming=False)
         return self._streamer
 
     def _result(self, q: str, pred: Any, latency: float, k: int | None = None, mode: str | None = None) -> dict:

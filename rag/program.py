@@ -1,37 +1,60 @@
-"""The DSPy retrieve-then-answer program and its citation mapping.
+"""The DSPy answer program: evidence in, a checked, cited answer out, or an abstention.
 
-`CitedRAG` retrieves the top-k passages, numbers them [1]..[k], and asks the LM
-for an answer with inline [n] markers plus the list of passage numbers used.
-The raw output is then made checkable:
+`CitedRAG.forward(question)` runs four visible steps:
 
-- leaked DSPy field markers (`[[ ## answer ## ]]`) are stripped (and any in the passages are
-  removed before the model sees them: corpus text is data, never prompt structure);
-- `[1, 2]` is written as `[1][2]`; markers and sources outside 1..k are dropped;
-- an answer with no valid citation, or one that says the passages do not hold
-  the answer, becomes an abstention (`abstained=True`) with a plain sentence.
+1. **retrieve** the top papers (`search`, hybrid by default);
+2. **select_evidence**: the sentences of those papers that bear on the question,
+   under a token budget (rag/evidence.py), numbered [1]..[m] per paper;
+3. **decide**, as its own step, whether the evidence answers the question: a short
+   call on the answer prompt itself reads P(answerable) from the model's logprobs
+   at its first output field and compares it with a threshold calibrated on train
+   (`answerable_threshold`). Both calls share the prompt, so llama.cpp reads it
+   once: the decision costs a few generated tokens. An LM without logprobs falls
+   back to its own `answerable` field;
+4. **answer** in the question's shape (rag/shapes.py), with the predictor of that
+   shape: `answer` (a specific question: the fact, cited), `yesno` ("Yes: ...",
+   "No: ...", "Maybe: ...", with a `verdict`), `list` (the model picks the relevant
+   passages; each becomes one line, its paper's title and the evidence that shows
+   it, cited: extractive, so it cannot misquote).
 
-If no passage is even close to the question (best dense cosine below
-`min_score`) the program abstains without calling the LM: an out-of-corpus
-question costs milliseconds, not a 20-second generation.
+The raw output is then made checkable: leaked field markers are stripped (and any
+in the passages are removed before the model sees them: corpus text is data, never
+prompt structure); `[1, 2]`
+becomes `[1][2]`; citations outside 1..m are dropped; an answer with no valid
+citation, or one that says the evidence does not hold the answer, becomes an
+abstention with a plain sentence; and every sentence's names and numbers are
+checked against the passages it cites (rag/claims.py).
 
-The prompt is short on purpose: the local model reads ~40 tokens/s. The fixed
-part (instructions) comes first so llama.cpp reuses its cached prefix.
-Left out: multi-hop retrieval and query rewriting (the chat adds the latter).
+On engines that can (the local llama.cpp one, OpenAI) the reply is constrained by
+a JSON schema (DSPy's JSONAdapter), so it always parses. If no passage is even
+close to the question (best dense cosine below `min_score`) the program abstains
+without calling the LM.
+
+The fixed part of each prompt (instructions, demos) comes first, so llama.cpp
+reuses its cached prefix. Left out: multi-hop retrieval and query rewriting (the
+chat adds the latter).
 """
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any, Literal
 
 import dspy
 from dspy.utils.exceptions import AdapterParseError
 
+from rag.claims import check_claims
 from rag.retrieve import Hit, SearchResult
+from rag.shapes import parse_verdict, question_shape
 from rag.text import content_words, sentences, word_set
 
 ABSTAIN_TEXT = "The papers here do not answer this question."
+# Tokens the decision call may write: enough to reach the first field's value ("```json\n{\n  "answerable": true").
+JUDGE_TOKENS = 12
+JUDGE_TOP = 5
 
 _FIELD_MARKER = re.compile(r"\[\[\s*#+\s*\w+\s*#+\s*\]\]")
 _CITE_GROUP = re.compile(r"\[(\s*\d+(?:\s*[,;]\s*\d+)*\s*)\]")
@@ -45,14 +68,45 @@ _ABSTAIN = re.compile(
 
 
 class CitedAnswer(dspy.Signature):
-    """Answer the question using only the numbered passages from research-paper abstracts.
-    After each claim, cite its passage number in square brackets, like [1] or [2][3].
-    If the passages do not contain the answer, reply exactly "The papers here do not answer this question." and cite nothing."""
+    """Answer the question using only the numbered evidence from research-paper abstracts.
+    First decide whether the evidence states the answer; if it does not, set answerable to false.
+    Use the names and numbers exactly as the evidence writes them, and after each claim cite its passage number in
+    square brackets, like [1] or [2][3]."""
 
-    passages: str = dspy.InputField(desc="numbered passages, each '[n] title: text'")
+    passages: str = dspy.InputField(desc="numbered evidence, each '[n] title: sentences'")
     question: str = dspy.InputField()
+    answerable: bool = dspy.OutputField(default=True, desc="does the evidence state the answer?")
     answer: str = dspy.OutputField(desc="one to three sentences with [n] citations")
     sources: list[int] = dspy.OutputField(desc="numbers of the passages the answer uses; [] if none")
+
+
+class YesNoAnswer(dspy.Signature):
+    """Answer the yes/no question using only the numbered evidence from research-paper abstracts.
+    First decide whether the evidence settles it; if it does not, set answerable to false.
+    Otherwise give the verdict and one or two sentences that start with "Yes", "No" or "Maybe", say what the paper
+    found, and cite its passage number in square brackets, like [1]."""
+
+    passages: str = dspy.InputField(desc="numbered evidence, each '[n] title: sentences'")
+    question: str = dspy.InputField()
+    answerable: bool = dspy.OutputField(default=True, desc="does the evidence settle the question?")
+    verdict: Literal["yes", "no", "maybe"] | None = dspy.OutputField(default=None)
+    answer: str = dspy.OutputField(desc="starts with Yes, No or Maybe; [n] citations")
+    sources: list[int] = dspy.OutputField(desc="numbers of the passages the answer uses; [] if none")
+
+
+class ListAnswer(dspy.Signature):
+    """Find the numbered papers that are about what the question asks, using only the evidence from their abstracts.
+    If none is, set answerable to false."""
+
+    passages: str = dspy.InputField(desc="numbered evidence, each '[n] title: sentences'")
+    question: str = dspy.InputField()
+    answerable: bool = dspy.OutputField(default=True, desc="is at least one paper about it?")
+    sources: list[int] = dspy.OutputField(desc="numbers of every paper that is about it")
+
+
+# The predictor that answers each question shape, by attribute name on CitedRAG.
+PREDICTORS = {"specific": "answer", "yesno": "yesno", "list": "list"}
+SIGNATURES = {"answer": CitedAnswer, "yesno": YesNoAnswer, "list": ListAnswer}
 
 
 def recover_fields(reply: str) -> tuple[str, str]:
@@ -68,9 +122,9 @@ def recover_fields(reply: str) -> tuple[str, str]:
 
 
 def format_passages(hits: list[Hit]) -> str:
-    """Number the passages [1]..[k] in retrieval order. Corpus text is data, not prompt structure: a
-    DSPy field marker inside a title or abstract (`[[ ## answer ## ]]`, an injection attempt) is removed,
-    so the passages cannot open or close a field of the prompt."""
+    """Number the passages [1]..[m] in retrieval order, each its paper's title then its text (the evidence).
+    Corpus text is data, not prompt structure: a DSPy field marker inside a title or abstract
+    (`[[ ## answer ## ]]`, an injection attempt) is removed, so the passages cannot open or close a field."""
     return "\n".join(f"[{i}] {_FIELD_MARKER.sub(' ', h.paper.title)}: {_FIELD_MARKER.sub(' ', h.text)}"
                      for i, h in enumerate(hits, 1))
 
@@ -158,14 +212,91 @@ def _as_ints(value: object) -> list[int]:
     return [int(x) for x in re.findall(r"\d+", str(value or ""))]
 
 
-class CitedRAG(dspy.Module):
-    """Retrieve, number the passages, answer with citations, or abstain."""
+def answer_adapter(lm: Any) -> Any:
+    """The adapter for the answer step: the one configured, else JSON under a schema where the LM can
+    constrain its reply to one (the local engine, OpenAI), else DSPy's chat format without a retry."""
+    if dspy.settings.adapter is not None:
+        return dspy.settings.adapter
+    if _supports(lm, "response_format"):
+        return dspy.JSONAdapter(use_native_function_calling=False)
+    # No JSON-adapter retry on a malformed reply: on the local model it doubled the latency, and the
+    # reply's answer text is recoverable (recover_fields), its citations then checked as usual.
+    return dspy.ChatAdapter(use_json_adapter_fallback=False)
 
-    def __init__(self, search: Callable[[str], SearchResult] | None = None, min_score: float = 0.0) -> None:
+
+def _supports(lm: Any, param: str) -> bool:
+    try:
+        return param in lm.supported_params
+    except Exception:  # noqa: BLE001 - test doubles and unknown providers declare nothing
+        return False
+
+
+def judge(predictor: dspy.Predict, inputs: dict[str, str]) -> float | None:
+    """P(answerable): the model's probability of `true` at its first output field, on the answer prompt itself.
+
+    The call writes a few tokens of the reply and reads the logprobs where the `answerable` value goes;
+    the answer call that follows sends the same prompt, so llama.cpp reads it from its cache. None when
+    the LM gives no logprobs (the caller then trusts the field the model writes)."""
+    lm = dspy.settings.lm
+    if lm is None or not _supports(lm, "logprobs"):
+        return None
+    adapter = answer_adapter(lm)
+    messages = adapter.format(predictor.signature, predictor.demos, inputs)
+    kwargs: dict[str, Any] = {"max_tokens": JUDGE_TOKENS, "logprobs": True, "top_logprobs": JUDGE_TOP}
+    if isinstance(adapter, dspy.JSONAdapter):
+        from dspy.adapters.json_adapter import _get_structured_outputs_response_format
+
+        kwargs["response_format"] = _get_structured_outputs_response_format(predictor.signature, False)
+    with dspy.context(send_stream=None):  # the decision is read whole, never streamed to the chat
+        outputs = lm(messages=messages, **kwargs)
+    out = outputs[0] if outputs else None
+    return p_answerable((out.get("logprobs") or {}).get("content") if isinstance(out, dict) else None)
+
+
+_VALUE_NEXT = re.compile(r"answerable\W*$", re.IGNORECASE)
+
+
+def p_answerable(tokens: list[dict] | None) -> float | None:
+    """From OpenAI-style token logprobs: P(true) / (P(true) + P(false)) at the `answerable` value."""
+    text = ""
+    for tok in tokens or []:
+        word = str(tok.get("token") or "")
+        if _VALUE_NEXT.search(text) and word.strip(" \t\n\"'"):
+            yes = no = 0.0
+            alternatives = list(tok.get("top_logprobs") or [])
+            if not any(a.get("token") == word for a in alternatives):
+                alternatives.append({"token": word, "logprob": tok.get("logprob", -math.inf)})
+            for alt in alternatives:
+                value = str(alt.get("token") or "").strip(" \t\n\"'").lower()
+                p = math.exp(float(alt.get("logprob", -math.inf)))
+                if value.startswith(("true", "yes")):
+                    yes += p
+                elif value.startswith(("false", "no")):
+                    no += p
+            return yes / (yes + no) if yes + no > 0 else None
+        text += word
+    return None
+
+
+class CitedRAG(dspy.Module):
+    """Retrieve, select evidence, decide, answer in the question's shape (see the module doc).
+
+    `search(question)` returns a SearchResult; `select(question, result, shape)` returns the evidence
+    passages (without it, the retrieved passages themselves are the evidence); `threshold` is the
+    P(answerable) below which the program abstains (None: trust the model's own `answerable` field).
+    """
+
+    def __init__(self, search: Callable[[str], SearchResult] | None = None, min_score: float = 0.0, *,
+                 select: Callable[[str, SearchResult, str], list[Hit]] | None = None,
+                 threshold: float | None = None) -> None:
         super().__init__()
         self.search = _Shared(search) if search is not None else None
+        self.select = _Shared(select) if select is not None else None
         self.min_score = min_score
+        self.threshold = threshold
         self.answer = dspy.Predict(CitedAnswer)
+        self.yesno = dspy.Predict(YesNoAnswer)
+        self.list = dspy.Predict(ListAnswer)
 
     def forward(self, question: str, result: SearchResult | None = None) -> dspy.Prediction:
         """Answer `question`; `result` skips retrieval when the caller already searched."""
@@ -173,21 +304,59 @@ class CitedRAG(dspy.Module):
             if self.search is None:
                 raise RuntimeError("CitedRAG needs a search function; pass search= when constructing it")
             result = self.search(question)
-        hits = result.hits
-        if not hits or result.best_similarity < self.min_score:
-            return dspy.Prediction(answer=ABSTAIN_TEXT, citations=[], abstained=True, hits=hits, lm_called=False)
-        # No JSON-adapter retry on a malformed reply: on the local model it doubles the latency, and
-        # the reply's answer text is recoverable (below), the citations then checked as usual.
-        adapter = dspy.settings.adapter or dspy.ChatAdapter(use_json_adapter_fallback=False)
-        try:
-            with dspy.context(adapter=adapter):
-                pred = self.answer(passages=format_passages(hits), question=question)
-            raw_answer, raw_sources = pred.answer, getattr(pred, "sources", None)
-        except AdapterParseError as e:
-            raw_answer, raw_sources = recover_fields(str(e.lm_response or ""))
-        cited = map_citations(raw_answer, raw_sources, [h.text for h in hits])
-        return dspy.Prediction(answer=cited.answer, citations=cited.numbers, abstained=cited.abstained,
-                               hits=hits, lm_called=True)
+        shape = question_shape(question)
+        retrieved = result.hits
+        if not retrieved or result.best_similarity < self.min_score:
+            return _abstained(retrieved, retrieved, shape, lm_called=False)
+        evidence = (self.select(question, result, shape) if self.select is not None else None) or retrieved
+        inputs = {"passages": format_passages(evidence), "question": question}
+        predictor = getattr(self, PREDICTORS[shape])
+        with dspy.context(adapter=answer_adapter(dspy.settings.lm)):
+            p = judge(predictor, inputs) if self.threshold is not None else None
+            if p is not None and p < self.threshold:
+                return _abstained(evidence, retrieved, shape, p_answerable=p)
+            try:
+                pred = predictor(**inputs)
+                fields = {name: getattr(pred, name, None) for name in predictor.signature.output_fields}
+            except AdapterParseError as e:
+                answer, sources = recover_fields(str(e.lm_response or ""))
+                fields = {"answerable": True, "answer": answer, "sources": sources}
+        if p is None and fields.get("answerable") is False:
+            return _abstained(evidence, retrieved, shape)
+        texts = [h.text for h in evidence]
+        verdict = None
+        if shape == "list":
+            numbers = [n for n in dict.fromkeys(_as_ints(fields.get("sources"))) if 1 <= n <= len(evidence)]
+            lines = "\n".join(f"- {evidence[n - 1].paper.title}: {evidence[n - 1].text} [{n}]" for n in numbers)
+            cited = Cited(lines, numbers, False) if numbers else Cited(ABSTAIN_TEXT, [], True)
+        else:
+            cited = map_citations(fields.get("answer"), fields.get("sources"), texts)
+            if shape == "yesno" and not cited.abstained:
+                cited.answer, verdict = with_verdict(cited.answer, fields.get("verdict"))
+        if cited.abstained:
+            return _abstained(evidence, retrieved, shape, p_answerable=p)
+        claims = check_claims(cited.answer, {n: f"{h.paper.title}: {h.text}" for n, h in enumerate(evidence, 1)},
+                              question)
+        return dspy.Prediction(answer=cited.answer, citations=cited.numbers, abstained=False, hits=evidence,
+                               retrieved=retrieved, shape=shape, verdict=verdict, claims=claims, p_answerable=p,
+                               lm_called=True)
+
+
+def with_verdict(answer: str, verdict: str | None) -> tuple[str, str | None]:
+    """The answer opening with its verdict ("Yes: ..."), and the verdict. When the model's verdict field and
+    the answer's first word disagree, the answer (what the user reads) wins."""
+    said = parse_verdict(answer)
+    if said is not None:
+        return answer, said
+    if verdict not in ("yes", "no", "maybe"):
+        return answer, None
+    return f"{verdict.capitalize()}: {answer}", verdict
+
+
+def _abstained(evidence: list[Hit], retrieved: list[Hit], shape: str, *, lm_called: bool = True,
+               p_answerable: float | None = None) -> dspy.Prediction:
+    return dspy.Prediction(answer=ABSTAIN_TEXT, citations=[], abstained=True, hits=evidence, retrieved=retrieved,
+                           shape=shape, verdict=None, claims=[], p_answerable=p_answerable, lm_called=lm_called)
 
 
 class _Shared:

@@ -19,12 +19,12 @@ from pathlib import Path
 from typing import Any
 
 from rag.errors import ProgramError
-from rag.program import CitedAnswer
+from rag.program import SIGNATURES
 from rag.settings import ROOT
 
 FORMAT = "papers-rag-program/1"
 PROGRAMS_DIR = ROOT / "programs"
-_DEMO_FIELDS = {"passages", "question", "answer", "sources", "augmented", "reasoning"}
+_DEMO_FIELDS = {"passages", "question", "answerable", "verdict", "answer", "sources", "augmented", "reasoning"}
 _FIX = "re-run `rag optimize` or use --program baseline"
 
 
@@ -53,19 +53,21 @@ def read_program_file(path: str | Path) -> dict:
     prov = state.get("provenance") if isinstance(state, dict) else None
     if not isinstance(prov, dict) or prov.get("format") != FORMAT:
         raise ProgramError(f"program file {path} is not a papers-rag program (no provenance format {FORMAT}); {_FIX}")
-    answer = state.get("answer")
-    expected = [f["prefix"] for f in CitedAnswer.dump_state()["fields"]]
-    try:
-        prefixes = [f["prefix"] for f in answer["signature"]["fields"]]
-        demo_keys = {k for d in answer["demos"] for k in d}
-    except (TypeError, KeyError):
-        raise ProgramError(f"program file {path} does not hold a cited-answer predictor; {_FIX}") from None
-    if prefixes != expected:
-        raise ProgramError(f"program file {path} was made for another program (fields {', '.join(prefixes)}; "
-                           f"this one has {', '.join(expected)}); {_FIX}")
-    unknown = demo_keys - _DEMO_FIELDS
-    if unknown:
-        raise ProgramError(f"program file {path} has demos with unknown fields ({', '.join(sorted(unknown))}); {_FIX}")
+    for name, signature in SIGNATURES.items():
+        expected = [f["prefix"] for f in signature.dump_state()["fields"]]
+        try:
+            predictor = state[name]
+            prefixes = [f["prefix"] for f in predictor["signature"]["fields"]]
+            demo_keys = {k for d in predictor["demos"] for k in d}
+        except (TypeError, KeyError):
+            raise ProgramError(f"program file {path} does not hold the {name!r} predictor of this program "
+                               f"(it was made by an earlier version); {_FIX}") from None
+        if prefixes != expected:
+            raise ProgramError(f"program file {path} was made for another program ({name} fields "
+                               f"{', '.join(prefixes)}; this one has {', '.join(expected)}); {_FIX}")
+        unknown = demo_keys - _DEMO_FIELDS
+        if unknown:
+            raise ProgramError(f"program file {path} has demos with unknown fields ({', '.join(sorted(unknown))}); {_FIX}")
     return state
 
 

@@ -62,14 +62,13 @@ class Index:
 
     @cached_property
     def sentences_of(self) -> dict[str, range]:
-        """Paper id -> the rows of its sentences (they are stored contiguously, in abstract order)."""
-        spans: dict[str, range] = {}
-        start = 0
-        for i in range(1, len(self.sentences) + 1):
-            if i == len(self.sentences) or self.sentences[i].paper_id != self.sentences[start].paper_id:
-                spans[self.sentences[start].paper_id] = range(start, i)
-                start = i
-        return spans
+        """Paper id -> the rows of its sentences (stored contiguously, in abstract order)."""
+        return _runs(self.sentences)
+
+    @cached_property
+    def chunks_of(self) -> dict[str, range]:
+        """Paper id -> the rows of its chunks (stored contiguously, in abstract order)."""
+        return _runs(self.chunks)
 
 
 @dataclass(frozen=True)
@@ -107,6 +106,7 @@ class SearchResult:
     hits: list[Hit]
     best_similarity: float  # highest dense cosine similarity of the query to any chunk
     query_vector: np.ndarray | None = None  # the embedded query, reused to score evidence sentences
+    chunk_scores: dict[int, float] = field(default_factory=dict)  # dense cosine of the top chunks (row -> score)
 
 
 class Retriever:
@@ -130,7 +130,7 @@ class Retriever:
         vec = self.embedder.encode([query])
         dense = self._dense(vec, depth)
         best = float(dense[0][1]) if dense else 0.0
-        return SearchResult(MODES[mode](self, query, dense, depth, k, per_paper), best, vec[0])
+        return SearchResult(MODES[mode](self, query, dense, depth, k, per_paper), best, vec[0], dict(dense))
 
     def _dense_hits(self, query: str, dense: list[tuple[int, float]], depth: int, k: int, per_paper: int) -> list[Hit]:
         return self._diversify(dense, k, per_paper)
@@ -183,6 +183,17 @@ class Retriever:
         return [Hit(rank, tuple(sorted((self.index.chunks[i] for i in idxs), key=lambda c: c.start)),
                     self.index.papers[pid], best[pid])
                 for rank, (pid, idxs) in enumerate(picked.items(), 1)]
+
+
+def _runs(units: list[Chunk]) -> dict[str, range]:
+    """Paper id -> the range of rows its units occupy (units of one paper are contiguous)."""
+    spans: dict[str, range] = {}
+    start = 0
+    for i in range(1, len(units) + 1):
+        if i == len(units) or units[i].paper_id != units[start].paper_id:
+            spans[units[start].paper_id] = range(start, i)
+            start = i
+    return spans
 
 
 def _firsts(ranking: list[int], chunks: list[Chunk], papers: dict) -> list[int]:

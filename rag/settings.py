@@ -61,13 +61,19 @@ class Settings:
     max_abstract_chars: int = _f(20_000, "Longest abstract read from the corpus, in characters; a longer one is cut "
                                          "at a word boundary, with a warning naming its row.", range=(100, 10_000_000))
     # --- retrieval ----------------------------------------------------------
-    k: int = _f(4, "Passages given to the model (and results shown by `rag search`).", range=(1, 1000))
+    k: int = _f(6, "Papers retrieved for a question; the model reads evidence sentences chosen from them "
+                   "(and `rag search` shows them).", range=(1, 1000))
     retrieval: str = _f("hybrid", "Retrieval mode: hybrid (reciprocal-rank fusion), dense or bm25.",
                         choices=tuple(MODES))
     per_paper: int = _f(2, "Best chunks of one paper merged into its passage (1 = just the best chunk).",
                         range=(1, 20))
     min_score: float = _f(0.25, "Dense cosine similarity below which no passage is relevant: "
                                 "the program abstains without calling the model.", range=(-1.0, 1.0))
+    evidence_tokens: int = _f(300, "Token budget of the evidence the model reads (the best sentences of the retrieved "
+                                   "papers, titles included).", range=(20, 100_000))
+    answerable_threshold: float = _f(0.5, "P(answerable), read from the model's logprobs, below which the program "
+                                          "abstains (calibrated on train by eval/calibrate_abstention.py).",
+                                     range=(0.0, 1.0))
     # --- language model -----------------------------------------------------
     lm: str = _f("local", "LM backend: 'local' (embedded Qwen2.5-Coder-1.5B GGUF) or a LiteLLM model string, "
                           "e.g. openai/gpt-4o-mini, ollama_chat/llama3.2, openai/<name> with RAG_API_BASE.", nonempty=True)

@@ -220,18 +220,25 @@ def test_invalid_utf8_in_argv_is_named_as_such(tmp_path):
                                     "text as UTF-8\n")
 
 
-def test_a_k_that_cannot_fit_the_context_fails_before_the_model_loads(cli, monkeypatch, fake_models):
+def test_a_prompt_that_cannot_fit_the_context_fails_before_anything_loads(cli, monkeypatch, fake_models, tmp_path):
     import rag.pipeline
 
-    monkeypatch.setenv("RAG_CORPUS", str(Path(__file__).parents[1] / "data" / "corpus"))  # 441 papers
     fake_models.lm = None  # the real local backend, whose load must never start
     monkeypatch.setattr(rag.pipeline, "make_lm", lambda *a, **k: pytest.fail("the model was loaded"))
-    code, _, err = cli("ask", "state space models", "--k", "900")  # (the index is built first: it is needed anyway)
-    last = err.splitlines()[-1]
-    assert code == 1 and last.startswith("error: k=900 passages will not fit the local model's context")
-    assert "use --k 11 or less" in last and "RAG_N_CTX" in last
-    code, _, err = cli("ask", "state space models", "--k", "100000")
+    monkeypatch.setenv("RAG_EVIDENCE_TOKENS", "5000")
+    code, _, err = cli("ask", "state space models")
+    assert code == 1 and err.count("\n") == 1 and not (tmp_path / "indexes").exists()
+    assert err.startswith("error: RAG_EVIDENCE_TOKENS=5000 and RAG_MAX_TOKENS=200 need about 6,400 tokens")
+    assert "RAG_N_CTX=4,096" in err
+    monkeypatch.delenv("RAG_EVIDENCE_TOKENS")
+    code, _, err = cli("ask", "state space models", "--k", "100000")  # k is bounded by its range
     assert code == 1 and err.startswith("error: k must be at most 1000, got 100000")
+    assert not (tmp_path / "indexes").exists()
+    fake_models.lm = DummyLM([{"answer": "They use HiPPO [1].", "sources": "[1]"}] * 3)
+    monkeypatch.setattr(rag.pipeline, "make_lm", lambda *a, **k: fake_models.lm)
+    # a large k is fine: the model reads at most RAG_EVIDENCE_TOKENS of evidence however many papers come back
+    code, out, _ = cli("ask", "state space models", "--k", "900", "--json")
+    assert code == 0 and len(json.loads(out)["passages"]) <= 6
 
 
 def test_a_tampered_bm25_index_is_a_one_line_error_for_every_mode(cli, tmp_path):

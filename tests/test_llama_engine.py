@@ -105,7 +105,7 @@ class Request:
     """The smallest DSPy-like request request_body() reads."""
 
     class config:
-        max_tokens, temperature, stop, seed = 50, 0.0, None, None
+        max_tokens, temperature, stop, seed, response_format, logprobs = 50, 0.0, None, None, None, None
 
     system = "sys"
 

@@ -180,6 +180,6 @@ def test_module_without_search_fails_clearly():
         CitedRAG()(question="x")
 
 
-def test_program_has_one_predictor_to_optimise():
-    assert [name for name, _ in CitedRAG().named_predictors()] == ["answer"]
-    assert isinstance(CitedRAG().answer, dspy.Predict)
+def test_program_has_one_predictor_per_question_shape_to_optimise():
+    assert [name for name, _ in CitedRAG().named_predictors()] == ["answer", "yesno", "list"]
+    assert all(isinstance(p, dspy.Predict) for _, p in CitedRAG().named_predictors())

@@ -1,0 +1,80 @@
+"""How much of the answer the chosen evidence keeps, and at what length, against today's passages.
+
+For each answerable question of a labelled set (train by default: this is where the evidence
+parameters are chosen), retrieval runs once; then the model's reading is built two ways:
+"passages" (the k best papers' best two chunks each, what the program read before evidence
+selection) and "evidence" (rag.evidence.select_evidence under a token budget) for a grid of
+parameters. Reported: the share of the question's facts found in what the model would read (by
+the metric's own matcher), the share of gold papers present, and tokens (chars / 4). No LM call.
+
+    .venv/bin/python bench/bench_evidence.py [--set eval/train.jsonl] [--grid]
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import statistics
+
+from rag.evaluate import load_set
+from rag.evidence import evidence_tokens, select_evidence
+from rag.metrics import fact_found, percentile
+from rag.pipeline import Pipeline
+from rag.settings import ROOT, Settings
+from rag.shapes import question_shape
+
+
+def reading(hits) -> str:
+    return "\n".join(f"{h.paper.title}: {h.text}" for h in hits)
+
+
+def measure(rows, make_hits) -> dict:
+    facts, golds, tokens = [], [], []
+    for r in rows:
+        hits = make_hits(r)
+        text = reading(hits)
+        if r["facts"]:
+            facts.append(sum(fact_found(f, text) for f in r["facts"]) / len(r["facts"]))
+        golds.append(len(set(r["gold_paper_ids"]) & {h.paper.id for h in hits}) / len(r["gold_paper_ids"]))
+        tokens.append(evidence_tokens(hits))
+    return {"facts": statistics.fmean(facts), "gold": statistics.fmean(golds),
+            "tokens_p50": percentile(tokens, 50), "tokens_p95": percentile(tokens, 95)}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--set", default=str(ROOT / "eval" / "train.jsonl"))
+    ap.add_argument("--grid", action="store_true", help="search the parameter grid (on train)")
+    args = ap.parse_args()
+    pipe = Pipeline.open(Settings.load(), need_lm=False)
+    rows = [r for r in load_set(args.set, set(pipe.index.papers)) if r["type"] != "unanswerable"]
+    searched: dict[tuple, object] = {}
+
+    def search(q: str, k: int, per_paper: int = 2):
+        if (q, k, per_paper) not in searched:
+            searched[(q, k, per_paper)] = pipe.retriever.search(q, k, "hybrid", per_paper)
+        return searched[(q, k, per_paper)]
+
+    print(f"{len(rows)} answerable questions from {args.set}")
+    base = measure(rows, lambda r: search(r["question"], 4).hits)
+    print(f"passages k=4 (before)                 facts {base['facts']:.3f}  gold {base['gold']:.3f}  "
+          f"tokens p50 {base['tokens_p50']:.0f} p95 {base['tokens_p95']:.0f}")
+    grid = itertools.product((6,), (250, 300), (0.0, 0.3), (0.0, 0.05), (0.0, 0.5, 1.0, 2.0)) if args.grid \
+        else [(6, 250, None, None, None)]
+    results = []
+    for k, budget, lw, rw, cw in grid:
+        kw = {} if lw is None else {"lexical_weight": lw, "rank_weight": rw, "context_weight": cw}
+        m = measure(rows, lambda r, k=k, budget=budget, kw=kw: select_evidence(
+            pipe.index, search(r["question"], k), r["question"], budget=budget,
+            shape=r.get("shape") or question_shape(r["question"]), **kw))
+        results.append(((k, budget, lw, rw, cw), m))
+        print(f"evidence k={k} budget={budget} lex={lw} rank={rw} context={cw}   facts {m['facts']:.3f}  gold {m['gold']:.3f}  "
+              f"tokens p50 {m['tokens_p50']:.0f} p95 {m['tokens_p95']:.0f}  "
+              f"(tokens {m['tokens_p50'] / base['tokens_p50']:.2f}x of before)")
+    if args.grid:
+        best = max(results, key=lambda x: (round(x[1]["facts"], 3), x[1]["gold"], -x[1]["tokens_p50"]))
+        print("best on this set:", best)
+
+
+if __name__ == "__main__":
+    main()
