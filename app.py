@@ -80,14 +80,18 @@ def md_escape(text: str) -> str:
 
 
 def render_answer(answer: str, n_passages: int) -> str:
-    """Escaped answer with each valid [n] turned into a link to source n."""
-    escaped = md_escape(answer)
+    """Escaped answer with each valid [n] turned into a link to source n; a list answer stays a list."""
 
     def link(m: re.Match) -> str:
         n = int(m.group(1))
         return f"[\\[{n}\\]](#src-{n})" if 1 <= n <= n_passages else m.group(0)
 
-    return re.sub(r"\\\[(\d+)\\\]", link, escaped)
+    lines = []
+    for line in answer.splitlines():
+        item = line.startswith("- ")
+        escaped = re.sub(r"\\\[(\d+)\\\]", link, md_escape(line[2:] if item else line))
+        lines.append(f"- {escaped}" if item else escaped)
+    return "\n".join(lines)
 
 
 def highlight(abstract: str, spans: list[tuple[int, int]]) -> str:
@@ -225,7 +229,12 @@ def final_message(result: dict) -> str:
         if near:
             body += f"\n\nYou may mean: {near}"
         return f"{body}\n\n<sub>{md_escape(stats)}</sub>"
-    return f"{render_answer(result['answer'], len(result['passages']))}\n\n<sub>{md_escape(stats)}</sub>"
+    body = render_answer(result["answer"], len(result["passages"]))
+    unsupported = [c for c in result.get("claims") or [] if not c["supported"]]
+    if unsupported:
+        terms = ", ".join(md_escape(t) for c in unsupported for t in c["unsupported_terms"])
+        body += f"\n\n⚠️ **Check this:** {terms} appear in none of the passages cited."
+    return f"{body}\n\n<sub>{md_escape(stats)}</sub>"
 
 
 def build_app(pipe: Pipeline, queue_max: int = QUEUE_MAX, waits: AnswerQueue | None = None) -> gr.Blocks:
@@ -289,6 +298,7 @@ def main() -> int:
         auth = parse_auth(settings.auth)
         print("Loading the index and the model...", file=sys.stderr, flush=True)
         pipe = Pipeline.open(settings, progress=sys.stderr.isatty())
+        pipe.warm()  # the first question should be as fast as the second
         logs.quiet_libraries()
     except RagError as e:
         print(f"error: {e}", file=sys.stderr)

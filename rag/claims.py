@@ -70,7 +70,23 @@ def _norm(text: str) -> str:
     return " ".join(re.sub(r"(?<=\d),(?=\d{3})", "", text).split())
 
 
+_SMALL_WORDS = frozenset("of the for from and to in on with a an".split())
+
+
+def _spelled_out(acronym: str, haystack: str) -> bool:
+    """An acronym (LLM, RLHF, NLP) counts as found where the text spells it out: consecutive words whose
+    initials, small words aside, are its letters ("large language models", "reinforcement learning from
+    human feedback")."""
+    letters = acronym.lower().removesuffix("s")
+    words = [w for w in re.findall(r"[a-z0-9]+", haystack) if w not in _SMALL_WORDS]
+    initials = "".join(w[0] for w in words)
+    return len(letters) >= 2 and letters in initials
+
+
 def _found(term: str, haystack: str) -> bool:
+    term = re.sub(r"['’]s$", "", term)  # GPT-4's -> GPT-4
+    if re.fullmatch(r"[A-Z]{2,6}s?", term) and _spelled_out(term, haystack):
+        return True
     t = _norm(term)
     if re.fullmatch(r"[\d.,]+(?:\s?%|x)?", t):  # a number must match as a number, not inside another
         number = re.escape(t.rstrip("%x ").rstrip())
@@ -78,19 +94,19 @@ def _found(term: str, haystack: str) -> bool:
     return re.search(rf"(?<![a-z0-9]){re.escape(t)}(?![a-z0-9])", haystack) is not None
 
 
-def check_claims(answer: str, passages: dict[int, str], question: str = "") -> list[Claim]:
+def check_claims(answer: str, passages: dict[int, str]) -> list[Claim]:
     """One `Claim` per sentence of `answer`; `passages` maps passage number -> the text the model read.
 
     A sentence is checked against the passages it cites; a sentence that cites none against every
     passage the answer cites (the model often cites once, at the end)."""
-    split = [(s, [int(n) for n in _MARKER.findall(s)]) for s in sentences(answer or "")]
+    split = [(s, [int(n) for n in _MARKER.findall(s)])
+             for line in (answer or "").splitlines() for s in sentences(line.strip().removeprefix("- "))]
     cited_anywhere = sorted({n for _, ns in split for n in ns if n in passages})
-    question_text = _norm(question)
     claims = []
     for sentence, numbers in split:
         valid = [n for n in dict.fromkeys(numbers) if n in passages]
         sources = _norm(" ".join(passages[n] for n in (valid or cited_anywhere)))
-        missing = [t for t in specific_terms(sentence) if not _found(t, sources) and not _found(t, question_text)]
+        missing = [t for t in specific_terms(sentence) if not _found(t, sources)]
         text = " ".join(_MARKER.sub(" ", sentence).split())
         claims.append(Claim(text, valid, not missing, missing))
     return claims

@@ -32,7 +32,8 @@ EXAMPLES = {
   rag papers --json | jq length          every paper as JSON""",
     "search": """examples:
   rag search "state space models" --k 5
-  rag search "what is ReFT?" --retrieval bm25 --json""",
+  rag search "what is ReFT?" --retrieval bm25 --json
+  rag search "Which papers study state space models?" --evidence   what the model would read""",
     "ask": """examples:
   rag ask "What are the two subtasks of the I am a Strange Dataset benchmark?"
   rag ask "What is ReFT?" --json
@@ -101,6 +102,7 @@ def _parser() -> argparse.ArgumentParser:
     p = add("search", "Show the passages retrieval finds for a question (no LM).", [common, retrieval])
     p.add_argument("question")
     p.add_argument("--json", action="store_true", help="print JSON")
+    p.add_argument("--evidence", action="store_true", help="also show the evidence sentences the model would read")
 
     p = add("ask", "Answer a question with [n] citations to the papers used.", [common, retrieval, model])
     p.add_argument("question")
@@ -194,8 +196,15 @@ def _clean(text: Any) -> str:
 
 
 def format_answer(result: dict, width: int = 100) -> str:
-    """Human-readable answer with its numbered reference list (terminal control sequences removed)."""
-    lines = [textwrap.fill(_clean(result["answer"]), width)]
+    """Human-readable answer with its numbered reference list, and a warning for each claim whose names
+    or numbers appear in no passage it cites (terminal control sequences removed)."""
+    lines = [textwrap.fill(line, width, subsequent_indent="  " if line.startswith("- ") else "")
+             for line in _clean(result["answer"]).splitlines()]
+    unsupported = [c for c in result.get("claims") or [] if not c["supported"]]
+    if unsupported:
+        lines += ["", "Check these: not in the passages they cite:"]
+        lines += [f"  ! {_clean(', '.join(c['unsupported_terms']))}  (\"{textwrap.shorten(_clean(c['text']), 70)}\")"
+                  for c in unsupported]
     if result["citations"]:
         lines += ["", "References:"]
         lines += [f"  [{c['n']}] {_clean(c['title'])} ({_clean(c['paper_id'])})" for c in result["citations"]]
@@ -247,12 +256,28 @@ def cmd_search(args: argparse.Namespace) -> int:
     question = validate_question(args.question)  # before loading anything
     pipe = _open(args, need_lm=False)
     result = pipe.search(question, k=args.k)
+    evidence = None
+    if args.evidence:
+        from rag.evidence import evidence_tokens
+        from rag.shapes import question_shape
+
+        shape = question_shape(question)
+        evidence = pipe.select_evidence(question, result, shape)
     if args.json:
-        _print_json({"question": question, "results": [h.to_json() for h in result.hits]})
-    else:
-        for h in result.hits:
-            print(f"{h.rank:>2}. [{h.score:.4f}] {_clean(h.paper.title)} ({_clean(h.paper.id)})")
-            print(textwrap.indent(textwrap.fill(_clean(h.text), 96), "    "))
+        out = {"question": question, "results": [h.to_json() for h in result.hits]}
+        if evidence is not None:
+            out["shape"] = shape
+            out["evidence"] = [{"n": h.rank, "paper_id": h.paper.id, "title": h.paper.title, "text": h.text}
+                               for h in evidence]
+        _print_json(out)
+        return 0
+    for h in result.hits:
+        print(f"{h.rank:>2}. [{h.score:.4f}] {_clean(h.paper.title)} ({_clean(h.paper.id)})")
+        print(textwrap.indent(textwrap.fill(_clean(h.text), 96), "    "))
+    if evidence is not None:
+        print(f"\nWhat the model reads ({shape} question, about {evidence_tokens(evidence)} tokens):")
+        for h in evidence:
+            print(textwrap.fill(_clean(f"[{h.rank}] {h.paper.title}: {h.text}"), 100, subsequent_indent="    "))
     return 0
 
 
@@ -271,6 +296,7 @@ def cmd_ask(args: argparse.Namespace) -> int:
 
 def cmd_chat(args: argparse.Namespace) -> int:
     pipe = _open(args, need_lm=True)
+    pipe.warm()  # the first question should not pay for reading the instructions
     _say(f"Ask about {len(pipe.index.papers)} papers. Empty line or Ctrl-D to quit.")
     while True:
         try:

@@ -55,10 +55,11 @@ from rag.metrics import (
 )
 from rag.pipeline import Answer
 from rag.retrieve import MODES
+from rag.shapes import SHAPES, question_shape
 
 REPORT_METRICS = ("headline", "fact_recall", "token_f1", "citation_validity", "citation_precision",
-                  "citation_recall", "citation_f1", "faithfulness", "retrieval_recall", "correct_abstention",
-                  "false_abstention", "semantic_f1")
+                  "citation_recall", "citation_f1", "faithfulness", "claims_supported", "unsupported_claim",
+                  "verdict_correct", "retrieval_recall", "correct_abstention", "false_abstention", "semantic_f1")
 
 
 class EvalError(RagError):
@@ -100,7 +101,8 @@ class SeedSet:
         if self.judge is not None and row["type"] != "unanswerable" and not error:
             scores["semantic_f1"] = self.judge(row, pred)
         return {
-            "id": row["id"], "type": row["type"], "question": row["question"],
+            "id": row["id"], "type": row["type"], "shape": row.get("shape") or question_shape(row["question"]),
+            "question": row["question"],
             "reference": row.get("answer"), "facts": row["facts"], "gold_paper_ids": row["gold_paper_ids"],
             "answer": pred.get("answer"), "abstained": pred.get("abstained"),
             "cited_paper_ids": [c["paper_id"] for c in pred.get("citations") or []],
@@ -278,6 +280,11 @@ def run_eval(pipe: Any, rows: list[dict], *, label: str, set_path: str | Path, o
     return final
 
 
+def _shape(result: dict) -> str:
+    """A result's question shape: the labelled one, else what the rules say (rag.shapes)."""
+    return result.get("shape") or question_shape(result["question"])
+
+
 def summarize_results(results: list[dict], rows: list[dict]) -> dict:
     """Means overall and per type, abstention rates, headline CI, latency and token totals."""
     preds = [r["prediction"] for r in results]
@@ -295,6 +302,8 @@ def summarize_results(results: list[dict], rows: list[dict]) -> dict:
         "metrics": summarize(r["metrics"] for r in results),
         "by_type": {t: summarize(r["metrics"] for r in results if r["type"] == t)
                     for t in TYPES if any(r["type"] == t for r in results)},
+        "by_shape": {shape: summarize(r["metrics"] for r in results if _shape(r) == shape)
+                     for shape in SHAPES if any(_shape(r) == shape for r in results)},
         "abstention": abstention_summary(rows, preds),
         "latency": {
             # lm_s is the model's generation time, taken from the cache entry on a cache hit.
@@ -346,6 +355,14 @@ def render_report(summary: dict, results: list[dict], worst: int = 10) -> str:
         if m in s["metrics"]:
             lines.append(f"| {m} | {_fmt(s['metrics'].get(m))} | "
                          + " | ".join(_fmt(s["by_type"][t].get(m)) for t in s["by_type"]) + " |")
+    if s.get("by_shape"):
+        shapes = list(s["by_shape"])
+        lines += ["", "## Metrics by question shape (list / yes-no / specific; labelled, else by rag.shapes)", "",
+                  "| metric | " + " | ".join(f"{t} (n={s['by_shape'][t]['n']})" for t in shapes) + " |",
+                  "|---|" + "---|" * len(shapes)]
+        for m in REPORT_METRICS:
+            if any(m in s["by_shape"][t] for t in shapes):
+                lines.append(f"| {m} | " + " | ".join(_fmt(s["by_shape"][t].get(m)) for t in shapes) + " |")
     a = s["abstention"]
     lines += ["", "## Abstention", "",
               "| precision | recall (on unanswerable) | false-abstention rate (on answerable) |", "|---|---|---|",

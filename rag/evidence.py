@@ -12,6 +12,9 @@ numbered [1]..[m] as passages always were: a paper's sentences in abstract order
 joined with " ... " where they are not adjacent, so `Hit.text` is what the model
 reads after the title and `Hit.spans` is what the chat highlights.
 
+Sentences that only point at code or data ("available at https://...") are
+never evidence.
+
 Shapes choose differently (`rag.shapes`): a list question gets each paper's best
 sentence first (one line per paper), a yes/no or specific question the best
 sentences wherever they are.
@@ -23,6 +26,7 @@ outside the top k.
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 
@@ -37,6 +41,9 @@ CONTEXT_WEIGHT = 0.5  # weight of the best retrieved window holding the sentence
 RANK_WEIGHT = 0.05  # a sentence of the k-th paper gives up k * RANK_WEIGHT: retrieval rank is context a lone sentence lacks
 TITLE_TOKENS = 4  # "[n] ...: " costs about this, besides the title's own words
 CHARS_PER_TOKEN = 4.0  # Qwen's tokenizer on English abstracts: about 4 characters a token
+# Sentences that only say where the code or data lives: never evidence, and URLs cost many tokens.
+BOILERPLATE = re.compile(r"https?://|www\.|\bgithub\b|\b(?:code|data|datasets?|models?|weights|toolkit|implementation|"
+                         r"benchmark|resources?)\b[^.]{0,60}\b(?:available|released|open[- ]sourced?)\b", re.IGNORECASE)
 
 
 def tokens_of(text: str) -> int:
@@ -58,7 +65,7 @@ def score_sentences(index: Index, result: SearchResult, question: str, lexical_w
         return []
     rows, ranks = [], []
     for rank, hit in enumerate(result.hits):
-        span = index.sentences_of.get(hit.paper.id, range(0))
+        span = [i for i in index.sentences_of.get(hit.paper.id, range(0)) if not BOILERPLATE.search(index.sentences[i].text)]
         rows.extend(span)
         ranks.extend([rank] * len(span))
     if not rows:

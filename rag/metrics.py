@@ -161,7 +161,31 @@ def score_row(label: dict, pred: dict, embed: Embed | None = None) -> dict[str, 
     if embed is not None and not abstained and answer:
         texts = {int(p.get("n", i)): p.get("text", "") for i, p in enumerate(pred.get("passages") or [], 1)}
         out["faithfulness"] = faithfulness(answer, texts, embed)
+    out.update(claim_scores(label, pred, answer, abstained, answerable))
     out["headline"] = headline(label, out)
+    return out
+
+
+def claim_scores(label: dict, pred: dict, answer: str, abstained: bool, answerable: bool) -> dict[str, float | None]:
+    """Claims and verdicts: the share of the answer's claims whose names and numbers appear in what they cite
+    (rag.claims, rerun here from the passages so any program's answers are scored alike); whether any claim is
+    unsupported; and, for a yes/no question with a Yes or No reference, whether the answer's verdict matches
+    (an abstention or an answer without a verdict counts as wrong)."""
+    from rag.claims import check_claims
+    from rag.shapes import parse_verdict, question_shape
+
+    out: dict[str, float | None] = {"claims_supported": None, "unsupported_claim": None, "verdict_correct": None}
+    if answer and not abstained:
+        passages = {int(p.get("n", i)): f"{p.get('title', '')}: {p.get('text', '')}"
+                    for i, p in enumerate(pred.get("passages") or [], 1)}
+        claims = check_claims(answer, passages)
+        if claims:
+            out["claims_supported"] = sum(c.supported for c in claims) / len(claims)
+            out["unsupported_claim"] = float(not all(c.supported for c in claims))
+    gold = parse_verdict(label.get("answer")) if answerable else None
+    if gold in ("yes", "no") and (label.get("shape") or question_shape(label.get("question", ""))) == "yesno":
+        said = None if abstained else (pred.get("verdict") or parse_verdict(answer))
+        out["verdict_correct"] = float(said == gold)
     return out
 
 

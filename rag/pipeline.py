@@ -170,7 +170,8 @@ class Pipeline:
             pipe.embedder  # noqa: B018 - load it now: the first question should not wait for it
             pipe.lm = lm if lm is not None else make_lm(settings, disk_cache=disk_cache)
             pipe.program = CitedRAG(pipe.search, settings.min_score, select=pipe.select_evidence,
-                                    threshold=settings.answerable_threshold)
+                                    threshold=settings.answerable_threshold,
+                                    decline_unsupported=bool(settings.decline_unsupported))
             pipe.program_label = load_program(pipe.program, program_path)
         return pipe
 
@@ -189,6 +190,21 @@ class Pipeline:
     def search(self, question: str, k: int | None = None, mode: str | None = None) -> SearchResult:
         q = validate_question(question)
         return self.retriever.search(q, k or self.settings.k, mode or self.settings.retrieval, self.settings.per_paper)
+
+    def warm(self) -> int:
+        """Read each answer predictor's fixed prompt prefix (instructions, demos) into the local model's cache,
+        so the first question a user asks is as fast as the second; returns how many prefixes were warmed.
+        A no-op on remote backends. The chat calls it at start-up (one-shot `rag ask` would only pay twice)."""
+        from rag.program import answer_adapter
+
+        warm = getattr(getattr(self.lm, "engine", None), "warm", None)
+        if warm is None or self.program is None:
+            return 0
+        adapter = answer_adapter(self.lm)
+        with self._context():
+            for _, predictor in self.program.named_predictors():
+                warm(adapter.format(predictor.signature, predictor.demos, {"passages": "", "question": ""}))
+        return len(self.program.named_predictors())
 
     def select_evidence(self, question: str, result: SearchResult, shape: str) -> list[Hit]:
         """The program's evidence step: the best sentences of the retrieved papers, under the token budget."""
@@ -298,6 +314,8 @@ class Pipeline:
             "latency_s": round(latency, 3),
             "prompt_tokens": prompt_tokens,
             "completion_tokens": completion_tokens,
+            "p_answerable": None if getattr(pred, "p_answerable", None) is None else round(pred.p_answerable, 4),
+            "abstain_reason": getattr(pred, "abstain_reason", None),
         }
         return Answer.from_prediction(q, pred, provenance).to_json()
 

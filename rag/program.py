@@ -2,43 +2,39 @@
 
 `CitedRAG.forward(question)` runs four visible steps:
 
-1. **retrieve** the top papers (`search`, hybrid by default);
+1. **retrieve** the top papers (`search`, hybrid by default); if no passage is
+   even close to the question (best dense cosine below `min_score`, calibrated on
+   train) it abstains there, without calling the LM;
 2. **select_evidence**: the sentences of those papers that bear on the question,
    under a token budget (rag/evidence.py), numbered [1]..[m] per paper;
-3. **decide**, as its own step, whether the evidence answers the question: a short
-   call on the answer prompt itself reads P(answerable) from the model's logprobs
-   at its first output field and compares it with a threshold calibrated on train
-   (`answerable_threshold`). Both calls share the prompt, so llama.cpp reads it
-   once: the decision costs a few generated tokens. An LM without logprobs falls
-   back to its own `answerable` field;
-4. **answer** in the question's shape (rag/shapes.py), with the predictor of that
+3. **answer** in the question's shape (rag/shapes.py), with the predictor of that
    shape: `answer` (a specific question: the fact, cited), `yesno` ("Yes: ...",
    "No: ...", "Maybe: ...", with a `verdict`), `list` (the model picks the relevant
    passages; each becomes one line, its paper's title and the evidence that shows
-   it, cited: extractive, so it cannot misquote).
+   it, cited: extractive, so it cannot misquote). On engines that can (the local
+   llama.cpp one, OpenAI) the reply is constrained by a JSON schema, so it always
+   parses, and its logprobs give P(answerable) at the reply's first field;
+4. **check and decide**: citations outside 1..m are dropped; an answer with no
+   valid citation, or one that says the evidence does not hold the answer, is an
+   abstention; every sentence's names and numbers are checked against the
+   passages it cites (rag/claims.py), and an answer naming something its evidence
+   does not contain is declined (`decline_unsupported`). `threshold` can also
+   decline on a low P(answerable); it is off by default, because on this model it
+   does not separate answerable from unanswerable questions (eval/README.md has
+   the measurement and the rule that was chosen instead).
 
-The raw output is then made checkable: leaked field markers are stripped (and any
-in the passages are removed before the model sees them: corpus text is data, never
-prompt structure); `[1, 2]`
-becomes `[1][2]`; citations outside 1..m are dropped; an answer with no valid
-citation, or one that says the evidence does not hold the answer, becomes an
-abstention with a plain sentence; and every sentence's names and numbers are
-checked against the passages it cites (rag/claims.py).
-
-On engines that can (the local llama.cpp one, OpenAI) the reply is constrained by
-a JSON schema (DSPy's JSONAdapter), so it always parses. If no passage is even
-close to the question (best dense cosine below `min_score`) the program abstains
-without calling the LM.
-
-The fixed part of each prompt (instructions, demos) comes first, so llama.cpp
-reuses its cached prefix. Left out: multi-hop retrieval and query rewriting (the
-chat adds the latter).
+The reason for an abstention is kept (`abstain_reason`). Field markers inside the
+evidence (`[[ ## answer ## ]]`, an injection attempt) are removed before the model
+reads it: corpus text is data, never prompt structure. The fixed part of each
+prompt (instructions, demos) comes first, so llama.cpp reuses its cached prefix.
+Left out: multi-hop retrieval and query rewriting (the chat adds the latter).
 """
 
 from __future__ import annotations
 
 import math
 import re
+import textwrap
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -52,9 +48,10 @@ from rag.shapes import parse_verdict, question_shape
 from rag.text import content_words, sentences, word_set
 
 ABSTAIN_TEXT = "The papers here do not answer this question."
-# Tokens the decision call may write: enough to reach the first field's value ("```json\n{\n  "answerable": true").
-JUDGE_TOKENS = 12
-JUDGE_TOP = 5
+LOGPROBS_TOP = 5  # alternatives per token asked of an LM that gives logprobs (P(answerable) is read from them)
+# Why an answer was declined (provenance.abstain_reason).
+NO_CLOSE_PASSAGE, MODEL_DECLINED, LOW_P, UNSUPPORTED_CLAIM, NO_VALID_CITATION = (
+    "no_close_passage", "model_declined", "low_p_answerable", "unsupported_claim", "no_valid_citation")
 
 _FIELD_MARKER = re.compile(r"\[\[\s*#+\s*\w+\s*#+\s*\]\]")
 _CITE_GROUP = re.compile(r"\[(\s*\d+(?:\s*[,;]\s*\d+)*\s*)\]")
@@ -212,13 +209,48 @@ def _as_ints(value: object) -> list[int]:
     return [int(x) for x in re.findall(r"\d+", str(value or ""))]
 
 
+class CompactJSONAdapter(dspy.JSONAdapter):
+    """DSPy's JSONAdapter with a short system message and no per-question format reminder.
+
+    It is used only where the engine constrains the reply to the signature's JSON schema, so the
+    long format description and the reminder DSPy appends to every question only cost prompt tokens
+    (the local model reads ~40 a second): about 130 of them a question."""
+
+    def format_system_message(self, signature: type[dspy.Signature]) -> str:
+        inputs = " and ".join(f"`{name}`" + (f" ({f.json_schema_extra.get('desc')})" if _desc(f) else "")
+                              for name, f in signature.input_fields.items())
+        outputs = "\n".join(f'- "{name}" ({_type_words(f.annotation)})' + (f": {_desc(f)}" if _desc(f) else "")
+                             for name, f in signature.output_fields.items())
+        return (f"{textwrap.dedent(signature.instructions).strip()}\n\nThe user gives {inputs}. Reply with one JSON "
+                f"object with these fields, in this order:\n{outputs}")
+
+    def user_message_output_requirements(self, signature: type[dspy.Signature]) -> None:
+        return None
+
+
+def _desc(field_info: Any) -> str:
+    desc = (field_info.json_schema_extra or {}).get("desc") or ""
+    return "" if desc.startswith("${") else desc  # DSPy's placeholder for a field without a description
+
+
+def _type_words(annotation: Any) -> str:
+    if annotation is bool:
+        return "true or false"
+    if annotation is str:
+        return "text"
+    if annotation == list[int]:
+        return "list of numbers"
+    values = [a for arg in getattr(annotation, "__args__", ()) for a in (getattr(arg, "__args__", ()) or (arg,))]
+    return " or ".join(f'"{v}"' if isinstance(v, str) else "null" for v in values if v is not type(None)) or "text"
+
+
 def answer_adapter(lm: Any) -> Any:
     """The adapter for the answer step: the one configured, else JSON under a schema where the LM can
     constrain its reply to one (the local engine, OpenAI), else DSPy's chat format without a retry."""
     if dspy.settings.adapter is not None:
         return dspy.settings.adapter
     if _supports(lm, "response_format"):
-        return dspy.JSONAdapter(use_native_function_calling=False)
+        return CompactJSONAdapter(use_native_function_calling=False)
     # No JSON-adapter retry on a malformed reply: on the local model it doubled the latency, and the
     # reply's answer text is recoverable (recover_fields), its citations then checked as usual.
     return dspy.ChatAdapter(use_json_adapter_fallback=False)
@@ -231,28 +263,6 @@ def _supports(lm: Any, param: str) -> bool:
         return False
 
 
-def judge(predictor: dspy.Predict, inputs: dict[str, str]) -> float | None:
-    """P(answerable): the model's probability of `true` at its first output field, on the answer prompt itself.
-
-    The call writes a few tokens of the reply and reads the logprobs where the `answerable` value goes;
-    the answer call that follows sends the same prompt, so llama.cpp reads it from its cache. None when
-    the LM gives no logprobs (the caller then trusts the field the model writes)."""
-    lm = dspy.settings.lm
-    if lm is None or not _supports(lm, "logprobs"):
-        return None
-    adapter = answer_adapter(lm)
-    messages = adapter.format(predictor.signature, predictor.demos, inputs)
-    kwargs: dict[str, Any] = {"max_tokens": JUDGE_TOKENS, "logprobs": True, "top_logprobs": JUDGE_TOP}
-    if isinstance(adapter, dspy.JSONAdapter):
-        from dspy.adapters.json_adapter import _get_structured_outputs_response_format
-
-        kwargs["response_format"] = _get_structured_outputs_response_format(predictor.signature, False)
-    with dspy.context(send_stream=None):  # the decision is read whole, never streamed to the chat
-        outputs = lm(messages=messages, **kwargs)
-    out = outputs[0] if outputs else None
-    return p_answerable((out.get("logprobs") or {}).get("content") if isinstance(out, dict) else None)
-
-
 _VALUE_NEXT = re.compile(r"answerable\W*$", re.IGNORECASE)
 
 
@@ -261,7 +271,7 @@ def p_answerable(tokens: list[dict] | None) -> float | None:
     text = ""
     for tok in tokens or []:
         word = str(tok.get("token") or "")
-        if _VALUE_NEXT.search(text) and word.strip(" \t\n\"'"):
+        if _VALUE_NEXT.search(text) and re.search(r"\w", word):  # the first word after `answerable":`
             yes = no = 0.0
             alternatives = list(tok.get("top_logprobs") or [])
             if not any(a.get("token") == word for a in alternatives):
@@ -288,12 +298,13 @@ class CitedRAG(dspy.Module):
 
     def __init__(self, search: Callable[[str], SearchResult] | None = None, min_score: float = 0.0, *,
                  select: Callable[[str, SearchResult, str], list[Hit]] | None = None,
-                 threshold: float | None = None) -> None:
+                 threshold: float = 0.0, decline_unsupported: bool = True) -> None:
         super().__init__()
         self.search = _Shared(search) if search is not None else None
         self.select = _Shared(select) if select is not None else None
         self.min_score = min_score
         self.threshold = threshold
+        self.decline_unsupported = decline_unsupported
         self.answer = dspy.Predict(CitedAnswer)
         self.yesno = dspy.Predict(YesNoAnswer)
         self.list = dspy.Predict(ListAnswer)
@@ -307,39 +318,42 @@ class CitedRAG(dspy.Module):
         shape = question_shape(question)
         retrieved = result.hits
         if not retrieved or result.best_similarity < self.min_score:
-            return _abstained(retrieved, retrieved, shape, lm_called=False)
+            return _abstained(retrieved, retrieved, shape, NO_CLOSE_PASSAGE, lm_called=False)
         evidence = (self.select(question, result, shape) if self.select is not None else None) or retrieved
-        inputs = {"passages": format_passages(evidence), "question": question}
         predictor = getattr(self, PREDICTORS[shape])
-        with dspy.context(adapter=answer_adapter(dspy.settings.lm)):
-            p = judge(predictor, inputs) if self.threshold is not None else None
-            if p is not None and p < self.threshold:
-                return _abstained(evidence, retrieved, shape, p_answerable=p)
+        lm = dspy.settings.lm
+        config = {"logprobs": True, "top_logprobs": LOGPROBS_TOP} if _supports(lm, "logprobs") else {}
+        with dspy.context(adapter=answer_adapter(lm)):
             try:
-                pred = predictor(**inputs)
+                pred = predictor(passages=format_passages(evidence), question=question, config=config)
                 fields = {name: getattr(pred, name, None) for name in predictor.signature.output_fields}
+                p = p_answerable((getattr(pred, "logprobs", None) or {}).get("content"))
             except AdapterParseError as e:
                 answer, sources = recover_fields(str(e.lm_response or ""))
-                fields = {"answerable": True, "answer": answer, "sources": sources}
-        if p is None and fields.get("answerable") is False:
-            return _abstained(evidence, retrieved, shape)
-        texts = [h.text for h in evidence]
+                fields, p = {"answerable": True, "answer": answer, "sources": sources}, None
+        if p is not None and p < self.threshold:
+            return _abstained(evidence, retrieved, shape, LOW_P, p_answerable=p)
+        if p is None and fields.get("answerable") is False:  # no logprobs: the model's own word decides
+            return _abstained(evidence, retrieved, shape, MODEL_DECLINED)
         verdict = None
         if shape == "list":
             numbers = [n for n in dict.fromkeys(_as_ints(fields.get("sources"))) if 1 <= n <= len(evidence)]
             lines = "\n".join(f"- {evidence[n - 1].paper.title}: {evidence[n - 1].text} [{n}]" for n in numbers)
             cited = Cited(lines, numbers, False) if numbers else Cited(ABSTAIN_TEXT, [], True)
         else:
-            cited = map_citations(fields.get("answer"), fields.get("sources"), texts)
+            cited = map_citations(fields.get("answer"), fields.get("sources"), [h.text for h in evidence])
             if shape == "yesno" and not cited.abstained:
                 cited.answer, verdict = with_verdict(cited.answer, fields.get("verdict"))
         if cited.abstained:
-            return _abstained(evidence, retrieved, shape, p_answerable=p)
-        claims = check_claims(cited.answer, {n: f"{h.paper.title}: {h.text}" for n, h in enumerate(evidence, 1)},
-                              question)
+            return _abstained(evidence, retrieved, shape, NO_VALID_CITATION, p_answerable=p)
+        claims = check_claims(cited.answer, {n: f"{h.paper.title}: {h.text}" for n, h in enumerate(evidence, 1)})
+        if self.decline_unsupported and shape != "list" and not all(c.supported for c in claims):
+            # A name or number the cited evidence does not contain: on train this is how most answers to
+            # unanswerable questions look (the model fills the gap, or repeats the question's own example).
+            return _abstained(evidence, retrieved, shape, UNSUPPORTED_CLAIM, p_answerable=p, draft=claims)
         return dspy.Prediction(answer=cited.answer, citations=cited.numbers, abstained=False, hits=evidence,
                                retrieved=retrieved, shape=shape, verdict=verdict, claims=claims, p_answerable=p,
-                               lm_called=True)
+                               abstain_reason=None, lm_called=True)
 
 
 def with_verdict(answer: str, verdict: str | None) -> tuple[str, str | None]:
@@ -353,10 +367,12 @@ def with_verdict(answer: str, verdict: str | None) -> tuple[str, str | None]:
     return f"{verdict.capitalize()}: {answer}", verdict
 
 
-def _abstained(evidence: list[Hit], retrieved: list[Hit], shape: str, *, lm_called: bool = True,
-               p_answerable: float | None = None) -> dspy.Prediction:
+def _abstained(evidence: list[Hit], retrieved: list[Hit], shape: str, reason: str, *, lm_called: bool = True,
+               p_answerable: float | None = None, draft: list | None = None) -> dspy.Prediction:
+    """An abstention; `draft` keeps the claims of a declined answer (for the eval report, not the user)."""
     return dspy.Prediction(answer=ABSTAIN_TEXT, citations=[], abstained=True, hits=evidence, retrieved=retrieved,
-                           shape=shape, verdict=None, claims=[], p_answerable=p_answerable, lm_called=lm_called)
+                           shape=shape, verdict=None, claims=[], p_answerable=p_answerable, lm_called=lm_called,
+                           abstain_reason=reason, draft_claims=draft or [])
 
 
 class _Shared:

@@ -67,13 +67,16 @@ class Settings:
                         choices=tuple(MODES))
     per_paper: int = _f(2, "Best chunks of one paper merged into its passage (1 = just the best chunk).",
                         range=(1, 20))
-    min_score: float = _f(0.25, "Dense cosine similarity below which no passage is relevant: "
-                                "the program abstains without calling the model.", range=(-1.0, 1.0))
+    min_score: float = _f(0.38, "Dense cosine similarity below which no passage is relevant: the program "
+                                "abstains without calling the model (calibrated on train: eval/calibrate_abstention.py).",
+                          range=(-1.0, 1.0))
     evidence_tokens: int = _f(300, "Token budget of the evidence the model reads (the best sentences of the retrieved "
                                    "papers, titles included).", range=(20, 100_000))
-    answerable_threshold: float = _f(0.5, "P(answerable), read from the model's logprobs, below which the program "
-                                          "abstains (calibrated on train by eval/calibrate_abstention.py).",
-                                     range=(0.0, 1.0))
+    answerable_threshold: float = _f(0.0, "P(answerable), read from the model's logprobs, below which the program "
+                                          "abstains; 0 = off (on the embedded model it does not separate answerable "
+                                          "from unanswerable questions: eval/calibrate_abstention.py).", range=(0.0, 1.0))
+    decline_unsupported: int = _f(1, "1: decline an answer that names something (a name, a number) its cited evidence "
+                                     "does not contain; 0: answer and flag the claim.", range=(0, 1))
     # --- language model -----------------------------------------------------
     lm: str = _f("local", "LM backend: 'local' (embedded Qwen2.5-Coder-1.5B GGUF) or a LiteLLM model string, "
                           "e.g. openai/gpt-4o-mini, ollama_chat/llama3.2, openai/<name> with RAG_API_BASE.", nonempty=True)

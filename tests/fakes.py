@@ -154,3 +154,34 @@ if __name__ == "__main__":
     from rag.cli import main
 
     raise SystemExit(main(sys.argv[1:]))
+
+
+class JudgedEngine(FakeEngine):
+    """A fake engine with logprobs: it answers with `reply` (fields -> values, in DSPy's chat format) and,
+    when asked for logprobs, reports P(true) = `p_true` where the `answerable` value goes."""
+
+    supported_params = frozenset({"temperature", "max_tokens", "logprobs", "top_logprobs"})
+
+    def __init__(self, p_true: float, reply: dict) -> None:
+        super().__init__()
+        self.p_true = p_true
+        self.reply = reply
+        self.requests = []
+
+    def complete(self, request):
+        import math
+
+        from dspy.lm15 import Message, Response, TextPart, TokenLogprob, TopLogprob, Usage
+
+        self.requests.append(request)
+        self.calls += 1
+        text = "".join(f"[[ ## {k} ## ]]\n{v}\n\n" for k, v in self.reply.items()) + "[[ ## completed ## ]]"
+        logprobs = None
+        if request.config.logprobs is not None:
+            top = (TopLogprob(token="True", logprob=math.log(max(self.p_true, 1e-9))),
+                   TopLogprob(token="False", logprob=math.log(max(1 - self.p_true, 1e-9))))
+            head = tuple(TokenLogprob(token=t, logprob=-0.01) for t in ["[[", " ##", " answerable", " ##", " ]]", "\n"])
+            logprobs = head + (TokenLogprob(token=str(self.reply.get("answerable", "True")),
+                                            logprob=max(t.logprob for t in top), top=top),)
+        return Response(id=None, model="fake", message=Message.assistant([TextPart(text)]), finish_reason="stop",
+                        usage=Usage(input_tokens=100, output_tokens=30, total_tokens=130), logprobs=logprobs)

@@ -159,7 +159,8 @@ def test_a_burst_is_told_its_place_and_refused_up_front_beyond_the_wait_limit(ti
     pipe = Pipeline.open(tiny_settings, embedder=embedder, lm=fake_lm(FakeEngine(delay=1.0)))
     waits = AnswerQueue(slots=1, max_wait=2.5, typical_s=1.0)
     client = Client(served(pipe, waits=waits), verbose=False)
-    jobs = [client.submit(f"robots {i}", 3, "hybrid", api_name="/chat") for i in range(8)]
+    # digit-free questions: the fake LM echoes the question, and a number in no passage would be declined
+    jobs = [client.submit(f"robots {w}", 3, "hybrid", api_name="/chat") for w in "abcdefgh"]
     finals = [job.result(timeout=120)[0] for job in jobs]
     refused = [f for f in finals if f.startswith("**The chat is busy.**")]
     answered = [f for f in finals if "(#src-" in f]
@@ -178,8 +179,10 @@ def test_gradios_own_queue_still_caps_open_requests(tiny_settings, embedder, ser
 
     pipe = Pipeline.open(tiny_settings, embedder=embedder, lm=fake_lm(FakeEngine(delay=0.4)))
     client = Client(served(pipe, queue_max=2, waits=AnswerQueue(max_wait=3600)), verbose=False)
+    # digit-free questions: the fake LM echoes the question, and a number in no passage would be declined
+    jobs = [client.submit(f"robots {w}", 3, "hybrid", api_name="/chat") for w in "abcdefgh"]
     outcomes = []
-    for job in [client.submit(f"robots {i}", 3, "hybrid", api_name="/chat") for i in range(8)]:
+    for job in jobs:
         try:
             outcomes.append(job.result(timeout=60)[0])
         except Exception as e:  # noqa: BLE001 - the refused ones raise in the client

@@ -200,7 +200,8 @@ def test_terminal_escapes_in_titles_never_reach_the_terminal(cli, evil_corpus):
 
 
 def test_terminal_escapes_in_answers_are_removed_from_human_output(cli, fake_models):
-    fake_models.lm = DummyLM([{"answer": "They scale \x1b[31mlinearly\x1b[0m [1].\x1b]0;pwned\x07", "sources": "[1]"}])
+    # no digits or capitals in the sequences: the claim check would decline a name or number in no passage
+    fake_models.lm = DummyLM([{"answer": "They scale \x1b[mlinearly\x1b[m [1].\x07\x1b]lpwned\x07", "sources": "[1]"}])
     code, out, _ = cli("ask", "How do state space models scale?")
     assert code == 0 and out.startswith("They scale linearly [1].") and "\x1b" not in out and "\x07" not in out
 

@@ -166,9 +166,10 @@ def test_shipped_eval_sets_are_valid_and_split_by_type(real_search_pipe):
     assert len(full) >= 80 and counts["single"] >= 45 and counts["multi"] >= 12 and counts["unanswerable"] >= 15
     assert {r["id"] for r in train} | {r["id"] for r in dev} == {r["id"] for r in full}
     assert not {r["id"] for r in train} & {r["id"] for r in dev}
-    for t in evaluate.TYPES:  # stratified: each type split roughly in half
-        n_train, n_dev = (sum(r["type"] == t for r in s) for s in (train, dev))
-        assert abs(n_train - n_dev) <= 1
+    groups = {(r["type"], r.get("shape")) for r in full}
+    for group in groups:  # stratified by type (and, for second-round questions, shape): each group split in half
+        n_train, n_dev = (sum((r["type"], r.get("shape")) == group for r in s) for s in (train, dev))
+        assert abs(n_train - n_dev) <= 1, group
     from rag.corpus import load_corpus
     from rag.metrics import fact_found
 

@@ -64,13 +64,14 @@ def cli(monkeypatch, tmp_path, fake_models, capsys):
 
 
 def test_every_documented_shape_is_checked():
-    assert set(documented_shapes()) == {"papers", "search", "ask", "batch-row", "batch-error-row"}
+    assert set(documented_shapes()) == {"papers", "search", "search-evidence", "ask", "batch-row", "batch-error-row"}
 
 
 def test_papers_search_and_ask_output_match_docs(cli):
     shapes = documented_shapes()
     for name, argv in (("papers", ["papers", "--json"]),
                        ("search", ["search", "state space models", "--k", "3", "--json"]),
+                       ("search-evidence", ["search", "Which papers study state space models?", "--evidence", "--json"]),
                        ("ask", ["ask", "How are state space models initialised?", "--json"])):
         out = json.loads(cli(*argv))
         assert out, name

@@ -185,3 +185,35 @@ def test_bad_setting_from_the_command_line_fails_before_any_work(tmp_path):
     assert proc.returncode == 1 and proc.stderr.count("\n") == 1
     assert proc.stderr.startswith("error: max_tokens must be at least 1, got -5; set RAG_MAX_TOKENS")
     assert not (tmp_path / "i").exists()
+
+
+def test_request_body_carries_the_schema_and_logprobs_the_way_llama_cpp_reads_them():
+    from dspy.lm15 import Config, Message, Request
+
+    from rag.llama import request_body
+
+    schema = {"type": "object", "properties": {"answerable": {"type": "boolean"}}, "required": ["answerable"]}
+    request = Request(model="local/x", messages=(Message.user("hi"),), system="be brief",
+                      config=Config(max_tokens=12, temperature=0.0, logprobs=5,
+                                    response_format={"type": "json_schema", "name": "out", "schema": schema}))
+    body = request_body(request)
+    # llama.cpp ignores a schema under response_format; it reads a top-level json_schema
+    assert body["json_schema"] == schema and "response_format" not in body
+    assert body["logprobs"] is True and body["top_logprobs"] == 5 and body["max_tokens"] == 12
+    assert body["messages"] == [{"role": "system", "content": "be brief"}, {"role": "user", "content": "hi"}]
+    plain = request_body(Request(model="local/x", messages=(Message.user("hi"),)))
+    assert "json_schema" not in plain and "logprobs" not in plain
+
+
+def test_llama_cpp_logprobs_become_dspy_token_logprobs():
+    from rag.llama import to_response
+
+    out = {"choices": [{"message": {"content": "{\"answerable\": true}"}, "finish_reason": "stop",
+                        "logprobs": {"content": [{"token": " true", "logprob": -0.16,
+                                                  "top_logprobs": [{"token": " true", "logprob": -0.16},
+                                                                   {"token": " false", "logprob": -1.93}]}]}}],
+           "usage": {"prompt_tokens": 10, "completion_tokens": 1, "total_tokens": 11}}
+    response = to_response(out, "m")
+    tok, = response.logprobs
+    assert tok.token == " true" and [t.token for t in tok.top] == [" true", " false"]
+    assert to_response({**out, "choices": [{**out["choices"][0], "logprobs": None}]}, "m").logprobs is None

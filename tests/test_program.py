@@ -183,3 +183,114 @@ def test_module_without_search_fails_clearly():
 def test_program_has_one_predictor_per_question_shape_to_optimise():
     assert [name for name, _ in CitedRAG().named_predictors()] == ["answer", "yesno", "list"]
     assert all(isinstance(p, dspy.Predict) for _, p in CitedRAG().named_predictors())
+
+
+# --- the decision step, shapes and claims ----------------------------------------------
+
+from fakes import JudgedEngine  # noqa: E402
+
+from rag.program import p_answerable  # noqa: E402
+
+
+def judged(tiny_settings, embedder, p_true, reply, **changes):
+    engine = JudgedEngine(p_true, reply)
+    lm = dspy.LM("local/judged", engine=engine, cache=False, num_retries=0)
+    return Pipeline.open(tiny_settings.replace(**changes), embedder=embedder, lm=lm), engine
+
+
+GOOD = {"answerable": "True", "answer": "Acidity rises fastest at 30 degrees Celsius [1].", "sources": "[1]"}
+
+
+def test_p_answerable_is_read_from_the_answer_calls_own_logprobs(tiny_settings, embedder):
+    pipe, engine = judged(tiny_settings, embedder, 0.1, GOOD)
+    out = pipe.ask("At what temperature does sourdough acidity rise fastest?")
+    assert engine.calls == 1 and engine.requests[0].config.logprobs is not None
+    assert out["provenance"]["p_answerable"] == pytest.approx(0.1, abs=1e-3)
+    assert out["abstained"] is False and out["answer"] == GOOD["answer"]  # the threshold is off by default
+    assert out["provenance"]["abstain_reason"] is None
+
+
+def test_a_set_threshold_declines_a_low_p_answerable(tiny_settings, embedder):
+    pipe, engine = judged(tiny_settings, embedder, 0.1, GOOD, answerable_threshold=0.5)
+    out = pipe.ask("At what temperature does sourdough acidity rise fastest?")
+    assert out["abstained"] is True and out["answer"] == ABSTAIN_TEXT and out["claims"] == []
+    assert out["provenance"]["abstain_reason"] == "low_p_answerable" and out["passages"]
+    pipe, _ = judged(tiny_settings, embedder, 0.9, {**GOOD, "answerable": "False"}, answerable_threshold=0.5)
+    assert pipe.ask("At what temperature does sourdough acidity rise fastest?")["abstained"] is False
+
+
+def test_without_logprobs_the_models_own_answerable_field_decides(pipe):
+    p, lm = pipe([{"answerable": "False", "answer": "Something [1].", "sources": "[1]"}])
+    out = p.ask("How are state space models initialised?")
+    assert out["abstained"] is True and out["provenance"]["p_answerable"] is None and len(lm.history) == 1
+
+
+@pytest.mark.parametrize("tokens,p", [
+    (["```", "json", "\n", "{\n", " ", ' "', "answer", "able", '":', (" true", [(" true", -0.16), (" false", -1.93)])],
+     0.854),
+    (["[[", " ##", " answerable", " ##", " ]]", "\n", ("False", [("False", -0.3), ("True", -1.4)])], 0.250),
+    (['{"', "answerable", '":', ("true", [("true", -0.01)])], 1.0),
+    (['{"', "answer", '":', ' "', "x"], None),  # no answerable field
+])
+def test_p_answerable_is_read_at_the_fields_value(tokens, p):
+    content = []
+    for t in tokens:
+        word, top = t if isinstance(t, tuple) else (t, [])
+        content.append({"token": word, "logprob": top[0][1] if top else -0.01,
+                        "top_logprobs": [{"token": w, "logprob": lp} for w, lp in top]})
+    assert (p_answerable(content) is None) if p is None else p_answerable(content) == pytest.approx(p, abs=1e-3)
+
+
+def test_list_questions_are_answered_one_line_per_paper_from_the_evidence(pipe):
+    p, _ = pipe([{"answerable": "True", "sources": "[1, 9]"}])
+    out = p.ask("Which papers study state space models?")
+    assert out["shape"] == "list" and not out["abstained"]
+    assert out["answer"].startswith("- Structured State Space Models for Long Sequences: ")
+    assert out["answer"].endswith("[1]") and out["answer"].count("\n") == 0  # [9] was never given
+    assert out["passages"][0]["text"] in out["answer"] and all(c["supported"] for c in out["claims"])
+
+
+def test_yes_no_questions_open_with_their_verdict(pipe):
+    p, _ = pipe([{"answerable": "True", "verdict": "no", "answer": "The paper finds acidity peaks at 30 degrees [1].",
+                  "sources": "[1]"}])
+    out = p.ask("Does sourdough acidity rise fastest at 50 degrees Celsius?")
+    assert out["shape"] == "yesno" and out["verdict"] == "no"
+    assert out["answer"] == "No: The paper finds acidity peaks at 30 degrees [1]."
+
+
+SWAPPED = {"answerable": "True", "answer": "They initialise the state matrix with LegS-Fourier from S5 [1].",
+           "sources": "[1]"}
+
+
+def test_an_answer_naming_what_its_evidence_lacks_is_declined(pipe):
+    p, _ = pipe([SWAPPED])
+    out = p.ask("How are state space models initialised?")
+    assert out["abstained"] is True and out["provenance"]["abstain_reason"] == "unsupported_claim"
+
+
+def test_with_declining_off_the_swapped_name_is_reported_as_an_unsupported_claim(pipe):
+    p, _ = pipe([SWAPPED], decline_unsupported=0)
+    out = p.ask("How are state space models initialised?")
+    assert out["abstained"] is False
+    claim, = out["claims"]
+    assert claim["cited"] == [1] and claim["supported"] is False
+    assert set(claim["unsupported_terms"]) == {"LegS-Fourier", "S5"}
+
+
+def test_warm_reads_each_predictors_fixed_prefix_once(tiny_settings, embedder):
+    from fakes import FakeEngine, fake_lm
+
+    class Warmable(FakeEngine):
+        def __init__(self):
+            super().__init__()
+            self.warmed = []
+
+        def warm(self, messages):
+            self.warmed.append(messages)
+
+    engine = Warmable()
+    pipe = Pipeline.open(tiny_settings, embedder=embedder, lm=fake_lm(engine))
+    assert pipe.warm() == 3 and len(engine.warmed) == 3
+    systems = [m[0]["content"] for m in engine.warmed]
+    assert len(set(systems)) == 3 and all("Structured State Space" not in s for s in systems)  # instructions only
+    assert engine.calls == 0  # warming is not answering

@@ -98,6 +98,37 @@ def test_real_answers_cite_the_right_paper(pipe, question, title, expect):
     assert prov["prompt_tokens"] > 100 and prov["completion_tokens"] > 0
 
 
+def test_replies_are_json_under_the_schema_on_the_real_model(pipe):
+    pipe.ask("How much more parameter-efficient is LoReFT than prior PEFTs?")
+    reply = pipe.lm.history[-1]["outputs"][0]
+    text = reply["text"] if isinstance(reply, dict) else reply
+    data = json.loads(text)  # the grammar makes it parse: no recovered half-replies, no leaked field markers
+    assert list(data) == ["answerable", "answer", "sources"] and isinstance(data["sources"], list)
+
+
+def test_the_abstention_decision_on_the_real_model(pipe):
+    answerable = pipe.ask("What are the two subtasks of the I am a Strange Dataset benchmark?")
+    assert answerable["abstained"] is False
+    assert answerable["provenance"]["p_answerable"] >= pipe.settings.answerable_threshold
+    # close to a paper (so retrieval alone cannot decline it), but the abstract does not say
+    unanswerable = pipe.ask("Which DFT software package was used to compute the decomposition energies when "
+                            "evaluating UniMat?")
+    assert unanswerable["abstained"] is True, unanswerable["answer"]
+    assert unanswerable["provenance"]["p_answerable"] < pipe.settings.answerable_threshold
+    assert unanswerable["provenance"]["completion_tokens"] <= 16  # declined after the short decision call
+
+
+def test_list_and_yes_no_questions_are_answered_in_their_shape(pipe):
+    listed = pipe.ask("Which papers study state space models?")
+    assert listed["shape"] == "list" and listed["abstained"] is False
+    lines = listed["answer"].splitlines()
+    assert len(lines) >= 2 and all(line.startswith("- ") and line.endswith("]") for line in lines)
+    assert sum("state space" in c["title"].lower() for c in listed["citations"]) >= 2
+    yes = pipe.ask("Does OCR quality hurt retrieval-augmented generation?")
+    assert yes["shape"] == "yesno" and yes["verdict"] == "yes" and yes["answer"].lower().startswith("yes")
+    assert "OCR Hinders RAG" in " ".join(c["title"] for c in yes["citations"])
+
+
 def test_out_of_corpus_question_is_abstained(pipe):
     out = pipe.ask("Who won the 2022 football world cup?")
     assert out["abstained"] is True and out["citations"] == []

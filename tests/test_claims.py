@@ -1,0 +1,61 @@
+"""The claim check on hand-made answers: swapped names and wrong numbers are flagged, paraphrases are not."""
+
+from __future__ import annotations
+
+from rag.claims import check_claims, specific_terms
+
+PASSAGES = {
+    1: "LoReFT: LoReFT learns interventions that are 10x-50x more parameter-efficient than prior PEFTs such as LoRA.",
+    2: "Prithvi WxC: We introduce Prithvi WxC, a 2.3 billion parameter foundation model trained on 160 variables "
+       "from MERRA-2.",
+}
+
+
+def claims(answer: str) -> list[tuple[bool, list[str], list[int]]]:
+    return [(c.supported, c.unsupported_terms, c.cited) for c in check_claims(answer, PASSAGES)]
+
+
+def test_a_swapped_method_name_is_flagged():
+    assert claims("DoRA is 10x-50x more parameter-efficient than prior PEFTs [1].") == [(False, ["DoRA"], [1])]
+
+
+def test_a_number_from_nowhere_is_flagged_and_a_right_one_is_not():
+    assert claims("Prithvi WxC has 7 billion parameters [2].") == [(False, ["7"], [2])]
+    assert claims("Prithvi WxC has 2.3 billion parameters [2].") == [(True, [], [2])]
+    assert claims("It uses 1,600 variables [2].") == [(False, ["1,600"], [2])]  # not "160" inside another number
+
+
+def test_a_correct_paraphrase_in_plain_words_passes():
+    assert claims("The method needs far fewer trainable parameters than earlier fine-tuning approaches [1].") == [
+        (True, [], [1])]
+
+
+def test_a_name_is_checked_against_the_passage_the_sentence_cites():
+    # MERRA-2 is in passage 2, not in passage 1 which this sentence cites
+    assert claims("LoReFT was trained on MERRA-2 [1].") == [(False, ["MERRA-2"], [1])]
+
+
+def test_the_questions_own_example_repeated_as_the_answer_is_flagged():
+    # "Which device (e.g. a Raspberry Pi) ...?" answered "a Raspberry Pi" when no passage names one
+    assert claims("The speedup was measured on a Raspberry Pi [1].") == [(False, ["Raspberry", "Pi"], [1])]
+
+
+def test_a_sentence_without_citation_is_checked_against_what_the_answer_cites():
+    assert claims("LoReFT beats LoRA [1]. It was built by Google.") == [(True, [], [1]), (False, ["Google"], [])]
+
+
+def test_list_answers_are_checked_line_by_line():
+    answer = "- LoReFT: LoReFT learns interventions [1]\n- Prithvi WxC: a foundation model trained on MERRA-2 [2]"
+    assert claims(answer) == [(True, [], [1]), (True, [], [2])]
+
+
+def test_specific_terms():
+    assert specific_terms("Unlike GPT-4, it is 10x better, 74.7% on MERRA-2 with 1,920 samples [3].") == [
+        "10x", "74.7%", "1,920", "GPT-4", "MERRA-2"]
+    assert specific_terms("The model works. However, results vary.") == []
+
+
+def test_acronyms_the_evidence_spells_out_and_possessives_are_supported():
+    passages = {1: "Alignment: reinforcement learning from human feedback makes large language models safer; GPT-4 wins."}
+    result = check_claims("RLHF makes LLMs safer, and GPT-4's answers win [1]. NLP is unrelated [1].", passages)
+    assert [(c.supported, c.unsupported_terms) for c in result] == [(True, []), (False, ["NLP"])]
