@@ -3,9 +3,12 @@
 No retrieval or prompting lives here: this file turns pipeline events into chat
 messages and an HTML sources panel, and all text from the corpus or the model is
 escaped (HTML and Markdown) before it is shown, so it never runs script or loads
-a remote image. The model is loaded once per process; the queue admits one
-generation at a time on the local model and answers a burst beyond `max_size`
-with a "busy" error instead of piling up.
+a remote image. The model is loaded once per process. Questions wait in line for
+it in an `AnswerQueue` (rag/waits.py): one at a time on the local model, each
+told its place and an estimated wait while it waits, and one whose wait would
+exceed RAG_MAX_WAIT is refused at once with the estimate. Gradio's own queue only
+caps the number of open requests (`QUEUE_MAX`). Gradio's analytics are off: nothing
+here touches the network.
 
     python app.py        # RAG_HOST / RAG_PORT / RAG_AUTH=user:password, see `rag settings`
 """
@@ -14,21 +17,30 @@ from __future__ import annotations
 
 import html
 import logging
+import math
 import re
 import sys
 from collections.abc import Iterator
 
+import rag  # noqa: F401 - first: it switches off gradio's analytics and the Hub's telemetry before gradio loads
+
+# isort: split
 import gradio as gr
 
 from rag import logs
 from rag.errors import QuestionTooLong, RagError
-from rag.pipeline import Pipeline
+from rag.pipeline import Pipeline, validate_question
 from rag.retrieve import MODES
 from rag.settings import Settings
+from rag.waits import AnswerQueue, Place, QueueFull
 
 log = logging.getLogger(__name__)
 
-QUEUE_MAX = 16
+# Open requests Gradio holds at once (waiting in the AnswerQueue or being answered); beyond it Gradio
+# itself answers "queue is full". The AnswerQueue refuses long before, with an estimate.
+QUEUE_MAX = 64
+# First guesses of an answer's length, until the queue has timed real answers.
+TYPICAL_ANSWER_S = {"local": 25.0, "remote": 5.0}
 EXAMPLES = [
     "What are the two subtasks of the I am a Strange Dataset benchmark?",
     "How much more parameter-efficient is LoReFT than prior PEFTs?",
@@ -126,8 +138,48 @@ def history_pairs(history: list) -> list[tuple[str, str]]:
     return pairs
 
 
-def make_respond(pipe: Pipeline):
+def duration(seconds: float) -> str:
+    """'45 s', '3 min': a wait estimate, rounded up (a wait longer than promised is worse than a shorter one)."""
+    if seconds < 100:
+        return f"{max(5, math.ceil(seconds / 5) * 5)} s"
+    return f"{math.ceil(seconds / 60)} min"
+
+
+def waiting_message(place: Place) -> str:
+    ahead = f"{place.ahead} question{'s' if place.ahead != 1 else ''} ahead of yours"
+    return f"_Waiting for the model: {ahead}, about {duration(place.wait_s)} to wait._"
+
+
+def busy_message(e: QueueFull) -> str:
+    return (f"**The chat is busy.** {e.place.ahead} questions are ahead of yours: about {duration(e.place.wait_s)} "
+            f"of answering, more than the {duration(e.max_wait)} this chat lets a question wait. "
+            f"Please try again in a few minutes.")
+
+
+def make_respond(pipe: Pipeline, waits: AnswerQueue | None = None):
+    waits = waits if waits is not None else make_queue(pipe.settings)
+
     def respond(message: str, history: list, k: int, retrieval: str) -> Iterator[tuple[str, str]]:
+        try:
+            validate_question(message)
+        except RagError:  # said at once, without waiting in line for the model
+            yield from answer(message, history, k, retrieval)
+            return
+        try:
+            ticket = waits.enter()
+        except QueueFull as e:
+            yield busy_message(e), render_sources([])
+            return
+        ok = False
+        try:
+            for place in ticket.wait():
+                yield waiting_message(place), render_sources([])
+            ok = yield from answer(message, history, k, retrieval)
+        finally:
+            ticket.done(record=ok)  # only answers that ran to the end teach the queue how long one takes
+
+    def answer(message: str, history: list, k: int, retrieval: str) -> Iterator[tuple[str, str]]:
+        """The answer's messages; returns whether it ran to the end."""
         hits, query, text = [], None, ""
         try:
             for ev in pipe.ask_stream(message, history_pairs(history), k=int(k), mode=retrieval):
@@ -145,6 +197,7 @@ def make_respond(pipe: Pipeline):
                 elif kind == "done":
                     yield final_message(ev["result"]), render_sources(
                         ev["hits"], {c["n"] for c in ev["result"]["citations"]}, ev["query"] if history else None)
+                    return True
         except QuestionTooLong as e:
             yield (f"Your question is {e.length:,} characters; the limit is {e.limit:,}. Please shorten it.",
                    render_sources([]))
@@ -153,8 +206,17 @@ def make_respond(pipe: Pipeline):
         except Exception as e:  # noqa: BLE001 - the app keeps serving whatever one answer does
             log.exception("answer failed")
             yield f"**Error:** the answer failed ({md_escape(type(e).__name__)}). Try again.", render_sources(hits)
+        return False
 
     return respond
+
+
+def make_queue(settings: Settings) -> AnswerQueue:
+    """The line questions wait in: one answer at a time on the local model (it has one slot), a few on a
+    remote backend; bounded by RAG_MAX_WAIT."""
+    local = settings.lm == "local"
+    return AnswerQueue(slots=1 if local else 4, max_wait=settings.max_wait,
+                       typical_s=TYPICAL_ANSWER_S["local" if local else "remote"])
 
 
 def final_message(result: dict) -> str:
@@ -175,7 +237,7 @@ def final_message(result: dict) -> str:
     return f"{body}\n\n<sub>{md_escape(stats)}</sub>"
 
 
-def build_app(pipe: Pipeline, queue_max: int = QUEUE_MAX) -> gr.Blocks:
+def build_app(pipe: Pipeline, queue_max: int = QUEUE_MAX, waits: AnswerQueue | None = None) -> gr.Blocks:
     settings = pipe.settings
     papers = list(pipe.index.papers.values())
 
@@ -196,7 +258,7 @@ def build_app(pipe: Pipeline, queue_max: int = QUEUE_MAX) -> gr.Blocks:
                         gr.Markdown(f"LM: `{pipe.lm_label}` · program: `{pipe.program_label}` · "
                                     f"index: `{pipe.index.name}` (set with RAG_LM / RAG_PROGRAM)")
                     gr.ChatInterface(
-                        make_respond(pipe),
+                        make_respond(pipe, waits),
                         chatbot=gr.Chatbot(height=520, sanitize_html=True, elem_id="chatbot",
                                            placeholder="Ask about the papers, or pick an example below."),
                         additional_inputs=[k, mode],
@@ -214,9 +276,9 @@ def build_app(pipe: Pipeline, queue_max: int = QUEUE_MAX) -> gr.Blocks:
             filt = gr.Textbox(label="Filter titles", placeholder="e.g. state space")
             table = gr.Dataframe(paper_rows(), headers=["Title", "Source pages", "ID"], interactive=False, wrap=True)
             filt.change(paper_rows, filt, table, api_name="papers")
-    # One generation at a time on the local model (it has one slot); a burst beyond queue_max waiting
-    # requests is refused with Gradio's "queue is full" message instead of piling up.
-    demo.queue(max_size=queue_max, default_concurrency_limit=1 if settings.lm == "local" else 4)
+    # Every open request runs its handler at once: it waits in the AnswerQueue, which admits one answer at a
+    # time on the local model and tells the others where they stand. Gradio refuses beyond queue_max.
+    demo.queue(max_size=queue_max, default_concurrency_limit=queue_max)
     return demo
 
 

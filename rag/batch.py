@@ -10,7 +10,13 @@ cut off before appending).
 
 Re-running with the same output skips ids already there; `--retry-errors`
 re-answers only the rows that failed, replacing their lines. Errors are per
-row: one failing question never stops the batch.
+row: one failing question never stops the batch. A line longer than
+MAX_LINE_BYTES is such a row error too (and is never read whole into memory).
+
+The output must not be the input (nor the flat CSV the input): `check_paths`
+compares files by device and inode, stdin included, before any work. A failed
+write (a full disk) removes what it wrote of its line and stops the batch with
+an error naming the file; every line before it stays, and a re-run resumes.
 
 Left out: distributing work over machines, and ordering the output (with
 several workers, lines are written in completion order; ids say which is which).
@@ -24,6 +30,7 @@ import io
 import json
 import logging
 import os
+import stat
 import statistics
 import sys
 import threading
@@ -42,6 +49,8 @@ log = logging.getLogger(__name__)
 FORMATS = ("jsonl", "csv", "txt")
 _EXTENSIONS = {".jsonl": "jsonl", ".ndjson": "jsonl", ".csv": "csv", ".txt": "txt", ".text": "txt"}
 ASK_KEYS = tuple(f.name for f in dataclasses.fields(Answer))
+# Longest input line read; a question is at most 2,000 characters, a labelled row a few KB.
+MAX_LINE_BYTES = 1 << 20
 
 
 @dataclass
@@ -99,6 +108,30 @@ def detect_format(path: str, explicit: str | None = None, first_line: bytes = b"
     return fmt
 
 
+def check_paths(input_path: str, output: Path, csv_output: Path | None = None) -> None:
+    """Refuse an output that is the input (the same file by device and inode, through any link, or
+    stdin redirected from it), or that is not a regular file; before any model work."""
+    try:
+        src = os.fstat(sys.stdin.fileno()) if input_path == "-" else os.stat(input_path)
+    except (OSError, ValueError):  # a missing input is open_input's to report; no stdin fd (tests)
+        src = None
+    name = "stdin" if input_path == "-" else f"input {input_path}"
+    for out, what in ((output, "-o"), (csv_output, "--format csv")):
+        if out is None:
+            continue
+        try:
+            dst = os.stat(out)
+        except OSError:
+            continue  # not there yet: it cannot be the input
+        if src is not None and (src.st_dev, src.st_ino) == (dst.st_dev, dst.st_ino):
+            target = f"output {out}" if what == "-o" else f"the flat CSV it writes ({out})"
+            raise RagError(f"{name} and {target} are the same file; the answers would overwrite the questions. "
+                           f"Write them elsewhere, e.g. -o {Path(out).with_suffix('').name}.answers.jsonl")
+        if not stat.S_ISREG(dst.st_mode):
+            raise RagError(f"output {out} is not a regular file; -o needs a file path (it is appended to and "
+                           f"read back to resume)")
+
+
 def open_input(path: str) -> BinaryIO:
     if path == "-":
         return sys.stdin.buffer
@@ -117,7 +150,11 @@ def read_rows(stream: BinaryIO, fmt: str, name: str = "input") -> Iterator[Row]:
     if fmt == "csv":
         yield from _csv_rows(stream, name)
         return
-    for line_no, raw in enumerate(stream, 1):
+    for line_no, raw in _lines(stream):
+        if raw is None:
+            yield Row(str(line_no), None, line_no, error=f"{name}:{line_no}: line longer than {MAX_LINE_BYTES:,} bytes; "
+                                                          f"split or shorten it")
+            continue
         try:
             text = raw.decode("utf-8").strip()
         except UnicodeDecodeError:
@@ -132,8 +169,8 @@ def read_rows(stream: BinaryIO, fmt: str, name: str = "input") -> Iterator[Row]:
             obj = json.loads(text)
             if not isinstance(obj, dict):
                 raise ValueError("not a JSON object")
-        except ValueError as e:
-            msg = getattr(e, "msg", str(e))
+        except (ValueError, RecursionError) as e:  # RecursionError: nesting thousands of levels deep
+            msg = getattr(e, "msg", None) or str(e).split(":")[0] or type(e).__name__
             yield Row(str(line_no), None, line_no, error=f"{name}:{line_no}: malformed JSONL line ({msg})")
             continue
         rid = obj.pop("id", None)
@@ -144,20 +181,72 @@ def read_rows(stream: BinaryIO, fmt: str, name: str = "input") -> Iterator[Row]:
         yield row
 
 
+def _lines(stream: BinaryIO) -> Iterator[tuple[int, bytes | None]]:
+    """(line number, line) from a binary stream, reading at most MAX_LINE_BYTES of a line; a longer line
+    is skipped to its end and given as None."""
+    line_no = 0
+    while raw := stream.readline(MAX_LINE_BYTES + 1):
+        line_no += 1
+        if len(raw) > MAX_LINE_BYTES and not raw.endswith(b"\n"):
+            while (rest := stream.readline(1 << 16)) and not rest.endswith(b"\n"):
+                pass
+            yield line_no, None
+            continue
+        yield line_no, raw
+
+
 def _csv_rows(stream: BinaryIO, name: str) -> Iterator[Row]:
     text = io.TextIOWrapper(stream, encoding="utf-8", newline="")
+    too_long: list[int] = []
+    read = [0]  # physical lines handed to the csv reader so far
+
+    def bounded() -> Iterator[str]:
+        # The csv module reads whole lines; an over-long one becomes an empty line (which it skips),
+        # reported as an error row below.
+        while line := text.readline(MAX_LINE_BYTES + 1):
+            read[0] += 1
+            line_no = read[0]
+            if len(line) > MAX_LINE_BYTES and not line.endswith("\n"):
+                while (rest := text.readline(1 << 16)) and not rest.endswith("\n"):
+                    pass
+                too_long.append(line_no)
+                line = "\n"
+            yield line
+
+    def long_rows() -> Iterator[Row]:
+        while too_long:
+            n = too_long.pop(0)
+            yield Row(str(n), None, n, error=f"{name}:{n}: line longer than {MAX_LINE_BYTES:,} bytes; split or shorten it")
+
+    reader = csv.DictReader(bounded())
     try:
-        reader = csv.DictReader(text)
-        header = [h.strip() for h in (reader.fieldnames or [])]
+        try:
+            header = [h.strip() for h in (reader.fieldnames or [])]
+        except csv.Error as e:
+            raise RagError(f"{name}: the CSV header is not valid CSV ({e}); check its first line") from None
         if "question" not in header:
             raise RagError(f"{name}: CSV has no question column (header: {', '.join(header) or 'empty'})")
         reader.fieldnames = header
-        for row in reader:
+        failed_at = -1
+        while True:
+            try:
+                row = next(reader)
+            except StopIteration:
+                break
+            except csv.Error as e:  # a field over the csv module's size limit, ...
+                yield from long_rows()
+                if read[0] == failed_at:  # no progress: the rest cannot be read
+                    break
+                failed_at = read[0]
+                yield Row(str(read[0]), None, read[0], error=f"{name}:{read[0]}: not valid CSV ({e})")
+                continue
+            yield from long_rows()
             line = reader.line_num
             rid = (row.pop("id", None) or "").strip()
             question = row.pop("question", None)
             row.pop(None, None)
             yield Row(rid or str(line), question, line, {k: v for k, v in row.items() if k})
+        yield from long_rows()
     except UnicodeDecodeError:
         raise RagError(f"{name}: not valid UTF-8; re-save the file as UTF-8") from None
     finally:
@@ -174,6 +263,8 @@ class Output:
         self.lock = threading.Lock()
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
+            if self.path.exists() and not self.path.is_file():  # a FIFO or a terminal would block the resume read
+                raise RagError(f"output {self.path} is not a regular file; -o needs a file path")
             if overwrite:
                 self.path.unlink(missing_ok=True)
             self._repair_torn_tail()
@@ -215,7 +306,7 @@ class Output:
                 try:
                     rec = json.loads(line)
                     rid = str(rec["id"])
-                except (ValueError, KeyError, TypeError):
+                except (ValueError, KeyError, TypeError, RecursionError):
                     continue
                 (failed if rec.get("error") else ok).add(rid)
                 (ok if rec.get("error") else failed).discard(rid)
@@ -224,25 +315,44 @@ class Output:
     def drop(self, ids: set[str]) -> None:
         """Rewrite the file without the lines of `ids` (atomically), before retrying them."""
         tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
-        with open(self.path, encoding="utf-8", errors="replace") as src, open(tmp, "w", encoding="utf-8") as dst:
-            for line in src:
-                try:
-                    if str(json.loads(line)["id"]) in ids:
+        try:
+            with open(self.path, encoding="utf-8", errors="replace") as src, open(tmp, "w", encoding="utf-8") as dst:
+                for line in src:
+                    try:
+                        if str(json.loads(line)["id"]) in ids:
+                            continue
+                    except (ValueError, KeyError, TypeError, RecursionError):
                         continue
-                except (ValueError, KeyError, TypeError):
-                    continue
-                dst.write(line)
-            dst.flush()
-            os.fsync(dst.fileno())
-        os.close(self.fd)
-        os.replace(tmp, self.path)
-        self.fd = os.open(self.path, os.O_WRONLY | os.O_APPEND)
+                    dst.write(line)
+                dst.flush()
+                os.fsync(dst.fileno())
+            os.close(self.fd)
+            os.replace(tmp, self.path)
+            self.fd = os.open(self.path, os.O_WRONLY | os.O_APPEND)
+        except OSError as e:
+            tmp.unlink(missing_ok=True)
+            raise RagError(f"cannot rewrite output {self.path} for --retry-errors: {e.strerror}; it is unchanged, "
+                           f"free space and run again") from None
 
     def write(self, record: dict) -> None:
-        data = (json.dumps(record, ensure_ascii=False) + "\n").encode("utf-8")
+        """Append one line, durably. On failure (a full disk) what was written of it is cut off again,
+        so the file holds only whole lines, and a RagError names the file."""
+        # backslashreplace: a lone surrogate (from a JSON "\\udc80" escape) becomes that same escape.
+        data = (json.dumps(record, ensure_ascii=False) + "\n").encode("utf-8", "backslashreplace")
         with self.lock:
-            os.write(self.fd, data)  # one write on an O_APPEND fd: the line goes in whole
-            os.fsync(self.fd)
+            size = os.fstat(self.fd).st_size
+            try:
+                written = os.write(self.fd, data)  # one write on an O_APPEND fd: the line goes in whole
+                if written != len(data):
+                    raise OSError(28, "short write (disk full?)")
+                os.fsync(self.fd)
+            except OSError as e:
+                try:
+                    os.ftruncate(self.fd, size)
+                except OSError:
+                    pass  # the next run cuts a torn last line anyway
+                raise RagError(f"cannot write to {self.path}: {e.strerror or e}; the {size:,} bytes of answers before "
+                               f"this one are kept: free space and re-run the same command to resume") from None
 
     def close(self) -> None:
         os.close(self.fd)
@@ -251,15 +361,27 @@ class Output:
 def write_csv(jsonl_path: Path, csv_path: Path) -> None:
     """Flat CSV view of the JSONL output: id, question, answer, cited titles, abstained, error."""
     tmp = csv_path.with_name(f".{csv_path.name}.tmp")
-    with open(jsonl_path, encoding="utf-8") as src, open(tmp, "w", encoding="utf-8", newline="") as dst:
-        w = csv.writer(dst)
-        w.writerow(["id", "question", "answer", "cited_titles", "abstained", "error"])
-        for line in src:
-            r = json.loads(line)
-            w.writerow([r.get("id"), r.get("question"), r.get("answer"),
-                        " | ".join(c["title"] for c in r.get("citations") or []),
-                        r.get("abstained"), r.get("error") or ""])
-    os.replace(tmp, csv_path)
+    try:
+        with open(jsonl_path, encoding="utf-8") as src, \
+                open(tmp, "w", encoding="utf-8", errors="backslashreplace", newline="") as dst:
+            w = csv.writer(dst)
+            w.writerow(["id", "question", "answer", "cited_titles", "abstained", "error"])
+            for line in src:
+                try:
+                    r = json.loads(line)
+                    r.get("id")
+                except (ValueError, AttributeError, RecursionError):  # not one of our lines
+                    continue
+                w.writerow([r.get("id"), r.get("question"), r.get("answer"),
+                            " | ".join(c["title"] for c in r.get("citations") or []),
+                            r.get("abstained"), r.get("error") or ""])
+            dst.flush()
+            os.fsync(dst.fileno())
+        os.replace(tmp, csv_path)
+    except OSError as e:
+        tmp.unlink(missing_ok=True)
+        raise RagError(f"cannot write {csv_path}: {e.strerror}; the JSONL output {jsonl_path} is complete, "
+                       f"free space and re-run the same command to write the CSV") from None
 
 
 # --- the run --------------------------------------------------------------------------
@@ -346,9 +468,17 @@ def _skip(row: Row, ok: set[str], failed: set[str], retry_errors: bool, summary:
 
 
 def count_rows(path: str, fmt: str) -> int | None:
-    """Rows in a file, for the progress bar total (None for stdin)."""
+    """Non-blank lines in a file, for the progress bar total (None for stdin); read in blocks, so a file
+    of one enormous line costs no memory."""
     if path == "-":
         return None
+    n, content = 0, False
     with open(path, "rb") as f:
-        n = sum(1 for line in f if line.strip())
+        for block in iter(lambda: f.read(1 << 20), b""):
+            parts = block.split(b"\n")
+            for i, part in enumerate(parts):
+                content = content or bool(part.strip())
+                if i < len(parts) - 1:  # a newline ends this line
+                    n, content = n + content, False
+    n += content
     return max(n - 1, 0) if fmt == "csv" else n

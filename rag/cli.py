@@ -3,7 +3,9 @@
 Subcommands: index, papers, search, ask, batch, chat, eval, optimize, settings. Options fall back to
 `RAG_*` environment variables (see `rag settings`). Expected errors print one
 line on stderr and exit 1; bad usage exits 2. `--json` output shapes are the
-contracts in docs/json.md and only ever gain fields.
+contracts in docs/json.md and only ever gain fields. Human-readable output shows
+corpus and model text without terminal control sequences (a title cannot recolour
+or retitle the terminal); JSON output escapes every control character.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from typing import Any
 from rag import logs
 from rag.errors import RagError
 from rag.retrieve import MODES
+from rag.text import strip_control
 
 EXAMPLES = {
     "index": """examples:
@@ -168,6 +171,7 @@ def _open(args: argparse.Namespace, *, need_lm: bool, disk_cache: bool = False, 
 
     def building(path) -> None:
         _say("Building the index (first run or the corpus/settings changed; about a minute)...")
+        logs.show_steps("rag.index")
 
     pipeline = Pipeline.open(settings, rebuild=rebuild, progress=_progress(), need_lm=need_lm, disk_cache=disk_cache,
                              on_build=building)
@@ -179,25 +183,34 @@ def _say(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
 
 
+# json.dumps escapes C0 controls (ESC included) but not C1 ones (U+0080-U+009F, an 8-bit CSI among them).
+_ESCAPE_C1 = {c: f"\\u{c:04x}" for c in range(0x80, 0xA0)}
+
+
 def _print_json(obj: Any) -> None:
-    print(json.dumps(obj, ensure_ascii=False, indent=2))
+    print(json.dumps(obj, ensure_ascii=False, indent=2).translate(_ESCAPE_C1))
+
+
+def _clean(text: Any) -> str:
+    return strip_control(str(text))
 
 
 def format_answer(result: dict, width: int = 100) -> str:
     """Human-readable answer with its numbered reference list, and a warning for each claim whose names
-    or numbers appear in no passage it cites."""
+    or numbers appear in no passage it cites (terminal control sequences removed)."""
     lines = [textwrap.fill(line, width, subsequent_indent="  " if line.startswith("- ") else "")
-             for line in result["answer"].splitlines()]
+             for line in _clean(result["answer"]).splitlines()]
     unsupported = [c for c in result.get("claims") or [] if not c["supported"]]
     if unsupported:
         lines += ["", "Check these: not in the passages they cite:"]
-        lines += [f"  ! {', '.join(c['unsupported_terms'])}  (\"{textwrap.shorten(c['text'], 70)}\")" for c in unsupported]
+        lines += [f"  ! {_clean(', '.join(c['unsupported_terms']))}  (\"{textwrap.shorten(_clean(c['text']), 70)}\")"
+                  for c in unsupported]
     if result["citations"]:
         lines += ["", "References:"]
-        lines += [f"  [{c['n']}] {c['title']} ({c['paper_id']})" for c in result["citations"]]
+        lines += [f"  [{c['n']}] {_clean(c['title'])} ({_clean(c['paper_id'])})" for c in result["citations"]]
     elif result["abstained"] and result["passages"]:
         lines += ["", "Closest papers:"]
-        lines += [f"  - {p['title']}" for p in result["passages"][:3]]
+        lines += [f"  - {_clean(p['title'])}" for p in result["passages"][:3]]
     prov = result["provenance"]
     lines += ["", f"({prov['latency_s']:.1f}s, {prov['prompt_tokens']}+{prov['completion_tokens']} tokens, "
                   f"{prov['lm']}, program {prov['program']})"]
@@ -213,6 +226,7 @@ def cmd_index(args: argparse.Namespace) -> int:
     def building(path) -> None:
         built.append(path)
         _say(f"Building index {path.name} over {settings.corpus} ...")
+        logs.show_steps("rag.index")
 
     t0 = time.perf_counter()
     index = Pipeline.open(settings, need_lm=False, rebuild="always" if args.rebuild else "auto",
@@ -225,12 +239,13 @@ def cmd_index(args: argparse.Namespace) -> int:
 def cmd_papers(args: argparse.Namespace) -> int:
     from rag.corpus import load_corpus
 
-    papers = load_corpus(_settings(args).corpus)
+    settings = _settings(args)
+    papers = load_corpus(settings.corpus, settings.max_abstract_chars)
     if args.json:
         _print_json([p.to_json() for p in papers])
     else:
         for p in papers:
-            print(f"{p.id}  {p.title}")
+            print(f"{_clean(p.id)}  {_clean(p.title)}")
         _say(f"{len(papers)} papers")
     return 0
 
@@ -257,12 +272,12 @@ def cmd_search(args: argparse.Namespace) -> int:
         _print_json(out)
         return 0
     for h in result.hits:
-        print(f"{h.rank:>2}. [{h.score:.4f}] {h.paper.title} ({h.paper.id})")
-        print(textwrap.indent(textwrap.fill(h.text, 96), "    "))
+        print(f"{h.rank:>2}. [{h.score:.4f}] {_clean(h.paper.title)} ({_clean(h.paper.id)})")
+        print(textwrap.indent(textwrap.fill(_clean(h.text), 96), "    "))
     if evidence is not None:
         print(f"\nWhat the model reads ({shape} question, about {evidence_tokens(evidence)} tokens):")
         for h in evidence:
-            print(textwrap.fill(f"[{h.rank}] {h.paper.title}: {h.text}", 100, subsequent_indent="    "))
+            print(textwrap.fill(_clean(f"[{h.rank}] {h.paper.title}: {h.text}"), 100, subsequent_indent="    "))
     return 0
 
 
@@ -294,7 +309,7 @@ def cmd_chat(args: argparse.Namespace) -> int:
         try:
             print(format_answer(pipe.ask(question)))
         except RagError as e:
-            print(f"error: {e}", file=sys.stderr)
+            print(f"error: {_clean(e)}", file=sys.stderr)
         except KeyboardInterrupt:
             print("\n(interrupted)", file=sys.stderr)
 
@@ -307,6 +322,8 @@ def cmd_batch(args: argparse.Namespace) -> int:
 
     if args.workers < 1:
         raise RagError(f"--workers must be at least 1, got {args.workers}")
+    csv_out = Path(args.output).with_suffix(".csv") if args.format == "csv" else None
+    batch.check_paths(args.input, Path(args.output), csv_out)  # input used as output: refused before any work
     stream = batch.open_input(args.input)
     peek = stream.peek(1)[:200] if hasattr(stream, "peek") else b""
     fmt = batch.detect_format(args.input, args.input_format, peek)
@@ -345,8 +362,8 @@ def cmd_batch(args: argparse.Namespace) -> int:
         bar.close()
     for w in summary.warnings:
         _say(f"warning: {w}")
-    if args.format == "csv":
-        batch.write_csv(Path(args.output), Path(args.output).with_suffix(".csv"))
+    if csv_out is not None:
+        batch.write_csv(Path(args.output), csv_out)
     _say(summary.line())
     if args.eval:
         from rag.evaluate import score_output
@@ -486,7 +503,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return COMMANDS[args.command](args)
     except RagError as e:
-        print(f"error: {e}", file=sys.stderr)
+        print(f"error: {_clean(e)}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

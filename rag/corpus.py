@@ -8,6 +8,12 @@ are deduplicated by normalised title and keep every source file name.
 Paper ids are derived from the normalised title, so they are stable across runs
 and machines. User files may give their own `id`.
 
+Sizes are bounded: an abstract longer than `max_abstract_chars` (RAG_MAX_ABSTRACT_CHARS)
+and a title longer than MAX_TITLE_CHARS are cut at a word boundary, with a warning
+that names the row, so one runaway row cannot stall an index build. A title or
+abstract that is not text (a number, a list) is an error naming the row, not
+silently turned into its Python spelling.
+
 Left out: PDFs, full texts, authors and dates (the pages do not carry them).
 """
 
@@ -17,12 +23,15 @@ import csv
 import hashlib
 import io
 import json
+import logging
 import re
 import unicodedata
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from rag.errors import CorpusError
+
+log = logging.getLogger(__name__)
 
 # Lines of site chrome, matched exactly after stripping.
 CHROME = frozenset({
@@ -38,6 +47,10 @@ _DATE = re.compile(r"(Jan|Feb|Mar|Apr|May|Jun|Jul|Aug|Sep|Oct|Nov|Dec) \d{1,2}(,
 _GLUED = re.compile(r"^Subscribe(?=[A-Z0-9\[\"'(])")
 # A title is a line; an abstract is a paragraph. Anything shorter is not an abstract.
 MIN_ABSTRACT_CHARS = 100
+# Defaults of the size caps (the abstract one is a setting, RAG_MAX_ABSTRACT_CHARS). Real abstracts
+# are 1-3k characters and titles under 250.
+MAX_ABSTRACT_CHARS = 20_000
+MAX_TITLE_CHARS = 500
 
 
 @dataclass(frozen=True)
@@ -83,7 +96,7 @@ def parse_page(text: str, source: str = "<page>") -> list[tuple[str, str]]:
     return pairs
 
 
-def load_seed_pages(directory: str | Path) -> list[Paper]:
+def load_seed_pages(directory: str | Path, max_abstract_chars: int = MAX_ABSTRACT_CHARS) -> list[Paper]:
     """Every *.txt page in `directory`, deduplicated by normalised title."""
     directory = Path(directory)
     pages = sorted(directory.glob("*.txt"))
@@ -91,12 +104,14 @@ def load_seed_pages(directory: str | Path) -> list[Paper]:
         raise CorpusError(f"no *.txt seed pages in {directory}; pass a corpus directory or a .jsonl/.csv file")
     entries: list[tuple[str, str, str]] = []
     for page in pages:
-        for title, abstract in parse_page(_read_text(page), page.name):
-            entries.append((title, abstract, page.name))
+        for i, (title, abstract) in enumerate(parse_page(_read_text(page), page.name), 1):
+            where = f"{page.name}: entry {i}"
+            entries.append((capped(title, MAX_TITLE_CHARS, f"{where}: title"),
+                            capped(abstract, max_abstract_chars, f"{where}: abstract"), page.name))
     return _dedupe(entries)
 
 
-def load_table(path: str | Path) -> list[Paper]:
+def load_table(path: str | Path, max_abstract_chars: int = MAX_ABSTRACT_CHARS) -> list[Paper]:
     """A user's corpus: JSONL or CSV with `title`, `abstract` and optional `id`."""
     path = Path(path)
     text = _read_text(path)
@@ -109,27 +124,63 @@ def load_table(path: str | Path) -> list[Paper]:
         raise CorpusError(f"{path}: unknown corpus format {suffix or '(none)'}; use .jsonl, .csv or a directory of pages")
     papers, seen = [], {}
     for line_no, row in rows:
-        title = str(row.get("title") or "").strip()
-        abstract = str(row.get("abstract") or "").strip()
+        where = f"{path.name}:{line_no}"
+        title = _text_field(row, "title", where)
+        abstract = _text_field(row, "abstract", where)
         missing = [k for k, v in (("title", title), ("abstract", abstract)) if not v]
         if missing:
-            raise CorpusError(f"{path.name}:{line_no}: missing {' and '.join(missing)}; every row needs a title and an abstract")
-        pid = str(row.get("id") or "").strip() or paper_id(title)
+            raise CorpusError(f"{where}: missing {' and '.join(missing)}; every row needs a title and an abstract")
+        raw_id = row.get("id")
+        if raw_id is not None and (isinstance(raw_id, bool) or not isinstance(raw_id, (str, int))):
+            raise CorpusError(f"{where}: id must be text or a whole number, got {_kind(raw_id)}")
+        pid = _text_field({"id": str(raw_id if raw_id is not None else "")}, "id", where) or paper_id(title)
         if pid in seen:
-            raise CorpusError(f"{path.name}:{line_no}: duplicate id {pid!r} (first on line {seen[pid]}); ids must be unique")
+            raise CorpusError(f"{where}: duplicate id {pid!r} (first on line {seen[pid]}); ids must be unique")
         seen[pid] = line_no
-        papers.append(Paper(pid, " ".join(title.split()), " ".join(abstract.split()), (path.name,)))
+        papers.append(Paper(pid, capped(" ".join(title.split()), MAX_TITLE_CHARS, f"{where}: title"),
+                            capped(" ".join(abstract.split()), max_abstract_chars, f"{where}: abstract"), (path.name,)))
     if not papers:
         raise CorpusError(f"{path}: no papers found; the file is empty")
     return papers
 
 
-def load_corpus(path: str | Path) -> list[Paper]:
-    """A directory of seed pages, or a JSONL/CSV file."""
+def load_corpus(path: str | Path, max_abstract_chars: int = MAX_ABSTRACT_CHARS) -> list[Paper]:
+    """A directory of seed pages, or a JSONL/CSV file; abstracts over `max_abstract_chars` are cut."""
     path = Path(path)
-    if not path.exists():
+    try:
+        exists, is_dir = path.exists(), path.is_dir()
+    except OSError as e:
+        raise CorpusError(f"cannot read corpus {path}: {e.strerror}; fix its permissions or pass --corpus") from None
+    if not exists:
         raise CorpusError(f"corpus {path} does not exist; pass --corpus with a directory of pages or a .jsonl/.csv file")
-    return load_seed_pages(path) if path.is_dir() else load_table(path)
+    return load_seed_pages(path, max_abstract_chars) if is_dir else load_table(path, max_abstract_chars)
+
+
+def capped(text: str, limit: int, where: str) -> str:
+    """`text` cut to at most `limit` characters at a word boundary, with a warning naming `where`."""
+    if len(text) <= limit:
+        return text
+    cut = text.rfind(" ", 0, limit + 1)
+    short = text[: cut if cut > limit // 2 else limit].rstrip()
+    log.warning("%s is %s characters; indexed only its first %s (the limit, RAG_MAX_ABSTRACT_CHARS for abstracts)",
+                where, f"{len(text):,}", f"{len(short):,}")
+    return short
+
+
+def _text_field(row: dict, key: str, where: str) -> str:
+    value = row.get(key)
+    if value is None:
+        return ""
+    if not isinstance(value, str):
+        raise CorpusError(f"{where}: {key} must be text, got {_kind(value)}; quote it in the file")
+    if any("\ud800" <= c <= "\udfff" for c in value):  # a JSON "\ud83d" escape without its pair
+        raise CorpusError(f"{where}: {key} holds a lone surrogate escape (\\ud800-\\udfff), which is not text; fix the row")
+    return value.strip()
+
+
+def _kind(value: object) -> str:
+    return {bool: "true/false", int: "a number", float: "a number", list: "a list", dict: "an object"}.get(
+        type(value), type(value).__name__)
 
 
 def corpus_hash(papers: list[Paper]) -> str:
@@ -165,8 +216,9 @@ def _jsonl_rows(text: str, name: str) -> list[tuple[int, dict]]:
             continue
         try:
             row = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise CorpusError(f"{name}:{line_no}: invalid JSON ({e.msg}); each line must be one JSON object") from None
+        except (ValueError, RecursionError) as e:  # RecursionError: nesting thousands of levels deep
+            msg = getattr(e, "msg", None) or str(e).split(":")[0] or type(e).__name__
+            raise CorpusError(f"{name}:{line_no}: invalid JSON ({msg}); each line must be one JSON object") from None
         if not isinstance(row, dict):
             raise CorpusError(f"{name}:{line_no}: expected a JSON object with title and abstract")
         rows.append((line_no, row))
@@ -174,14 +226,21 @@ def _jsonl_rows(text: str, name: str) -> list[tuple[int, dict]]:
 
 
 def _csv_rows(text: str, name: str) -> list[tuple[int, dict]]:
+    # The whole file is in memory already; the csv module's own 128 KiB field limit would only turn a long
+    # abstract into an error instead of a cut with a warning.
+    csv.field_size_limit(max(csv.field_size_limit(), len(text) + 1))
     reader = csv.DictReader(io.StringIO(text))
-    header = [h.strip().lower() for h in (reader.fieldnames or [])]
-    if not {"title", "abstract"} <= set(header):
-        raise CorpusError(f"{name}: CSV header must have title and abstract columns (and optional id), got {header}")
-    reader.fieldnames = header
-    rows = []
-    for row in reader:
-        if None in row:  # more cells than header columns
-            raise CorpusError(f"{name}:{reader.line_num}: more cells than header columns; quote fields that contain commas")
-        rows.append((reader.line_num, row))
+    try:
+        header = [h.strip().lower() for h in (reader.fieldnames or [])]
+        if not {"title", "abstract"} <= set(header):
+            raise CorpusError(f"{name}: CSV header must have title and abstract columns (and optional id), got {header}")
+        reader.fieldnames = header
+        rows = []
+        for row in reader:
+            if None in row:  # more cells than header columns
+                raise CorpusError(f"{name}:{reader.line_num}: more cells than header columns; "
+                                  f"quote fields that contain commas")
+            rows.append((reader.line_num, row))
+    except csv.Error as e:
+        raise CorpusError(f"{name}:{reader.line_num}: not valid CSV ({e}); check the quoting of that line") from None
     return rows

@@ -5,7 +5,7 @@ the settings that shape the index (embedding model, chunking). A change of
 corpus or settings therefore points at a different directory and a stale index
 is never reused. The directory holds:
 
-    meta.json      format, corpus hash, shaping settings, counts, sha256 of every file
+    meta.json      format, corpus hash, shaping settings, counts, sha256 of every other file
     papers.jsonl   the papers, in corpus order
     chunks.jsonl   the chunks, row i is vector i and BM25 document i
     dense.faiss    exact inner-product index over normalised vectors (cosine)
@@ -16,6 +16,13 @@ is never reused. The directory holds:
 Writes are atomic: everything is built in a temporary sibling directory and
 renamed into place, so an interrupted build never leaves a half index that
 loads, and the previous index stays usable until the new one is complete.
+Any failure of a build (the embedder, a full disk) is an IndexStoreError and
+leaves the previous index as it was.
+
+Loading checks every file under the directory, recursively, against the
+checksums in meta.json (a file missing from the list, or listed and missing, is
+corruption too), then that the BM25 index agrees with the chunks, so a damaged
+or hand-edited index is a "rebuild it" error, never a traceback at query time.
 
 Left out: approximate (IVF/HNSW) search. Exact search over a few thousand
 384-d vectors takes well under a millisecond; approximation would only add error.
@@ -48,7 +55,7 @@ from rag.text import tokenize
 log = logging.getLogger(__name__)
 
 FORMAT = 2  # 2: the sentence store
-FILES = ("papers.jsonl", "chunks.jsonl", "dense.faiss", "sentences.jsonl", "sentences.npy")
+META = "meta.json"
 
 
 def _bm25s():
@@ -92,7 +99,12 @@ def chunk_papers(papers: list[Paper], settings: Settings) -> Units:
 def embed_chunks(texts: list[str], embedder: Embedder, *, progress: bool = False) -> np.ndarray:
     """One normalised float32 row per text. Anything with the `Embedder` interface plugs in here:
     the local sentence-transformers model, a fake in tests, a distributed engine."""
-    vectors = embedder.encode(texts, progress=progress)
+    try:
+        vectors = embedder.encode(texts, progress=progress)
+    except Exception as e:  # noqa: BLE001 - any embedder failure; Ctrl-C passes through
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+        raise IndexStoreError(f"embedding failed ({type(e).__name__}: {first}); no index was written and the previous "
+                              f"one, if any, is untouched; check RAG_EMBED_MODEL and run `rag index` again") from None
     if vectors.shape != (len(texts), embedder.dim):
         raise IndexStoreError(f"embedder returned shape {vectors.shape}, expected {(len(texts), embedder.dim)}")
     return np.ascontiguousarray(vectors, dtype=np.float32)
@@ -105,13 +117,15 @@ def build_index(papers: list[Paper], embedder: Embedder, settings: Settings, *, 
     root = Path(settings.index_dir)
     _check_writable(root)  # before the embedding work, not after it
     t0 = time.perf_counter()
+    log.info("chunking %d papers", len(papers))
     units = chunk_papers(papers, settings)
+    log.info("embedding %d chunks and %d sentences", len(units.chunks), len(units.sentences))
     vectors = embed_chunks(units.texts, embedder, progress=progress)
-    return write_index(root, papers, units, vectors, settings, started=t0)
+    return write_index(root, papers, units, vectors, settings, started=t0, progress=progress)
 
 
 def write_index(root: Path, papers: list[Paper], units: Units, vectors: np.ndarray, settings: Settings, *,
-                started: float | None = None) -> Path:
+                started: float | None = None, progress: bool = False) -> Path:
     """Write the index of `units` (`vectors`: one row per `units.texts`, chunks first) to `root/<name>`:
     built in a temporary sibling directory and renamed into place. Returns the path."""
     import faiss
@@ -129,8 +143,9 @@ def write_index(root: Path, papers: list[Paper], units: Units, vectors: np.ndarr
         dense.add(np.ascontiguousarray(vectors[:n_chunks], dtype=np.float32))
         faiss.write_index(dense, str(tmp / "dense.faiss"))
 
+        log.info("BM25 over %d chunks", n_chunks)
         bm25 = bm25s.BM25()
-        bm25.index([tokenize(t) or ["<empty>"] for t in units.chunk_texts], show_progress=False)
+        bm25.index([tokenize(t) or ["<empty>"] for t in units.chunk_texts], show_progress=progress)
         bm25.save(str(tmp / "bm25"), show_progress=False)
 
         _write_jsonl(tmp / "papers.jsonl", (p.to_json() for p in papers))
@@ -151,11 +166,15 @@ def write_index(root: Path, papers: list[Paper], units: Units, vectors: np.ndarr
             "n_sentences": len(units.sentences),
             "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             "build_seconds": round(time.perf_counter() - t0, 2),
-            "files": {f: _sha256(tmp / f) for f in FILES},
+            "files": checksums(tmp),
         }
-        _write_text(tmp / "meta.json", json.dumps(meta, indent=2))
+        _write_text(tmp / META, json.dumps(meta, indent=2))
         _fsync_dir(tmp)
         _swap_into_place(tmp, final)
+    except OSError as e:  # a full disk, a quota: the temporary directory goes, the old index stays
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise IndexStoreError(f"cannot write index {final}: {e.strerror or e}; free space in {root} or set "
+                              f"RAG_INDEX_DIR; the previous index, if any, is untouched") from None
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -170,16 +189,14 @@ def load_index(path: str | Path, *, settings: Settings | None = None, digest: st
     bm25s = _bm25s()
     path = Path(path)
     fix = f"rebuild it with `rag index --rebuild` (or delete {path})"
-    meta_path = path / "meta.json"
-    if not meta_path.is_file():
+    meta_path = path / META
+    if not _exists(meta_path):
         raise IndexStoreError(f"no index at {path} (meta.json missing); build one with `rag index`")
     try:
         meta = json.loads(meta_path.read_text(encoding="utf-8"))
         if meta.get("format") != FORMAT:
             raise IndexStoreError(f"index {path} has format {meta.get('format')}, expected {FORMAT}; {fix}")
-        for name, want in meta["files"].items():
-            if _sha256(path / name) != want:
-                raise IndexStoreError(f"index {path} is corrupt ({name} does not match its checksum); {fix}")
+        _verify_checksums(path, meta["files"], fix)
         if settings is not None and meta["shape"] != settings.index_shape():
             raise IndexStoreError(f"index {path} was built with {meta['shape']}, settings ask for "
                                   f"{settings.index_shape()}; {fix}")
@@ -192,23 +209,28 @@ def load_index(path: str | Path, *, settings: Settings | None = None, digest: st
         sentence_vectors = np.load(path / "sentences.npy", mmap_mode="r")
         dense = faiss.read_index(str(path / "dense.faiss"))
         bm25 = bm25s.BM25.load(str(path / "bm25"), show_progress=False)
+        _check_bm25(bm25, len(chunks), path, fix)
     except IndexStoreError:
         raise
     except PermissionError as e:
         raise IndexStoreError(f"cannot read index {path}: permission denied ({e.filename}); "
                               f"fix its permissions or set RAG_INDEX_DIR") from None
-    except (OSError, ValueError, KeyError, TypeError, RuntimeError) as e:
+    except (OSError, ValueError, KeyError, TypeError, RuntimeError, AttributeError, IndexError) as e:
         reason = str(e).splitlines()[0][:120] if str(e) else type(e).__name__
         raise IndexStoreError(f"index {path} is corrupt ({reason}); {fix}") from None
+    by_id = {p.id: p for p in papers}
     if not (len(papers) == meta["n_papers"] and len(chunks) == meta["n_chunks"] == dense.ntotal
-            and len(sentences) == meta["n_sentences"] == sentence_vectors.shape[0]):
+            and len(sentences) == meta["n_sentences"] == sentence_vectors.shape[0]
+            and dense.d == meta["embed_dim"]):
         raise IndexStoreError(f"index {path} is corrupt (counts disagree with meta.json); {fix}")
-    return Index(path, meta, {p.id: p for p in papers}, chunks, dense, bm25, sentences, sentence_vectors)
+    if any(c.paper_id not in by_id for c in chunks) or any(c.paper_id not in by_id for c in sentences):
+        raise IndexStoreError(f"index {path} is corrupt (a chunk or sentence belongs to no paper); {fix}")
+    return Index(path, meta, by_id, chunks, dense, bm25, sentences, sentence_vectors)
 
 
 def locate_index(settings: Settings) -> tuple[list[Paper], Path]:
     """The corpus's papers, and where their index for these settings lives (built or not)."""
-    papers = load_corpus(settings.corpus)
+    papers = load_corpus(settings.corpus, settings.max_abstract_chars)
     return papers, Path(settings.index_dir) / index_name(corpus_hash(papers), settings)
 
 
@@ -231,8 +253,8 @@ def open_index(settings: Settings, embedder_factory: Callable[[], Embedder], *, 
         if on_build is not None:
             on_build(path)
         build_index(papers, embedder_factory(), settings, progress=progress)
-    elif not (path / "meta.json").exists():
-        others = sorted(p.name for p in Path(settings.index_dir).glob("idx-*")) if Path(settings.index_dir).is_dir() else []
+    elif found is None:
+        others = _other_indexes(Path(settings.index_dir))
         state = f"the index is stale (found {', '.join(others)}, built for another corpus or settings)" if others \
             else "no index has been built"
         raise IndexStoreError(f"{state}; run `rag index` to build {path.name}")
@@ -243,14 +265,73 @@ def _format_of(path: Path) -> int | None:
     """The format of the index at `path` (None: none there). An index of an older format (built by an
     earlier version) is rebuilt by `open_index(rebuild="auto")`; a newer or unreadable one is left to
     `load_index` to refuse, with the fix."""
-    meta = path / "meta.json"
+    meta = path / META
+    if not _exists(meta):  # an unreadable directory is an error that says so
+        return None
     try:
-        if not meta.is_file():
-            return None
         found = json.loads(meta.read_text(encoding="utf-8")).get("format")
         return found if isinstance(found, int) else FORMAT
     except (OSError, ValueError, AttributeError):
         return FORMAT
+
+
+# --- checks -------------------------------------------------------------------
+
+def checksums(directory: Path) -> dict[str, str]:
+    """sha256 of every file under `directory`, recursively, by POSIX path relative to it; meta.json
+    (which holds them) aside. Files a later format adds are covered without naming them here."""
+    return {p.relative_to(directory).as_posix(): _sha256(p)
+            for p in sorted(directory.rglob("*")) if p.is_file() and p.relative_to(directory).as_posix() != META}
+
+
+def _verify_checksums(path: Path, listed: dict[str, str], fix: str) -> None:
+    present = {p.relative_to(path).as_posix() for p in path.rglob("*") if p.is_file()} - {META}
+    for name in sorted(present - set(listed)):
+        raise IndexStoreError(f"index {path} is corrupt or from an older version ({name} is not covered by its "
+                              f"checksums); {fix}")
+    for name, want in listed.items():
+        if name not in present:
+            raise IndexStoreError(f"index {path} is corrupt ({name} is missing); {fix}")
+        if _sha256(path / name) != want:
+            raise IndexStoreError(f"index {path} is corrupt ({name} does not match its checksum); {fix}")
+
+
+def _check_bm25(bm25, n_chunks: int, path: Path, fix: str) -> None:
+    """The loaded BM25 index must describe exactly the chunks: one document per chunk, every posting
+    pointing at a document, every vocabulary entry at a posting list. Otherwise a query would fail
+    with an IndexError (or silently score the wrong chunks)."""
+    scores, vocab = bm25.scores, bm25.vocab_dict
+    indptr, indices, data = (np.asarray(scores[k]) for k in ("indptr", "indices", "data"))
+    problems = []
+    if int(scores["num_docs"]) != n_chunks:
+        problems.append(f"{scores['num_docs']} documents for {n_chunks} chunks")
+    if indptr.ndim != 1 or len(indptr) < 1 or indptr[0] != 0 or np.any(np.diff(indptr) < 0) \
+            or indptr[-1] != len(indices) or len(indices) != len(data):
+        problems.append("malformed posting lists")
+    elif len(indices) and (indices.min() < 0 or indices.max() >= n_chunks):
+        problems.append("postings point outside the chunks")
+    ids = [i for t, i in vocab.items() if t]
+    if ids and (min(ids) < 0 or max(ids) >= len(indptr) - 1):
+        problems.append("vocabulary points outside the posting lists")
+    if problems:
+        raise IndexStoreError(f"index {path} is corrupt (its BM25 index disagrees with the chunks: "
+                              f"{'; '.join(problems)}); {fix}")
+
+
+def _exists(path: Path) -> bool:
+    """Whether `path` exists; an unreadable parent is an IndexStoreError, not a PermissionError traceback."""
+    try:
+        return path.exists()
+    except PermissionError:
+        raise IndexStoreError(f"cannot read index directory {path.parent}: permission denied; fix its permissions "
+                              f"or set RAG_INDEX_DIR to a readable directory") from None
+
+
+def _other_indexes(root: Path) -> list[str]:
+    try:
+        return sorted(p.name for p in root.glob("idx-*")) if root.is_dir() else []
+    except PermissionError:
+        return []
 
 
 # --- file helpers -------------------------------------------------------------
@@ -300,9 +381,13 @@ def _swap_into_place(tmp: Path, final: Path) -> None:
 
 
 def _check_writable(root: Path) -> None:
+    """Fail before any embedding work if `root` cannot take a new index: created if missing, and a file
+    actually written and removed in it (a mode check alone says nothing about a read-only mount or ACLs)."""
     try:
         root.mkdir(parents=True, exist_ok=True)
         _remove_abandoned_builds(root)
+        with tempfile.TemporaryFile(prefix=f".tmp-{os.getpid()}-probe-", dir=root):
+            pass
     except OSError as e:
         raise IndexStoreError(f"cannot write to index directory {root}: {e.strerror}; set RAG_INDEX_DIR "
                               f"to a writable directory") from None

@@ -15,16 +15,32 @@ with the schema directly under it is silently ignored by this server.) Token
 logprobs (`logprobs`, `top_logprobs`) come back as DSPy's `TokenLogprob`s; note
 that llama.cpp reports the model's probabilities before the grammar is applied.
 `warm(messages)` evaluates a fixed prompt prefix into the cache at load time,
-so the first question a user asks is as fast as the second.
+so the first question a user asks is as fast as the second. A call that gets no
+reply (or, streaming, no next token) within `timeout` seconds is an LMError
+instead of a hang.
+
+The model is driven by direct calls, but xllamacpp's `Server` always starts
+llama.cpp's HTTP server as well (it cannot be switched off). It is locked down
+(`server_params`): it listens on a Unix socket, not a TCP port, in a directory
+only this user can enter, the socket itself mode 0600; every endpoint but
+/health wants a random per-process API key that never leaves the process; the
+slots, props, metrics and web-UI endpoints are off. So no other user can reach
+it at all, and another process of this user cannot use the model, read its
+settings or evict its prompt cache without reading this process's memory.
 
 Left out: GPU offload and several local models at once.
 """
 
 from __future__ import annotations
 
+import atexit
 import logging
 import os
 import queue
+import re
+import secrets
+import shutil
+import tempfile
 import threading
 import time
 from collections.abc import Iterator
@@ -67,6 +83,34 @@ def request_body(request: Any, *, cache_prompt: bool = True) -> dict:
     return body
 
 
+SOCKET_NAME = "llama.sock"
+_SOCKET_DIR_PREFIX = "rag-llm-"
+
+
+def server_params(model_path: str | Path, n_ctx: int, threads: int, socket_path: str, api_key: str) -> Any:
+    """xllamacpp parameters for the embedded model, its HTTP side locked down (see the module docstring)."""
+    import xllamacpp
+
+    params = xllamacpp.CommonParams()
+    params.model.path = str(model_path)
+    params.n_ctx = n_ctx
+    params.n_parallel = 1
+    n = threads or os.cpu_count() or 2
+    params.cpuparams.n_threads = n
+    params.cpuparams_batch.n_threads = n
+    params.warmup = False
+    params.verbosity = -1  # llama.cpp logs to stderr by default: keep the terminal clean
+    params.cache_prompt = True
+    params.hostnames = [socket_path]  # a path ending in .sock: AF_UNIX, no TCP port at all
+    params.api_keys = [api_key]
+    params.endpoint_slots = False
+    params.endpoint_props = False
+    params.endpoint_metrics = False
+    params.ui = False
+    params.n_threads_http = 1  # nobody legitimate talks to it
+    return params
+
+
 class LlamaCppEngine:
     """DSPy engine running a GGUF model in-process with llama.cpp (xllamacpp)."""
 
@@ -77,34 +121,74 @@ class LlamaCppEngine:
     supported_params = frozenset({"temperature", "max_tokens", "stop", "seed", "response_format", "logprobs",
                                   "top_logprobs"})
 
-    def __init__(self, model_path: str | Path, n_ctx: int = 4096, threads: int = 0) -> None:
+    def __init__(self, model_path: str | Path, n_ctx: int = 4096, threads: int = 0, timeout: float = 120.0) -> None:
         import xllamacpp
 
-        params = xllamacpp.CommonParams()
-        params.model.path = str(model_path)
-        params.n_ctx = n_ctx
-        params.n_parallel = 1
-        n = threads or os.cpu_count() or 2
-        params.cpuparams.n_threads = n
-        params.cpuparams_batch.n_threads = n
-        params.warmup = False
-        params.verbosity = -1  # llama.cpp logs to stderr by default: keep the terminal clean
-        params.cache_prompt = True
+        self.socket_dir = _private_dir()
+        socket_path = os.path.join(self.socket_dir, SOCKET_NAME)
+        self.api_key = secrets.token_urlsafe(32)
         t0 = time.perf_counter()
         try:
-            self.server = xllamacpp.Server(params)
+            self.server = xllamacpp.Server(server_params(model_path, n_ctx, threads, socket_path, self.api_key))
+            os.chmod(socket_path, 0o600)
         except Exception as e:  # noqa: BLE001 - the C++ side raises plain RuntimeError
+            shutil.rmtree(self.socket_dir, ignore_errors=True)
             raise LMError(f"cannot load local model {model_path}: {e}; delete it to re-join it from the packages") from None
-        log.info("loaded %s in %.1fs", model_path, time.perf_counter() - t0)
+        atexit.register(shutil.rmtree, self.socket_dir, True)
+        log.info("loaded %s in %.1fs; its HTTP side is %s", model_path, time.perf_counter() - t0,
+                 self.server.listening_address)
         self.model = LOCAL_MODEL_NAME
+        self.timeout = timeout
         self._lock = threading.Lock()
         self.cache_prompt = True  # reuse the KV cache of the longest shared prompt prefix
         self.last_timings: dict[str, Any] = {}
 
+    @property
+    def address(self) -> str:
+        """Where llama.cpp's HTTP side listens: unix://<private dir>/llama.sock."""
+        return self.server.listening_address
+
+    def _start(self, body: dict, stream: bool) -> tuple[queue.Queue, threading.Event]:
+        """Run one generation on a worker thread (one at a time); its replies arrive on the queue, then
+        _DONE. Setting the event asks llama.cpp to stop a stream at its next token."""
+        items: queue.Queue = queue.Queue()
+        cancel = threading.Event()
+
+        def on_chunk(chunk: Any) -> bool:
+            items.put(chunk)
+            return cancel.is_set()  # True stops the generation
+
+        def run() -> None:
+            try:
+                with self._lock:
+                    if cancel.is_set():
+                        return
+                    if stream:
+                        self.server.handle_chat_completions(body, on_chunk)
+                    else:
+                        items.put(self.server.handle_chat_completions(body))
+            except Exception as e:  # noqa: BLE001 - relayed to the consumer
+                items.put(e)
+            finally:
+                items.put(_DONE)
+
+        threading.Thread(target=run, name="llama-generate", daemon=True).start()
+        return items, cancel
+
+    def _next(self, items: queue.Queue, cancel: threading.Event) -> Any:
+        try:
+            return items.get(timeout=self.timeout)
+        except queue.Empty:
+            cancel.set()
+            raise LMError(f"the local model did not answer within RAG_TIMEOUT={self.timeout:g}s; raise RAG_TIMEOUT, "
+                          f"or lower RAG_K / RAG_MAX_TOKENS") from None
+
     def chat(self, body: dict) -> dict:
         """One OpenAI-style chat completion (non-streaming)."""
-        with self._lock:
-            out = self.server.handle_chat_completions(body)
+        items, cancel = self._start(body, stream=False)
+        out = self._next(items, cancel)
+        if isinstance(out, Exception):
+            raise LMError(f"local model failed: {out}")
         if not isinstance(out, dict) or "error" in out:
             err = out.get("error") if isinstance(out, dict) else out
             msg = err.get("message") if isinstance(err, dict) else str(err)
@@ -125,41 +209,60 @@ class LlamaCppEngine:
 
         body = {**request_body(request, cache_prompt=self.cache_prompt), "stream": True,
                 "stream_options": {"include_usage": True}}
-        chunks: queue.Queue = queue.Queue()
-        done = object()
-
-        def run() -> None:
-            try:
-                with self._lock:
-                    self.server.handle_chat_completions(body, chunks.put)
-            except Exception as e:  # noqa: BLE001 - relayed to the consumer below
-                chunks.put(e)
-            chunks.put(done)
-
-        threading.Thread(target=run, name="llama-stream", daemon=True).start()
-        yield StreamStartEvent(id=None, model=self.model)
-        finish, usage = "stop", {}
-        while (item := chunks.get()) is not done:
-            if isinstance(item, Exception):
-                raise LMError(f"local model failed: {item}")
-            if not isinstance(item, dict) or "error" in item:
-                err = item.get("error") if isinstance(item, dict) else item
-                raise LMError(f"local model failed: {err.get('message') if isinstance(err, dict) else err}")
-            usage = item.get("usage") or usage
-            if "timings" in item:
-                self.last_timings = item["timings"]
-            for choice in item.get("choices") or []:
-                text = (choice.get("delta") or {}).get("content")
-                if text:
-                    yield StreamDeltaEvent(delta=TextDelta(text=text, part_index=0))
-                if choice.get("finish_reason") in ("stop", "length"):
-                    finish = choice["finish_reason"]
-        yield StreamEndEvent(finish_reason=finish, usage=Usage(
-            input_tokens=usage.get("prompt_tokens", 0), output_tokens=usage.get("completion_tokens", 0),
-            total_tokens=usage.get("total_tokens", 0)))
+        items, cancel = self._start(body, stream=True)
+        try:
+            yield StreamStartEvent(id=None, model=self.model)
+            finish, usage = "stop", {}
+            while (item := self._next(items, cancel)) is not _DONE:
+                if isinstance(item, Exception):
+                    raise LMError(f"local model failed: {item}")
+                if not isinstance(item, dict) or "error" in item:
+                    err = item.get("error") if isinstance(item, dict) else item
+                    raise LMError(f"local model failed: {err.get('message') if isinstance(err, dict) else err}")
+                usage = item.get("usage") or usage
+                if "timings" in item:
+                    self.last_timings = item["timings"]
+                for choice in item.get("choices") or []:
+                    text = (choice.get("delta") or {}).get("content")
+                    if text:
+                        yield StreamDeltaEvent(delta=TextDelta(text=text, part_index=0))
+                    if choice.get("finish_reason") in ("stop", "length"):
+                        finish = choice["finish_reason"]
+            yield StreamEndEvent(finish_reason=finish, usage=Usage(
+                input_tokens=usage.get("prompt_tokens", 0), output_tokens=usage.get("completion_tokens", 0),
+                total_tokens=usage.get("total_tokens", 0)))
+        finally:
+            cancel.set()  # a consumer that stops reading (an error, a closed chat) stops the generation
 
     def close(self) -> None:
         pass
+
+
+_DONE = object()
+
+
+def _private_dir(base: str | None = None) -> str:
+    """A new directory only this user can enter (mkdtemp makes it 0700) for the model's socket. Those of
+    dead processes (killed before their exit handler ran) are removed first. The base is kept short:
+    a Unix socket path is limited to 107 bytes."""
+    base = base or tempfile.gettempdir()
+    if len(base) > 60:
+        base = "/tmp"
+    for d in Path(base).glob(f"{_SOCKET_DIR_PREFIX}*"):
+        m = re.match(rf"{_SOCKET_DIR_PREFIX}(\d+)-", d.name)
+        if m and d.is_dir() and not _alive(int(m.group(1))):
+            shutil.rmtree(d, ignore_errors=True)
+    return tempfile.mkdtemp(prefix=f"{_SOCKET_DIR_PREFIX}{os.getpid()}-", dir=base)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process: alive, and its directory is not ours to remove
+        return True
+    return True
 
 
 def to_response(out: dict, model: str) -> Any:
@@ -199,5 +302,7 @@ def local_engine(settings: Settings) -> LlamaCppEngine:
     key = (settings.cache_dir, settings.n_ctx, settings.threads)
     with _LOCAL_LOCK:
         if key not in _LOCAL:
-            _LOCAL[key] = LlamaCppEngine(local_model_path(settings.cache_dir), settings.n_ctx, settings.threads)
+            _LOCAL[key] = LlamaCppEngine(local_model_path(settings.cache_dir), settings.n_ctx, settings.threads,
+                                         settings.timeout)
+        _LOCAL[key].timeout = settings.timeout
         return _LOCAL[key]

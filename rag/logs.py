@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 import warnings
 
 NOISY = ("dspy", "LiteLLM", "litellm", "httpx", "sentence_transformers", "transformers", "bm25s", "gradio")
@@ -23,6 +24,38 @@ def setup(verbose: bool = False) -> None:
         warnings.filterwarnings("ignore")
         quiet_libraries()
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+class _Steps(logging.StreamHandler):
+    """Steps as indented lines, warnings as usual; on whatever sys.stderr is when a message is written."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.setFormatter(self)  # type: ignore[arg-type] - format() below
+
+    @property  # type: ignore[override]
+    def stream(self):
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value) -> None:
+        pass
+
+    def format(self, record: logging.LogRecord) -> str:
+        if record.levelno == logging.INFO:
+            return f"  {record.getMessage()}"
+        return f"{record.levelname} {record.name}: {record.getMessage()}"
+
+
+def show_steps(name: str) -> None:
+    """Print the INFO messages of logger `name` (the steps of a long job, e.g. an index build) on stderr as
+    indented lines, without --verbose (with it, the root logger prints them already)."""
+    logger = logging.getLogger(name)
+    if logging.getLogger().getEffectiveLevel() <= logging.INFO or any(isinstance(h, _Steps) for h in logger.handlers):
+        return
+    logger.addHandler(_Steps())
+    logger.setLevel(logging.INFO)
+    logger.propagate = False  # the root handler would print the INFO lines a second time
 
 
 def quiet_libraries() -> None:

@@ -48,14 +48,41 @@ def validate_question(question: Any) -> str:
     if not isinstance(question, str):
         raise RagError("the question must be text")
     q = question.strip()
-    if not q:
-        raise RagError("the question is empty; ask something, e.g. rag ask \"What is ReFT?\"")
     if len(q) > MAX_QUESTION_CHARS:
         raise QuestionTooLong(len(q), MAX_QUESTION_CHARS)
+    # Bytes that were not UTF-8 reach Python (argv, a surrogateescape'd file) as U+DC80..U+DCFF.
+    raw = sorted({f"0x{ord(c) - 0xDC00:02X}" for c in q if 0xDC80 <= ord(c) <= 0xDCFF})
+    if raw:
+        raise RagError(f"the question is not valid UTF-8 (byte {', '.join(raw[:3])}); type it again or re-save "
+                       f"the text as UTF-8")
     bad = sorted({f"U+{ord(c):04X}" for c in q if unicodedata.category(c) in ("Cc", "Cs", "Co", "Cn") and c not in "\t\n\r"})
     if bad:
         raise RagError(f"the question contains control characters ({', '.join(bad[:5])}); remove them")
+    # Zero-width and other format characters (Cf) and separators show nothing: a question of only
+    # those is as empty as "" and must not reach the model.
+    if not any(unicodedata.category(c)[0] not in "ZC" for c in q):
+        raise RagError("the question is empty; ask something, e.g. rag ask \"What is ReFT?\"")
     return " ".join(q.split())
+
+
+# Prompt tokens besides the evidence and the answer: instructions, field markers, an optimised program's
+# demos, and a question of up to 2,000 characters (~500 tokens).
+PROMPT_OVERHEAD_TOKENS = 1200
+
+
+def check_context(settings: Settings) -> None:
+    """Refuse settings whose prompt cannot fit the local model's context window, before anything loads.
+
+    The model reads at most RAG_EVIDENCE_TOKENS of evidence however many papers are retrieved (k only
+    widens the choice), so the evidence budget and the answer's RAG_MAX_TOKENS are what must fit. A
+    remote backend's window is unknown here: it answers for itself."""
+    if settings.lm != "local":
+        return
+    need = settings.evidence_tokens + settings.max_tokens + PROMPT_OVERHEAD_TOKENS
+    if need > settings.n_ctx:
+        raise RagError(f"RAG_EVIDENCE_TOKENS={settings.evidence_tokens} and RAG_MAX_TOKENS={settings.max_tokens} need "
+                       f"about {need:,} tokens with the prompt; the local model's context holds RAG_N_CTX="
+                       f"{settings.n_ctx:,}: lower them or raise RAG_N_CTX")
 
 
 @dataclass
@@ -133,6 +160,8 @@ class Pipeline:
             read_program_file(program_path)  # a bad program file fails before the index or the model loads
         if need_lm and lm is None:
             backend(settings).check(settings)  # a missing API key should not cost an index build first
+        if need_lm:
+            check_context(settings)  # nor a prompt that cannot fit the local model
         factory: Callable[[], Embedder] = (lambda: embedder) if embedder is not None else \
             (lambda: get_embedder(settings.embed_model))
         index = open_index(settings, factory, rebuild=rebuild, progress=progress, on_build=on_build)

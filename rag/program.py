@@ -23,7 +23,9 @@
    does not separate answerable from unanswerable questions (eval/README.md has
    the measurement and the rule that was chosen instead).
 
-The reason for an abstention is kept (`abstain_reason`). The fixed part of each
+The reason for an abstention is kept (`abstain_reason`). Field markers inside the
+evidence (`[[ ## answer ## ]]`, an injection attempt) are removed before the model
+reads it: corpus text is data, never prompt structure. The fixed part of each
 prompt (instructions, demos) comes first, so llama.cpp reuses its cached prefix.
 Left out: multi-hop retrieval and query rewriting (the chat adds the latter).
 """
@@ -117,8 +119,11 @@ def recover_fields(reply: str) -> tuple[str, str]:
 
 
 def format_passages(hits: list[Hit]) -> str:
-    """Number the passages [1]..[m] in retrieval order, each its paper's title then its text (the evidence)."""
-    return "\n".join(f"[{i}] {h.paper.title}: {h.text}" for i, h in enumerate(hits, 1))
+    """Number the passages [1]..[m] in retrieval order, each its paper's title then its text (the evidence).
+    Corpus text is data, not prompt structure: a DSPy field marker inside a title or abstract
+    (`[[ ## answer ## ]]`, an injection attempt) is removed, so the passages cannot open or close a field."""
+    return "\n".join(f"[{i}] {_FIELD_MARKER.sub(' ', h.paper.title)}: {_FIELD_MARKER.sub(' ', h.text)}"
+                     for i, h in enumerate(hits, 1))
 
 
 @dataclass
@@ -154,7 +159,10 @@ def map_citations(raw_answer: str, raw_sources: object, passages: list[str]) -> 
                     numbers.append(n)
         return "".join(f"[{n}]" for n in keep)
 
-    text = _CITE_GROUP.sub(rewrite, text)
+    for _ in range(10):  # removing a marker can form a new one ("[[9]2]" -> "[2]"): repeat until none changes
+        before, text = text, _CITE_GROUP.sub(rewrite, text)
+        if text == before:
+            break
     text = re.sub(r"[ \t]+([.,;:])", r"\1", re.sub(r"[ \t]{2,}", " ", text)).strip()
     if text and not numbers and not _ABSTAIN.search(text):
         # No inline markers: cite what the text demonstrably comes from, else what the model listed.

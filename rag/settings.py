@@ -3,7 +3,11 @@
 Every field carries a description. Values come from defaults, then environment
 variables `RAG_<FIELD>` (upper case), then explicit overrides (CLI flags). An
 unknown `RAG_*` variable or override is an error, not silently ignored, so a typo
-never leaves a setting at its default without anyone noticing.
+never leaves a setting at its default without anyone noticing. Every value is
+checked when the object is made: its type, its range (`range=(lo, hi)` in the
+field's metadata; NaN and infinities are errors), its `choices`, and that text
+settings marked `nonempty` are not blank, so a bad value never reaches a backend
+or silently switches a check off.
 
 `index_key()` hashes only the fields that shape the index (embedding model and
 chunking), so the index directory changes whenever one of them does and a stale
@@ -16,6 +20,7 @@ import dataclasses
 import difflib
 import hashlib
 import json
+import math
 import os
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -45,43 +50,53 @@ class Settings:
 
     # --- corpus and index -------------------------------------------------
     corpus: str = _f(str(ROOT / "data" / "corpus"),
-                     "Corpus: a directory of seed pages (*.txt), or a .jsonl/.csv file of papers.")
-    index_dir: str = _f(str(ROOT / "indexes"), "Directory that holds built indexes, one sub-directory each.")
+                     "Corpus: a directory of seed pages (*.txt), or a .jsonl/.csv file of papers.", nonempty=True)
+    index_dir: str = _f(str(ROOT / "indexes"), "Directory that holds built indexes, one sub-directory each.",
+                        nonempty=True)
     embed_model: str = _f("all-MiniLM-L6-v2", "Sentence-transformers model, loaded offline from its PyPI package.",
-                          shapes_index=True)
-    chunk_sentences: int = _f(3, "Sentences per chunk (sentence-window chunking).", shapes_index=True)
-    chunk_overlap: int = _f(1, "Sentences shared by consecutive chunks of one abstract.", shapes_index=True)
+                          shapes_index=True, nonempty=True)
+    chunk_sentences: int = _f(3, "Sentences per chunk (sentence-window chunking).", shapes_index=True, range=(1, 50))
+    chunk_overlap: int = _f(1, "Sentences shared by consecutive chunks of one abstract.", shapes_index=True,
+                            range=(0, 49))
+    max_abstract_chars: int = _f(20_000, "Longest abstract read from the corpus, in characters; a longer one is cut "
+                                         "at a word boundary, with a warning naming its row.", range=(100, 10_000_000))
     # --- retrieval ----------------------------------------------------------
     k: int = _f(6, "Papers retrieved for a question; the model reads evidence sentences chosen from them "
-                   "(and `rag search` shows them).")
+                   "(and `rag search` shows them).", range=(1, 1000))
     retrieval: str = _f("hybrid", "Retrieval mode: hybrid (reciprocal-rank fusion), dense or bm25.",
                         choices=tuple(MODES))
-    per_paper: int = _f(2, "Best chunks of one paper merged into its passage (1 = just the best chunk).")
+    per_paper: int = _f(2, "Best chunks of one paper merged into its passage (1 = just the best chunk).",
+                        range=(1, 20))
     min_score: float = _f(0.38, "Dense cosine similarity below which no passage is relevant: the program "
-                                "abstains without calling the model (calibrated on train: eval/calibrate_abstention.py).")
+                                "abstains without calling the model (calibrated on train: eval/calibrate_abstention.py).",
+                          range=(-1.0, 1.0))
     evidence_tokens: int = _f(300, "Token budget of the evidence the model reads (the best sentences of the retrieved "
-                                   "papers, titles included).")
+                                   "papers, titles included).", range=(20, 100_000))
     answerable_threshold: float = _f(0.0, "P(answerable), read from the model's logprobs, below which the program "
                                           "abstains; 0 = off (on the embedded model it does not separate answerable "
-                                          "from unanswerable questions: eval/calibrate_abstention.py).")
+                                          "from unanswerable questions: eval/calibrate_abstention.py).", range=(0.0, 1.0))
     decline_unsupported: int = _f(1, "1: decline an answer that names something (a name, a number) its cited evidence "
-                                     "does not contain; 0: answer and flag the claim.")
+                                     "does not contain; 0: answer and flag the claim.", range=(0, 1))
     # --- language model -----------------------------------------------------
     lm: str = _f("local", "LM backend: 'local' (embedded Qwen2.5-Coder-1.5B GGUF) or a LiteLLM model string, "
-                          "e.g. openai/gpt-4o-mini, ollama_chat/llama3.2, openai/<name> with RAG_API_BASE.")
+                          "e.g. openai/gpt-4o-mini, ollama_chat/llama3.2, openai/<name> with RAG_API_BASE.", nonempty=True)
     api_base: str = _f("", "Base URL of an OpenAI-compatible server (vLLM, llama.cpp, Ollama); empty for OpenAI.")
     api_key: str = _f("", "API key for a remote backend; falls back to OPENAI_API_KEY for openai/ models.")
-    temperature: float = _f(0.0, "Sampling temperature.")
-    max_tokens: int = _f(200, "Most tokens the model may write for one answer.")
-    timeout: float = _f(120.0, "Seconds before a remote LM call is abandoned.")
-    n_ctx: int = _f(4096, "Context window of the local model, in tokens.")
-    threads: int = _f(0, "CPU threads for the local model; 0 means all cores.")
-    cache_dir: str = _f(_default_cache, "Where the joined local model file and LM call caches live.")
-    program: str = _f("auto", "Program to run: 'auto' (latest optimised if any), 'baseline', or a program JSON path.")
+    temperature: float = _f(0.0, "Sampling temperature.", range=(0.0, 2.0))
+    max_tokens: int = _f(200, "Most tokens the model may write for one answer.", range=(1, 32_768))
+    timeout: float = _f(120.0, "Seconds an LM call may take (a remote request, or the embedded model between "
+                               "two tokens) before it is abandoned.", range=(0.1, 86_400.0))
+    n_ctx: int = _f(4096, "Context window of the local model, in tokens.", range=(512, 131_072))
+    threads: int = _f(0, "CPU threads for the local model; 0 means all cores.", range=(0, 1024))
+    cache_dir: str = _f(_default_cache, "Where the joined local model file and LM call caches live.", nonempty=True)
+    program: str = _f("auto", "Program to run: 'auto' (latest optimised if any), 'baseline', or a program JSON path.",
+                      nonempty=True)
     # --- app ----------------------------------------------------------------
-    host: str = _f("127.0.0.1", "Address the Gradio chat binds to.")
-    port: int = _f(7860, "Port of the Gradio chat.")
+    host: str = _f("127.0.0.1", "Address the Gradio chat binds to.", nonempty=True)
+    port: int = _f(7860, "Port of the Gradio chat.", range=(1, 65_535))
     auth: str = _f("", "Optional basic auth for the chat, 'user:password'.")
+    max_wait: float = _f(300.0, "Longest estimated wait, in seconds, the chat accepts a question with; beyond it "
+                                "the question is refused at once, with the estimate.", range=(1.0, 86_400.0))
 
     @classmethod
     def names(cls) -> list[str]:
@@ -109,19 +124,12 @@ class Settings:
         return cls(**{name: _coerce(cls, name, value) for name, value in values.items()})
 
     def __post_init__(self) -> None:
-        if self.k < 1:
-            raise SettingsError(f"k must be at least 1, got {self.k}")
-        if self.chunk_sentences < 1 or not 0 <= self.chunk_overlap < self.chunk_sentences:
-            raise SettingsError(
-                f"chunking needs chunk_sentences >= 1 and 0 <= chunk_overlap < chunk_sentences, "
-                f"got {self.chunk_sentences} and {self.chunk_overlap}")
-        if self.per_paper < 1:
-            raise SettingsError(f"per_paper must be at least 1, got {self.per_paper}")
         for f in fields(self):
-            choices = f.metadata.get("choices")
-            if choices and getattr(self, f.name) not in choices:
-                raise SettingsError(f"{f.name} must be {', '.join(choices[:-1])} or {choices[-1]}, "
-                                    f"got {getattr(self, f.name)!r}")
+            _check_field(f, getattr(self, f.name))
+        if self.chunk_overlap >= self.chunk_sentences:
+            raise SettingsError(
+                f"chunking needs chunk_overlap < chunk_sentences, got {self.chunk_overlap} and {self.chunk_sentences}; "
+                f"set {ENV_PREFIX}CHUNK_OVERLAP lower")
 
     def replace(self, **changes: Any) -> Settings:
         return dataclasses.replace(self, **{k: v for k, v in changes.items() if v is not None})
@@ -137,6 +145,28 @@ class Settings:
     def describe(self) -> list[tuple[str, Any, str]]:
         """(name, value, description) for every field, for `rag settings`."""
         return [(f.name, getattr(self, f.name), f.metadata["help"]) for f in fields(self)]
+
+
+def _check_field(f: dataclasses.Field, value: Any) -> None:
+    """Type, range, choices and non-blankness of one field's value; SettingsError naming the variable to fix."""
+    var = f"{ENV_PREFIX}{f.name.upper()}"
+    want = {"int": int, "float": (int, float), "str": str}[f.type]
+    if isinstance(value, bool) or not isinstance(value, want):
+        raise SettingsError(f"setting {f.name} must be {f.type}, got {value!r}; set {var}")
+    rng = f.metadata.get("range")
+    if rng is not None:
+        lo, hi = rng
+        if not math.isfinite(value):
+            raise SettingsError(f"{f.name} must be a finite number, got {value}; set {var} to a value from {lo} to {hi}")
+        if value < lo:
+            raise SettingsError(f"{f.name} must be at least {lo}, got {value}; set {var} to a value from {lo} to {hi}")
+        if value > hi:
+            raise SettingsError(f"{f.name} must be at most {hi}, got {value}; set {var} to a value from {lo} to {hi}")
+    choices = f.metadata.get("choices")
+    if choices and value not in choices:
+        raise SettingsError(f"{f.name} must be {', '.join(choices[:-1])} or {choices[-1]}, got {value!r}; set {var}")
+    if f.metadata.get("nonempty") and not value.strip():
+        raise SettingsError(f"{f.name} must not be empty; set {var} or leave it unset for the default")
 
 
 def _hint(name: str, names: list[str], prefix: str = "") -> str:

@@ -58,6 +58,20 @@ def _clean_dspy_and_env(monkeypatch, request, tmp_path):
     dspy.settings.configure(lm=None, adapter=None)
     yield
     dspy.settings.configure(lm=None, adapter=None)
+    _reset_step_logging()
+
+
+def _reset_step_logging() -> None:
+    """Undo rag.logs.show_steps (a CLI build in one test must not change logging for the next)."""
+    import logging
+
+    from rag.logs import _Steps
+
+    logger = logging.getLogger("rag.index")
+    for h in [h for h in logger.handlers if isinstance(h, _Steps)]:
+        logger.removeHandler(h)
+    logger.propagate = True
+    logger.setLevel(logging.NOTSET)
 
 
 @pytest.fixture

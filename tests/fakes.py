@@ -2,9 +2,15 @@
 
 The engine plugs into dspy.LM exactly like the local llama.cpp engine, so the real
 ChatAdapter formats and parses its output. A question containing FAIL raises, to
-test per-row error isolation; FAKE_LM_DELAY slows every call (for kill tests).
+test per-row error isolation; FAKE_LM_DELAY slows every call (for kill tests);
+FAKE_EMBEDDER=fail makes any embedding an error (to prove a command failed before it).
 
     python tests/fakes.py batch questions.txt -o out.jsonl    # `rag` with the fakes
+    python tests/fakes.py app                                 # the chat (app.py) with the fakes
+
+FAKE_NET_LOG=path records, through a Python audit hook, every connection or name
+lookup the process makes to anything but loopback (one line each), to prove that
+nothing phones home.
 """
 
 from __future__ import annotations
@@ -95,15 +101,56 @@ def inject(models: Models, setattr=setattr) -> Models:
     return models
 
 
-def install_fakes(delay: float = 0.0) -> FakeEngine:
+class FailingEmbedder:
+    """An embedder that must not be reached."""
+
+    name, dim = "fail", 256
+
+    def encode(self, texts, *, progress=False):
+        raise AssertionError("the embedder was called")
+
+
+def install_fakes(delay: float = 0.0, embedder=None) -> FakeEngine:
     """Make the pipeline use the keyword embedder and the fake LM (for `rag` run in a subprocess)."""
     from conftest import KeywordEmbedder
 
-    return inject(Models(KeywordEmbedder(), FakeEngine(delay))).engine
+    return inject(Models(embedder or KeywordEmbedder(), FakeEngine(delay))).engine
+
+
+LOOPBACK = ("127.0.0.1", "::1", "localhost", "0.0.0.0", "::")
+
+
+def log_network(path: str) -> None:
+    """Append every non-loopback connect / getaddrinfo of this process to `path` (audit hooks see them all)."""
+    import socket
+
+    def hook(event: str, args: tuple) -> None:
+        if event == "socket.connect":
+            sock, address = args
+            if sock.family in (socket.AF_INET, socket.AF_INET6) and address[0] not in LOOPBACK:
+                target = f"connect {address}"
+            else:
+                return
+        elif event == "socket.getaddrinfo" and args[0] not in LOOPBACK and args[0] is not None:
+            target = f"getaddrinfo {args[0]}"
+        else:
+            return
+        with open(path, "a") as f:
+            f.write(target + "\n")
+
+    sys.addaudithook(hook)
 
 
 if __name__ == "__main__":
-    install_fakes(float(os.environ.get("FAKE_LM_DELAY", "0")))
+    if os.environ.get("FAKE_NET_LOG"):
+        log_network(os.environ["FAKE_NET_LOG"])
+    import rag  # noqa: F401 - first, as the real entry points do: it sets the offline environment
+    install_fakes(float(os.environ.get("FAKE_LM_DELAY", "0")),
+                  FailingEmbedder() if os.environ.get("FAKE_EMBEDDER") == "fail" else None)
+    if sys.argv[1:2] == ["app"]:
+        import app
+
+        raise SystemExit(app.main())
     from rag.cli import main
 
     raise SystemExit(main(sys.argv[1:]))

@@ -15,6 +15,7 @@ import pytest
 
 import app
 from rag.pipeline import Pipeline
+from rag.waits import AnswerQueue
 
 CHROMIUM = "/usr/bin/chromium"
 needs_chromium = pytest.mark.skipif(
@@ -151,12 +152,33 @@ def test_gradio_client_gets_cited_answers_and_limits(fake_pipe, served):
     assert [row[0] for row in table["data"]] == ["Sourdough Fermentation Dynamics"]
 
 
-def test_a_burst_beyond_the_queue_gets_a_busy_error(tiny_settings, embedder, served):
+def test_a_burst_is_told_its_place_and_refused_up_front_beyond_the_wait_limit(tiny_settings, embedder, served):
+    from fakes import FakeEngine, fake_lm
+    from gradio_client import Client
+
+    pipe = Pipeline.open(tiny_settings, embedder=embedder, lm=fake_lm(FakeEngine(delay=1.0)))
+    waits = AnswerQueue(slots=1, max_wait=2.5, typical_s=1.0)
+    client = Client(served(pipe, waits=waits), verbose=False)
+    # digit-free questions: the fake LM echoes the question, and a number in no passage would be declined
+    jobs = [client.submit(f"robots {w}", 3, "hybrid", api_name="/chat") for w in "abcdefgh"]
+    finals = [job.result(timeout=120)[0] for job in jobs]
+    refused = [f for f in finals if f.startswith("**The chat is busy.**")]
+    answered = [f for f in finals if "(#src-" in f]
+    assert refused and answered and len(refused) + len(answered) == 8, finals
+    assert all("questions are ahead of yours: about" in r and "Please try again" in r for r in refused)
+    told = [o[0] for job in jobs for o in job.outputs() if o[0].startswith("_Waiting for the model: ")]
+    assert told and all(" ahead of yours, about " in t for t in told)
+    assert len(waits) == 0  # every place was given back
+    # and it still serves afterwards
+    assert "(#src-" in client.predict("sourdough", 3, "hybrid", api_name="/chat")[0]
+
+
+def test_gradios_own_queue_still_caps_open_requests(tiny_settings, embedder, served):
     from fakes import FakeEngine, fake_lm
     from gradio_client import Client
 
     pipe = Pipeline.open(tiny_settings, embedder=embedder, lm=fake_lm(FakeEngine(delay=0.4)))
-    client = Client(served(pipe, queue_max=2), verbose=False)
+    client = Client(served(pipe, queue_max=2, waits=AnswerQueue(max_wait=3600)), verbose=False)
     # digit-free questions: the fake LM echoes the question, and a number in no passage would be declined
     jobs = [client.submit(f"robots {w}", 3, "hybrid", api_name="/chat") for w in "abcdefgh"]
     outcomes = []
@@ -165,12 +187,104 @@ def test_a_burst_beyond_the_queue_gets_a_busy_error(tiny_settings, embedder, ser
             outcomes.append(job.result(timeout=60)[0])
         except Exception as e:  # noqa: BLE001 - the refused ones raise in the client
             outcomes.append(f"refused: {e}")
-    refused = [o for o in outcomes if o.startswith("refused")]
-    answered = [o for o in outcomes if "(#src-" in o]
-    assert refused and answered and len(refused) + len(answered) == 8
-    assert any("queue is full" in r.lower() for r in refused), refused
-    # and it still serves afterwards
-    assert "(#src-" in client.predict("sourdough", 3, "hybrid", api_name="/chat")[0]
+    assert any("queue is full" in o.lower() for o in outcomes) and any("(#src-" in o for o in outcomes)
+
+
+def test_a_waiting_question_is_told_its_place_then_answered(fake_pipe):
+    pipe, engine = fake_pipe
+    waits = AnswerQueue(slots=1, typical_s=20)
+    holder = waits.enter()
+    list(holder.wait())  # someone else's answer is being written
+    steps = app.make_respond(pipe, waits)("How are state space models initialised?", [], 3, "hybrid")
+    assert next(steps)[0] == "_Waiting for the model: 1 question ahead of yours, about 20 s to wait._"
+    assert engine.calls == 0
+    holder.done()
+    final, panel = list(steps)[-1]
+    assert "(#src-1)" in final and engine.calls == 1
+
+
+def test_a_question_over_the_wait_limit_is_refused_at_once(fake_pipe):
+    pipe, engine = fake_pipe
+    waits = AnswerQueue(slots=1, max_wait=60, typical_s=45)
+    list(waits.enter().wait())  # one being answered (it has just started)
+    waits.enter()  # one waiting: 45 + 45 s > 60 s
+    steps = list(app.make_respond(pipe, waits)("state space models", [], 3, "hybrid"))
+    assert len(steps) == 1 and engine.calls == 0
+    assert steps[0][0] == ("**The chat is busy.** 2 questions are ahead of yours: about 90 s of answering, more than "
+                           "the 60 s this chat lets a question wait. Please try again in a few minutes.")
+
+
+def test_a_bad_question_is_answered_without_waiting_in_line(fake_pipe):
+    pipe, _ = fake_pipe
+    waits = AnswerQueue(slots=1, max_wait=1, typical_s=45)
+    list(waits.enter().wait())  # the model is busy
+    final, _ = list(app.make_respond(pipe, waits)("x" * 2001, [], 3, "hybrid"))[-1]
+    assert final.startswith("Your question is 2,001 characters")
+    final, _ = list(app.make_respond(pipe, waits)("\u200b\u200b", [], 3, "hybrid"))[-1]
+    assert final.startswith("**Error:** the question is empty")
+
+
+def test_wait_durations_read_naturally():
+    assert [app.duration(s) for s in (0, 12, 44, 89, 91, 150, 600)] == [
+        "5 s", "15 s", "45 s", "90 s", "95 s", "3 min", "10 min"]
+
+
+# --- nothing phones home -----------------------------------------------------------------------
+
+def test_gradio_analytics_and_hub_telemetry_are_off_before_gradio_is_imported():
+    import subprocess
+    import sys
+
+    code = ("import app, gradio.analytics as a, huggingface_hub.constants as c; "
+            "print(a.analytics_enabled(), c.HF_HUB_OFFLINE, c.HF_HUB_DISABLE_TELEMETRY)")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                          env={"PATH": "/usr/bin:/bin", "PYTHONPATH": str(Path(__file__).parents[1])},
+                          cwd=str(Path(__file__).parents[1]))
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.split() == ["False", "True", "True"]
+
+
+def serve_in_subprocess(tmp_path: Path, port: int, **env: str):
+    """`python app.py` with the fake embedder and LM, in its own process (stopped by the caller)."""
+    import subprocess
+    import sys
+
+    root = Path(__file__).parents[1]
+    env = {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path), "PYTHONPATH": str(root), "RAG_PORT": str(port),
+           "RAG_CORPUS": str(root / "tests/data/tiny.jsonl"), "RAG_INDEX_DIR": str(tmp_path / "idx"),
+           "RAG_MIN_SCORE": "0", **env}
+    proc = subprocess.Popen([sys.executable, str(root / "tests" / "fakes.py"), "app"], env=env, cwd=str(tmp_path),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while time.time() < deadline and proc.poll() is None:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return proc
+        except OSError:
+            time.sleep(0.3)
+    proc.kill()
+    raise AssertionError(f"the app did not start: {proc.stderr.read()}")
+
+
+def test_the_served_app_touches_no_other_host(tmp_path):
+    """Start the chat as `python app.py` does, load its page, answer a question: every connection and name
+    lookup of that process goes to loopback (recorded by an audit hook inside it)."""
+    import httpx
+    from gradio_client import Client
+
+    log, port = tmp_path / "net.log", free_port()
+    proc = serve_in_subprocess(tmp_path, port, FAKE_NET_LOG=str(log))
+    try:
+        page = httpx.get(f"http://127.0.0.1:{port}/", timeout=30)
+        assert page.status_code == 200 and "papers-rag" in page.text
+        answer, _ = Client(f"http://127.0.0.1:{port}/", verbose=False).predict(
+            "What are state space models?", 3, "hybrid", api_name="/chat")
+        assert "(#src-1)" in answer
+        time.sleep(2)  # a version-check or telemetry thread would have run by now
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+    assert not log.exists() or log.read_text() == "", log.read_text()
 
 
 def test_basic_auth_when_configured(fake_pipe, served):

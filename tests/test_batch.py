@@ -239,3 +239,124 @@ def test_thousand_questions_in_bounded_memory(engine, tiny_settings, embedder, t
     # Results stream to disk: 10x the questions must not mean 10x the memory.
     assert large < small * 2 + 2_000_000, (small, large)
     assert len(lines(tmp_path / "o1000.jsonl")) == 1000
+
+
+# --- input used as output -----------------------------------------------------------------
+
+@pytest.mark.parametrize("name", ["q.txt", "q.jsonl"])
+def test_output_that_is_the_input_is_refused_before_any_work(run, engine, tmp_path, name):
+    q = tmp_path / name
+    content = "robots walking\n" if name.endswith(".txt") else json.dumps({"question": "robots"}) + "\n"
+    q.write_text(content)
+    code, _, err = run(str(q), "-o", str(q))
+    assert code == 1 and len(err.strip().splitlines()) == 1
+    assert f"input {q} and output {q} are the same file" in err and "-o q.answers.jsonl" in err
+    assert q.read_text() == content and engine.calls == 0 and not (tmp_path / "indexes").exists()
+
+
+def test_same_file_through_a_link_or_another_spelling_is_refused(run, engine, tmp_path):
+    q = tmp_path / "q.jsonl"
+    q.write_text(json.dumps({"question": "robots"}) + "\n")
+    (tmp_path / "sym.jsonl").symlink_to(q)
+    os.link(q, tmp_path / "hard.jsonl")
+    (tmp_path / "sub").mkdir()
+    for out in (tmp_path / "sym.jsonl", tmp_path / "hard.jsonl", tmp_path / "sub" / ".." / "q.jsonl"):
+        code, _, err = run(str(q), "-o", str(out))
+        assert code == 1 and "are the same file" in err, out
+    assert engine.calls == 0
+
+
+def test_csv_output_that_would_overwrite_the_csv_input_is_refused(run, engine, tmp_path):
+    q = tmp_path / "q.csv"
+    q.write_text("question\nrobots\n")
+    code, _, err = run(str(q), "-o", str(tmp_path / "q.jsonl"), "--format", "csv")
+    assert code == 1 and f"the flat CSV it writes ({q})" in err
+    assert q.read_text() == "question\nrobots\n" and engine.calls == 0
+
+
+def test_stdin_redirected_from_the_output_file_is_refused(tmp_path):
+    out = tmp_path / "out.jsonl"
+    out.write_text(json.dumps({"id": "1", "question": "robots", "error": None}) + "\n")
+    env = {**os.environ, "PYTHONPATH": str(HERE.parent), "RAG_CORPUS": str(DATA / "tiny.jsonl"),
+           "RAG_INDEX_DIR": str(tmp_path / "idx"), "RAG_MIN_SCORE": "0"}
+    with open(out, "rb") as stdin:
+        proc = subprocess.run([sys.executable, str(HERE / "fakes.py"), "batch", "-", "-o", str(out)], stdin=stdin,
+                              capture_output=True, text=True, env=env, timeout=120)
+    assert proc.returncode == 1 and proc.stderr.startswith(f"error: stdin and output {out} are the same file")
+    assert not (tmp_path / "idx").exists()
+
+
+def test_an_output_that_is_not_a_regular_file_is_refused(run, engine, tmp_path):
+    q = tmp_path / "q.txt"
+    q.write_text("robots\n")
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    for out in (fifo, Path("/dev/null")):
+        code, _, err = run(str(q), "-o", str(out))
+        assert code == 1 and f"output {out} is not a regular file" in err
+    assert engine.calls == 0
+
+
+# --- input that is too big ------------------------------------------------------------------
+
+def test_an_over_long_line_is_a_row_error_and_is_never_read_whole(run, tmp_path, monkeypatch):
+    monkeypatch.setattr(batch, "MAX_LINE_BYTES", 1000)
+    q, out = tmp_path / "q.txt", tmp_path / "out.jsonl"
+    q.write_text("robots walking\n" + "x" * 50_000 + "\nexoplanets\n" + "y" * 5000)  # the last one has no newline
+    code, _, err = run(str(q), "-o", str(out))
+    rows = {r["id"]: r for r in lines(out)}
+    assert code == 0 and sorted(rows) == ["1", "2", "3", "4"]
+    assert rows["2"]["error"] == "q.txt:2: line longer than 1,000 bytes; split or shorten it"
+    assert rows["4"]["error"].startswith("q.txt:4: line longer") and rows["3"]["error"] is None
+
+
+def test_over_long_csv_lines_and_bad_csv_are_row_errors(run, tmp_path, monkeypatch):
+    q, out = tmp_path / "q.csv", tmp_path / "out.jsonl"
+    # a 140,000-character field: under the line limit, over the csv module's own field limit
+    q.write_text("id,question\na,robots\nb," + "x" * 140_000 + "\nc,exoplanets\n")
+    code, _, err = run(str(q), "-o", str(out))
+    rows = {r["id"]: r for r in lines(out)}
+    assert code == 0 and rows["a"]["error"] is None and rows["c"]["error"] is None
+    assert rows["3"]["error"].startswith("q.csv:3: not valid CSV (field larger than field limit")
+    monkeypatch.setattr(batch, "MAX_LINE_BYTES", 1000)
+    q.write_text("id,question\na,robots\nb," + "x" * 5000 + "\nc,exoplanets\n")
+    code, _, err = run(str(q), "-o", str(out), "--overwrite")
+    rows = {r["id"]: r for r in lines(out)}
+    assert code == 0 and rows["a"]["error"] is None and rows["c"]["error"] is None
+    assert rows["3"]["error"] == "q.csv:3: line longer than 1,000 bytes; split or shorten it"
+
+
+def test_count_rows_reads_in_blocks(tmp_path):
+    f = tmp_path / "q.txt"
+    f.write_bytes(b"a\n\n  \nb\n" + b"c" * 3_000_000 + b"\n\nd")
+    assert batch.count_rows(str(f), "txt") == 4
+
+
+# --- a full disk --------------------------------------------------------------------------
+
+def test_disk_full_mid_batch_keeps_earlier_answers_names_the_file_and_resumes(run, engine, tmp_path, monkeypatch):
+    import errno
+
+    q, out = tmp_path / "q.txt", tmp_path / "out.jsonl"
+    q.write_text("".join(f"robots {i}\n" for i in range(5)))
+    real_write, calls = os.write, []
+
+    def filling_disk(fd, data):
+        if not data.startswith(b'{"id"'):  # not an answer line
+            return real_write(fd, data)
+        calls.append(fd)
+        if len(calls) == 3:  # the third answer: half of it lands, then the disk is full
+            real_write(fd, data[: len(data) // 2])
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_write(fd, data)
+
+    monkeypatch.setattr(batch.os, "write", filling_disk)
+    code, _, err = run(str(q), "-o", str(out))
+    last = err.splitlines()[-1]
+    assert code == 1 and last.startswith(f"error: cannot write to {out}: No space left on device")
+    assert "re-run the same command to resume" in last and "Traceback" not in err
+    assert out.read_bytes().endswith(b"\n") and [r["id"] for r in lines(out)] == ["1", "2"]  # no torn line
+    monkeypatch.setattr(batch.os, "write", real_write)
+    code, _, err = run(str(q), "-o", str(out))
+    assert code == 0 and "skipped 2 already done" in err
+    assert [r["id"] for r in lines(out)] == ["1", "2", "3", "4", "5"]

@@ -50,8 +50,9 @@ def test_papers_human(cli):
 
 
 def test_index_builds_then_reports_up_to_date(cli):
-    code, out, _ = cli("index")
+    code, out, err = cli("index")
     assert code == 0 and "6 papers" in out and "built in" in out
+    assert "  chunking 6 papers\n  embedding 6 chunks and 18 sentences\n  BM25 over 6 chunks\n" in err  # each step shown
     code, out, _ = cli("index")
     assert code == 0 and "up to date" in out
     code, out, _ = cli("index", "--rebuild")
@@ -172,3 +173,96 @@ def test_settings_lists_every_field():
                           env={"PATH": "/usr/bin:/bin", "RAG_API_KEY": "sekret"})
     assert proc.returncode == 0 and "RAG_K " in proc.stdout and "RAG_LM " in proc.stdout
     assert "sekret" not in proc.stdout
+
+
+# --- hostile but fair input -----------------------------------------------------------------
+
+@pytest.fixture
+def evil_corpus(tmp_path, monkeypatch):
+    rows = [{"id": "ansi", "title": "\x1b[2J\x1b]0;pwned\x07Evil \x1b[31mred\x1b[0m title \x9b31m",
+             "abstract": "State space models \x1b[5mblink\x1b[0m scale linearly with sequence length."},
+            {"id": "plain", "title": "Sourdough Fermentation", "abstract": "Acidity rises fastest at 30 degrees."}]
+    f = tmp_path / "evil.jsonl"
+    f.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    monkeypatch.setenv("RAG_CORPUS", str(f))
+    return f
+
+
+def test_terminal_escapes_in_titles_never_reach_the_terminal(cli, evil_corpus):
+    for argv in (["papers"], ["search", "state space models"]):
+        code, out, _ = cli(*argv)
+        assert code == 0 and "Evil red title" in out
+        assert "\x1b" not in out and "\x9b" not in out and "\x07" not in out, argv
+    code, out, _ = cli("papers", "--json")
+    assert code == 0 and "\x1b" not in out and "\x9b" not in out
+    assert "\\u001b[2J" in out and "\\u009b31m" in out  # escaped, and the JSON still round-trips
+    assert json.loads(out)[0]["title"].startswith("\x1b[2J")
+
+
+def test_terminal_escapes_in_answers_are_removed_from_human_output(cli, fake_models):
+    # no digits or capitals in the sequences: the claim check would decline a name or number in no passage
+    fake_models.lm = DummyLM([{"answer": "They scale \x1b[mlinearly\x1b[m [1].\x07\x1b]lpwned\x07", "sources": "[1]"}])
+    code, out, _ = cli("ask", "How do state space models scale?")
+    assert code == 0 and out.startswith("They scale linearly [1].") and "\x1b" not in out and "\x07" not in out
+
+
+@pytest.mark.parametrize("question", ["\u200b\u200c\u2060", "\u200b \ufeff \u00ad", "\u2062\t\u200e"])
+def test_a_question_of_only_invisible_characters_is_empty(cli, fake_models, question):
+    code, out, err = cli("ask", question)
+    assert code == 1 and err.startswith("error: the question is empty") and out == ""
+
+
+def test_invalid_utf8_in_argv_is_named_as_such(tmp_path):
+    env = {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path), "LC_ALL": "C.UTF-8"}
+    proc = subprocess.run([sys.executable.encode(), b"-m", b"rag", b"ask", b"caf\xc3 au lait?"], capture_output=True,
+                          env=env, timeout=120)
+    assert proc.returncode == 1
+    assert proc.stderr.decode() == ("error: the question is not valid UTF-8 (byte 0xC3); type it again or re-save the "
+                                    "text as UTF-8\n")
+
+
+def test_a_prompt_that_cannot_fit_the_context_fails_before_anything_loads(cli, monkeypatch, fake_models, tmp_path):
+    import rag.pipeline
+
+    fake_models.lm = None  # the real local backend, whose load must never start
+    monkeypatch.setattr(rag.pipeline, "make_lm", lambda *a, **k: pytest.fail("the model was loaded"))
+    monkeypatch.setenv("RAG_EVIDENCE_TOKENS", "5000")
+    code, _, err = cli("ask", "state space models")
+    assert code == 1 and err.count("\n") == 1 and not (tmp_path / "indexes").exists()
+    assert err.startswith("error: RAG_EVIDENCE_TOKENS=5000 and RAG_MAX_TOKENS=200 need about 6,400 tokens")
+    assert "RAG_N_CTX=4,096" in err
+    monkeypatch.delenv("RAG_EVIDENCE_TOKENS")
+    code, _, err = cli("ask", "state space models", "--k", "100000")  # k is bounded by its range
+    assert code == 1 and err.startswith("error: k must be at most 1000, got 100000")
+    assert not (tmp_path / "indexes").exists()
+    fake_models.lm = DummyLM([{"answer": "They use HiPPO [1].", "sources": "[1]"}] * 3)
+    monkeypatch.setattr(rag.pipeline, "make_lm", lambda *a, **k: fake_models.lm)
+    # a large k is fine: the model reads at most RAG_EVIDENCE_TOKENS of evidence however many papers come back
+    code, out, _ = cli("ask", "state space models", "--k", "900", "--json")
+    assert code == 0 and len(json.loads(out)["passages"]) <= 6
+
+
+def test_a_tampered_bm25_index_is_a_one_line_error_for_every_mode(cli, tmp_path):
+    import numpy as np
+
+    from rag.index import checksums
+
+    assert cli("index")[0] == 0
+    path = next((tmp_path / "indexes").glob("idx-*"))
+    np.save(path / "bm25" / "indices.csc.index.npy", np.load(path / "bm25" / "indices.csc.index.npy") + 50)
+    meta = json.loads((path / "meta.json").read_text())
+    (path / "meta.json").write_text(json.dumps({**meta, "files": checksums(path)}))  # checksums "fixed" too
+    for mode in ("hybrid", "bm25", "dense"):
+        code, out, err = cli("search", "state space", "--retrieval", mode, "--no-rebuild")
+        assert code == 1 and out == "" and err.count("\n") == 1
+        assert "BM25 index disagrees with the chunks" in err and "rag index --rebuild" in err
+
+
+def test_a_5mb_abstract_is_cut_with_a_warning_and_the_index_builds(cli, tmp_path, monkeypatch, caplog):
+    f = tmp_path / "big.jsonl"
+    f.write_text(json.dumps({"id": "big", "title": "Huge", "abstract": "word " * 1_000_000}) + "\n"
+                 + json.dumps({"id": "small", "title": "Small", "abstract": "A short abstract."}) + "\n")
+    monkeypatch.setenv("RAG_CORPUS", str(f))
+    code, out, err = cli("index")
+    assert code == 0 and "2 papers" in out
+    assert "big.jsonl:1: abstract is 4,999,999 characters; indexed only its first 19,999" in caplog.text

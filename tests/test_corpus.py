@@ -167,3 +167,63 @@ def test_bad_files(tmp_path):
     empty_dir.mkdir()
     with pytest.raises(CorpusError, match="no \\*.txt seed pages"):
         load_corpus(empty_dir)
+
+
+# --- types and sizes -------------------------------------------------------------------
+
+@pytest.mark.parametrize("row,match", [
+    ({"title": 123, "abstract": "An abstract."}, r"c\.jsonl:1: title must be text, got a number"),
+    ({"title": "A", "abstract": ["a", "list"]}, r"c\.jsonl:1: abstract must be text, got a list"),
+    ({"title": "A", "abstract": {"x": 1}}, r"c\.jsonl:1: abstract must be text, got an object"),
+    ({"title": True, "abstract": "x"}, r"c\.jsonl:1: title must be text, got true/false"),
+    ({"id": [1], "title": "A", "abstract": "x"}, r"c\.jsonl:1: id must be text or a whole number, got a list"),
+    ({"title": "A\udc80", "abstract": "x"}, r"c\.jsonl:1: title holds a lone surrogate"),
+])
+def test_non_text_fields_are_errors_naming_the_row(tmp_path, row, match):
+    f = tmp_path / "c.jsonl"
+    f.write_text(json.dumps(row) + "\n")
+    with pytest.raises(CorpusError, match=match):
+        load_corpus(f)
+
+
+def test_a_numeric_id_is_fine(tmp_path):
+    f = tmp_path / "c.jsonl"
+    f.write_text(json.dumps({"id": 7, "title": "A", "abstract": "x"}) + "\n")
+    assert load_corpus(f)[0].id == "7"
+
+
+def test_deeply_nested_json_is_an_error_not_a_crash(tmp_path):
+    f = tmp_path / "c.jsonl"
+    f.write_text("[" * 100_000 + "]" * 100_000 + "\n")
+    with pytest.raises(CorpusError, match=r"c\.jsonl:1: invalid JSON"):
+        load_corpus(f)
+    f.write_text('{"title": "A", "abstract": "x", "n": ' + "9" * 5000 + "}\n")  # over Python's int-digits limit
+    with pytest.raises(CorpusError, match=r"c\.jsonl:1: invalid JSON"):
+        load_corpus(f)
+
+
+def test_over_long_abstracts_and_titles_are_cut_with_a_warning_naming_the_row(tmp_path, caplog):
+    f = tmp_path / "c.jsonl"
+    rows = [{"title": "Short", "abstract": "Fine."},
+            {"title": "T " * 400, "abstract": "word " * 1_000_000}]  # a 5 MB abstract
+    f.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    with caplog.at_level("WARNING", logger="rag.corpus"):
+        papers = load_corpus(f, max_abstract_chars=20_000)
+    assert papers[0].abstract == "Fine."
+    assert 19_000 < len(papers[1].abstract) <= 20_000 and papers[1].abstract.endswith("word")
+    assert len(papers[1].title) <= 500
+    warned = " ".join(r.getMessage() for r in caplog.records)
+    assert "c.jsonl:2: abstract is 4,999,999 characters; indexed only its first" in warned
+    assert "c.jsonl:2: title is" in warned
+
+
+def test_a_csv_abstract_longer_than_the_csv_field_limit_is_cut_not_refused(tmp_path):
+    f = tmp_path / "c.csv"
+    f.write_text("title,abstract\nA," + "word " * 60_000 + "\n")  # 300 KB field; csv's own limit is 128 KiB
+    assert len(load_corpus(f)[0].abstract) <= 20_000
+
+
+def test_seed_pages_are_capped_too(tmp_path):
+    (tmp_path / "p.txt").write_text("Title One\n" + "A sentence here. " * 2000 + "\n")
+    paper = load_corpus(tmp_path, max_abstract_chars=1000)[0]
+    assert len(paper.abstract) <= 1000

@@ -120,6 +120,146 @@ def test_unwritable_index_dir(tiny_settings, embedder, tmp_path):
         open_index(tiny_settings.replace(index_dir=str(blocker / "sub")), lambda: embedder)
 
 
+# --- checksums cover every file; BM25 must agree with the chunks --------------------------
+
+def test_every_file_of_the_index_is_checksummed(tiny_settings, embedder):
+    path = open_index(tiny_settings, lambda: embedder).path
+    listed = json.loads((path / "meta.json").read_text())["files"]
+    on_disk = {p.relative_to(path).as_posix() for p in path.rglob("*") if p.is_file()} - {"meta.json"}
+    assert set(listed) == on_disk
+    assert {"bm25/params.index.json", "bm25/indices.csc.index.npy", "sentences.npy", "dense.faiss"} <= on_disk
+
+
+@pytest.mark.parametrize("damage,match", [
+    (lambda p: (p / "bm25" / "params.index.json").write_text(
+        (p / "bm25" / "params.index.json").read_text().replace('"num_docs": ', '"num_docs": 1')),
+     "bm25/params.index.json does not match its checksum"),
+    (lambda p: (p / "bm25" / "extra.json").write_text("{}"), "bm25/extra.json is not covered by its checksums"),
+    (lambda p: (p / "bm25" / "vocab.index.json").unlink(), "bm25/vocab.index.json is missing"),
+])
+def test_a_damaged_bm25_index_is_refused(tiny_settings, embedder, damage, match):
+    path = open_index(tiny_settings, lambda: embedder).path
+    damage(path)
+    with pytest.raises(IndexStoreError, match=match) as err:
+        open_index(tiny_settings, lambda: embedder)
+    assert "rag index --rebuild" in str(err.value)
+
+
+def _rewrite_checksums(path: Path) -> None:
+    """What a careful vandal (or a buggy tool) does: edit a file and fix meta.json to match."""
+    from rag.index import checksums
+
+    meta = json.loads((path / "meta.json").read_text())
+    (path / "meta.json").write_text(json.dumps({**meta, "files": checksums(path)}))
+
+
+@pytest.mark.parametrize("edit,problem", [
+    (lambda p: (p / "bm25" / "params.index.json").write_text(
+        json.dumps({**json.loads((p / "bm25" / "params.index.json").read_text()), "num_docs": 999})),
+     "999 documents for"),
+    (lambda p: np.save(p / "bm25" / "indices.csc.index.npy",
+                       np.load(p / "bm25" / "indices.csc.index.npy") + 10_000), "postings point outside the chunks"),
+    (lambda p: (p / "bm25" / "vocab.index.json").write_text(json.dumps({"state": 10**6, "": 0})),
+     "vocabulary points outside"),
+])
+def test_valid_but_wrong_bm25_files_are_a_rebuild_error_not_an_index_error(tiny_settings, embedder, edit, problem):
+    path = open_index(tiny_settings, lambda: embedder).path
+    edit(path)
+    _rewrite_checksums(path)
+    with pytest.raises(IndexStoreError, match=f"BM25 index disagrees with the chunks: .*{problem}") as err:
+        open_index(tiny_settings, lambda: embedder)
+    assert "rag index --rebuild" in str(err.value)
+
+
+def test_embedder_failure_during_a_rebuild_leaves_the_old_index_loading(tiny_settings, embedder):
+    class Broken:
+        dim, name = 256, "broken"
+
+        def encode(self, texts, *, progress=False):
+            raise RuntimeError("CUDA out of memory (simulated)")
+
+    path = open_index(tiny_settings, lambda: embedder).path
+    before = (path / "meta.json").read_text()
+    with pytest.raises(IndexStoreError, match=r"embedding failed \(RuntimeError: CUDA out of memory") as err:
+        open_index(tiny_settings, lambda: Broken(), rebuild="always")
+    assert "previous one, if any, is untouched" in str(err.value)
+    assert (path / "meta.json").read_text() == before
+    assert open_index(tiny_settings, lambda: embedder, rebuild="never").meta["n_papers"] == 6
+    assert not list(path.parent.glob(".tmp-*"))
+
+
+def test_disk_full_during_a_build_is_an_error_and_the_old_index_stays(tiny_settings, embedder, monkeypatch):
+    import errno
+
+    import rag.index
+
+    path = open_index(tiny_settings, lambda: embedder).path
+    real = rag.index._write_jsonl
+
+    def full(target, rows):
+        if target.name == "chunks.jsonl":
+            raise OSError(errno.ENOSPC, "No space left on device", str(target))
+        real(target, rows)
+
+    monkeypatch.setattr(rag.index, "_write_jsonl", full)
+    with pytest.raises(IndexStoreError, match=f"cannot write index {path}: No space left on device"):
+        open_index(tiny_settings, lambda: embedder, rebuild="always")
+    monkeypatch.undo()
+    assert open_index(tiny_settings, lambda: embedder, rebuild="never").meta["n_chunks"] > 0
+    assert not list(path.parent.glob(".tmp-*"))
+
+
+# --- permissions: checked up front, reported in one line -----------------------------------
+
+def _without_root_powers() -> list[str]:
+    """Command prefix under which file permissions apply: as root, setpriv drops the capabilities that let
+    root read and write anything (the files stay root's, so mode bits decide); as anyone else, nothing."""
+    if os.geteuid() != 0:
+        return []
+    if not shutil.which("setpriv"):
+        pytest.skip("running as root without setpriv (util-linux): cannot make a directory unreadable to root")
+    return ["setpriv", "--bounding-set", "-dac_override,-dac_read_search"]
+
+
+def _rag_limited(tmp_path: Path, *argv: str, **env: str):
+    import subprocess
+    import sys
+
+    env = {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path), "PYTHONPATH": str(ROOT),
+           "RAG_CORPUS": str(ROOT / "tests/data/tiny.jsonl"), "RAG_MIN_SCORE": "0", **env}
+    return subprocess.run([*_without_root_powers(), sys.executable, str(ROOT / "tests" / "fakes.py"), *argv],
+                          capture_output=True, text=True, env=env, timeout=180)
+
+
+@pytest.fixture
+def restore_modes(tmp_path):
+    yield
+    for p in tmp_path.rglob("*"):
+        if p.is_dir():
+            p.chmod(0o755)
+
+
+def test_an_unreadable_index_directory_is_a_one_line_error(tmp_path, tiny_settings, embedder, restore_modes):
+    root = tmp_path / "indexes"
+    open_index(tiny_settings.replace(index_dir=str(root)), lambda: embedder)
+    root.chmod(0o000)
+    proc = _rag_limited(tmp_path, "search", "state space models", RAG_INDEX_DIR=str(root))
+    assert proc.returncode == 1, proc.stderr
+    assert proc.stderr.startswith("error: cannot read index directory") and "permission denied" in proc.stderr
+    assert proc.stderr.count("\n") == 1 and "Traceback" not in proc.stderr
+
+
+def test_an_unwritable_index_directory_fails_before_any_embedding(tmp_path, restore_modes):
+    root = tmp_path / "indexes"
+    root.mkdir()
+    root.chmod(0o555)  # exists and is readable, but not writable
+    proc = _rag_limited(tmp_path, "index", RAG_INDEX_DIR=str(root), FAKE_EMBEDDER="fail")
+    assert proc.returncode == 1, proc.stderr
+    assert "error: cannot write to index directory" in proc.stderr and "RAG_INDEX_DIR" in proc.stderr
+    assert "embedder was called" not in proc.stderr and "Traceback" not in proc.stderr
+    assert list(root.iterdir()) == []
+
+
 def test_unreadable_index_dir(tiny_settings, embedder):
     path = open_index(tiny_settings, lambda: embedder).path
     if os.geteuid() == 0:  # root reads anything; replace a file by a directory instead

@@ -129,6 +129,64 @@ def test_importing_the_package_keeps_litellm_off_the_network():
     assert proc.stdout.split() == ["True", "True"]  # the bundled cost map is used
 
 
+# --- ranges: every setting is checked before it reaches a backend ------------------------
+
+@pytest.mark.parametrize("env,message", [
+    ({"RAG_MAX_TOKENS": "-5"}, "max_tokens must be at least 1, got -5; set RAG_MAX_TOKENS"),
+    ({"RAG_TEMPERATURE": "-3"}, "temperature must be at least 0.0, got -3.0; set RAG_TEMPERATURE"),
+    ({"RAG_TIMEOUT": "-1"}, "timeout must be at least 0.1, got -1.0; set RAG_TIMEOUT"),
+    ({"RAG_MIN_SCORE": "nan"}, "min_score must be a finite number, got nan; set RAG_MIN_SCORE"),
+    ({"RAG_MIN_SCORE": "inf"}, "min_score must be a finite number, got inf"),
+    ({"RAG_TEMPERATURE": "-inf"}, "temperature must be a finite number"),
+    ({"RAG_MIN_SCORE": "1.5"}, "min_score must be at most 1.0"),
+    ({"RAG_K": "0"}, "k must be at least 1, got 0"),
+    ({"RAG_K": "100000"}, "k must be at most 1000, got 100000"),
+    ({"RAG_PORT": "70000"}, "port must be at most 65535"),
+    ({"RAG_N_CTX": "16"}, "n_ctx must be at least 512"),
+    ({"RAG_THREADS": "-2"}, "threads must be at least 0"),
+    ({"RAG_PER_PAPER": "0"}, "per_paper must be at least 1"),
+    ({"RAG_MAX_WAIT": "0"}, "max_wait must be at least 1.0"),
+    ({"RAG_MAX_ABSTRACT_CHARS": "5"}, "max_abstract_chars must be at least 100"),
+    ({"RAG_CORPUS": "  "}, "corpus must not be empty; set RAG_CORPUS"),
+    ({"RAG_LM": ""}, "lm must not be empty"),
+    ({"RAG_K": "1e3"}, "setting k must be int, got '1e3'"),
+])
+def test_out_of_range_values_are_errors_naming_the_variable(env, message):
+    with pytest.raises(SettingsError) as err:
+        Settings.load(env=env)
+    assert message in str(err.value) and "\n" not in str(err.value)
+
+
+def test_every_numeric_setting_declares_a_range():
+    from dataclasses import fields
+
+    for f in fields(Settings):
+        if f.type in ("int", "float"):
+            lo, hi = f.metadata["range"]
+            assert lo <= getattr(Settings.load(env={}), f.name) <= hi, f.name
+
+
+def test_overrides_of_the_wrong_type_are_errors():
+    base = Settings.load(env={})
+    with pytest.raises(SettingsError, match="setting k must be int, got '5'"):
+        base.replace(k="5")
+    with pytest.raises(SettingsError, match="setting temperature must be float, got True"):
+        base.replace(temperature=True)
+    assert base.replace(min_score=0).min_score == 0  # an int where a float goes is fine
+
+
+def test_bad_setting_from_the_command_line_fails_before_any_work(tmp_path):
+    import subprocess
+    import sys
+
+    env = {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path), "RAG_MAX_TOKENS": "-5", "RAG_INDEX_DIR": str(tmp_path / "i")}
+    proc = subprocess.run([sys.executable, "-m", "rag", "ask", "What is ReFT?"], capture_output=True, text=True,
+                          env=env, timeout=120)
+    assert proc.returncode == 1 and proc.stderr.count("\n") == 1
+    assert proc.stderr.startswith("error: max_tokens must be at least 1, got -5; set RAG_MAX_TOKENS")
+    assert not (tmp_path / "i").exists()
+
+
 def test_request_body_carries_the_schema_and_logprobs_the_way_llama_cpp_reads_them():
     from dspy.lm15 import Config, Message, Request
 

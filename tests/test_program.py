@@ -27,6 +27,12 @@ def test_invalid_numbers_are_dropped_from_text_and_citations():
     assert c.answer == "A claim. Another [2] and."
 
 
+def test_a_marker_formed_by_removing_an_invalid_one_is_checked_too():
+    # found by hypothesis: "[[9]2]" with one passage left "[2]" behind once "[9]" was dropped
+    c = map_citations("Claim [1] [[9]2].", [], ["one passage"])
+    assert c.numbers == [1] and c.answer == "Claim [1]."
+
+
 def test_grouped_markers_are_split():
     assert map_citations("Both [1, 3].", [], P3).answer == "Both [1][3]."
 
