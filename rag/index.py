@@ -54,7 +54,7 @@ from rag.text import tokenize
 
 log = logging.getLogger(__name__)
 
-FORMAT = 2  # 2: the sentence store
+FORMAT = 3  # 2: the sentence store; 3: checksums over every file (bm25/ included), the 1,000-character sentence cap
 META = "meta.json"
 
 

@@ -270,7 +270,8 @@ def _compile(program: CitedRAG, optimizer: str, train_rows: list[dict], embed: A
             compiled = opt.compile(program, trainset=to_examples(train), valset=to_examples(val))
     for predictor in compiled.predictors():
         demos = select_demos([d.toDict() if hasattr(d, "toDict") else dict(d) for d in predictor.demos])
-        predictor.demos = [dspy.Example(**{k: v for k, v in d.items() if k != "label"}) for d in demos]
+        # A trace keeps everything the prediction had; the label and the reply's logprobs are not demo fields.
+        predictor.demos = [dspy.Example(**{k: v for k, v in d.items() if k not in ("label", "logprobs")}) for d in demos]
         predictor.lm = None
     return compiled
 

@@ -12,7 +12,7 @@ import pytest
 
 from rag.corpus import load_corpus
 from rag.errors import IndexStoreError
-from rag.index import build_index, expected_index_path, load_index, open_index
+from rag.index import FORMAT, build_index, expected_index_path, load_index, open_index
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -301,8 +301,8 @@ def test_an_index_of_the_previous_format_is_rebuilt_or_refused(tiny_settings, em
     path = build_index(load_corpus(tiny_settings.corpus), embedder, tiny_settings)
     meta = json.loads((path / "meta.json").read_text())
     (path / "meta.json").write_text(json.dumps({**meta, "format": 1}))
-    with pytest.raises(IndexStoreError, match="format 1, expected 2"):
+    with pytest.raises(IndexStoreError, match=f"format 1, expected {FORMAT}"):
         open_index(tiny_settings, lambda: embedder, rebuild="never")
     built = []
     index = open_index(tiny_settings, lambda: embedder, on_build=built.append)
-    assert built == [path] and index.meta["format"] == 2
+    assert built == [path] and index.meta["format"] == FORMAT
