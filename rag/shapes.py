@@ -24,7 +24,7 @@ import re
 
 SHAPES = ("list", "yesno", "specific")
 
-_PAPERS = r"(?:papers?|works?|studies|study|articles?|publications?|research)\b"
+_PAPERS = r"(?:papers?|work|studies|study|articles?|publications?|research)\b"
 # "Which papers ...", "What work here ...", "... which papers here would help?", "List the studies ...",
 # "Are there papers on ...?", "Are any of these papers about ...?", "... Please list them."
 _LIST = re.compile(
@@ -37,6 +37,8 @@ _LIST = re.compile(
 # "If each model learns from the last, are they doomed ...?"
 _YESNO = re.compile(r"(?:^|,)\s*(?:is|are|was|were|do|does|did|can|could|has|have|had|will|would|should|may|might|must"
                     r"|isn't|aren't|doesn't|don't|didn't|can't|hasn't|haven't)\b", re.IGNORECASE)
+# A question word anywhere means the question asks for a thing, not a yes or no.
+_WH = re.compile(r"\b(?:what|which|who|whom|whose|when|where|why|how)\b", re.IGNORECASE)
 # "Is it A, or B?" asks to choose, not to confirm.
 _EITHER_OR = re.compile(r",\s*or\b|\bor\s+(?:do|does|did|is|are|was|were|can|will|would|just|rather|instead)\b",
                         re.IGNORECASE)
@@ -51,9 +53,10 @@ def question_shape(question: str) -> str:
     """`list`, `yesno` or `specific` (see the module doc)."""
     if _LIST.search(question):
         return "list"
-    first = question.split(",", 2)
-    opening = ",".join(first[:2])  # the question's start, or the main clause after one opening clause
-    if _YESNO.search(opening) and not _EITHER_OR.search(question):
+    # the question's start, or the main clause after one opening clause or title ("Biliary atresia: should ...?")
+    opening = ",".join(re.split(r"\s*(?:[,:;.]|--|—|–)\s+|(?<=\w)--", question, maxsplit=2)[:2])
+    verbless = question.rstrip().endswith("?") and not _WH.search(question)  # "Inhibin: a new marker of X?"
+    if (_YESNO.search(opening) or verbless) and not _EITHER_OR.search(question):
         return "yesno"
     return "specific"
 

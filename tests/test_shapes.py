@@ -26,6 +26,12 @@ ROOT = Path(__file__).resolve().parent.parent
     ("What are the two subtasks of the I am a Strange Dataset benchmark?", "specific"),
     ("Which model was best on the benchmark?", "specific"),
     ("How much more parameter-efficient is LoReFT than prior PEFTs?", "specific"),
+    # titles before the question, as in PubMedQA (and as people write)
+    ("Biliary atresia: should all patients undergo a portoenterostomy?", "yesno"),
+    ("Multidisciplinary breast cancer clinics. Do they work?", "yesno"),
+    ("Juvenile ankylosing spondylitis--is it the same disease as adult ankylosing spondylitis?", "yesno"),
+    ("Inhibin: a new circulating marker of hydatidiform mole?", "yesno"),
+    ("Sourdough starters: which flour works best?", "specific"),
 ])
 def test_question_shapes(question, shape):
     assert question_shape(question) == shape
