@@ -51,11 +51,31 @@ class Settings:
                           shapes_index=True)
     chunk_sentences: int = _f(3, "Sentences per chunk (sentence-window chunking).", shapes_index=True)
     chunk_overlap: int = _f(1, "Sentences shared by consecutive chunks of one abstract.", shapes_index=True)
+    embed_backend: str = _f("torch", "How the embedding model runs: torch, onnx (ONNX Runtime, exported once from the "
+                                     "packaged model) or onnx-int8 (the same, int8-quantised).",
+                            shapes_index=True, choices=("torch", "onnx", "onnx-int8"))
+    # --- large corpora ------------------------------------------------------
+    ivf_threshold: int = _f(200_000, "Chunk count above which the dense index is approximate (FAISS IVF) "
+                                     "instead of exact; see bench/bench_ann.py for the measurement.", shapes_index=True,
+                        minimum=1)
+    ivf_lists: int = _f(0, "IVF cells (k-means centroids) of an approximate index; 0 picks 4 x sqrt(chunks).",
+                        shapes_index=True, minimum=0)
+    ivf_codec: str = _f("sq8", "How an approximate index stores vectors: sq8 (8-bit scalar, 4x smaller), flat "
+                               "(float32) or pq (product quantisation, 32x smaller, lower recall).",
+                        shapes_index=True, choices=("sq8", "flat", "pq"))
+    nprobe: int = _f(32, "IVF cells searched per query (more: higher recall, slower); exact indexes ignore it.", minimum=1)
+    engine: str = _f("local", "Where `rag index` embeds and `rag batch` answers: local (this process) or ray "
+                              "(a Ray cluster; pip install 'papers-rag[ray]').", choices=("local", "ray"))
+    ray_address: str = _f("", "Ray cluster to join ('auto': the one running on this machine, 'ray://host:10001'); "
+                              "empty starts a local Ray for the command.")
+    ray_workers: int = _f(0, "Ray actors (each loads the embedder, or a whole pipeline for batch QA, once); "
+                             "0: one per CPU of the cluster.", minimum=0)
     # --- retrieval ----------------------------------------------------------
     k: int = _f(4, "Passages given to the model (and results shown by `rag search`).")
     retrieval: str = _f("hybrid", "Retrieval mode: hybrid (reciprocal-rank fusion), dense or bm25.",
                         choices=tuple(MODES))
-    per_paper: int = _f(2, "Best chunks of one paper merged into its passage (1 = just the best chunk).")
+    per_paper: int = _f(2, "Best chunks of one paper merged into its passage (1 = just the best chunk).",
+                       minimum=1)
     min_score: float = _f(0.25, "Dense cosine similarity below which no passage is relevant: "
                                 "the program abstains without calling the model.")
     # --- language model -----------------------------------------------------
@@ -107,9 +127,9 @@ class Settings:
             raise SettingsError(
                 f"chunking needs chunk_sentences >= 1 and 0 <= chunk_overlap < chunk_sentences, "
                 f"got {self.chunk_sentences} and {self.chunk_overlap}")
-        if self.per_paper < 1:
-            raise SettingsError(f"per_paper must be at least 1, got {self.per_paper}")
         for f in fields(self):
+            if "minimum" in f.metadata and getattr(self, f.name) < f.metadata["minimum"]:
+                raise SettingsError(f"{f.name} must be at least {f.metadata['minimum']}, got {getattr(self, f.name)}")
             choices = f.metadata.get("choices")
             if choices and getattr(self, f.name) not in choices:
                 raise SettingsError(f"{f.name} must be {', '.join(choices[:-1])} or {choices[-1]}, "
