@@ -194,6 +194,8 @@ def add_papers(settings: Settings, path: str | Path, embedder: Embedder) -> Adde
     merged = [dataclasses.replace(p, sources=(corpus.name,)) for p in merged]
     source = old_index if (old_index / "meta.json").is_file() else previous_index(settings)
     keys, vectors = stored_vectors(source) if source is not None else ({}, np.empty((0, embedder.dim), np.float32))
+    if vectors.shape[1] != embedder.dim:  # another model's vectors: nothing to reuse
+        keys, vectors = {}, np.empty((0, embedder.dim), np.float32)
     if source is None:
         log.info("no index of %s to reuse; every text is embedded", corpus)
     reusing = ReusingEmbedder(embedder, keys, vectors, source or corpus)

@@ -15,8 +15,7 @@ Training is deterministic (a fixed-seed sample of the vectors, and FAISS's fixed
 k-means seed), so two builds over the same vectors give the same index: an index
 updated in place (rag/update.py) answers like a full rebuild.
 
-Indexes are opened memory-mapped (`IO_FLAG_MMAP`, and `IO_FLAG_MMAP_IFC` for the
-flat codes), so a multi-gigabyte index opens in the time it takes to read its
+Indexes are opened memory-mapped (`IO_FLAG_MMAP_IFC`), so a multi-gigabyte index opens in the time it takes to read its
 header and pages in what queries touch.
 
 Left out: HNSW (its graph must be held in memory and is slow to build on few
@@ -104,7 +103,8 @@ def open_dense(path: Path, nprobe: int = DEFAULT_NPROBE, *, mmap: bool = True) -
     """The index at `path`, memory-mapped unless `mmap` is false; an IVF index searches `nprobe` cells."""
     import faiss
 
-    flags = (faiss.IO_FLAG_MMAP | faiss.IO_FLAG_MMAP_IFC | faiss.IO_FLAG_READ_ONLY) if mmap else 0
+    # IO_FLAG_MMAP_IFC maps both the flat codes and IVF lists (IO_FLAG_MMAP alone reads a flat index whole).
+    flags = (faiss.IO_FLAG_MMAP_IFC | faiss.IO_FLAG_READ_ONLY) if mmap else 0
     index = faiss.read_index(str(path), flags)
     set_nprobe(index, nprobe)
     return index

@@ -79,7 +79,9 @@ class Models:
 
 
 def inject(models: Models, setattr=setattr) -> Models:
-    """Make every `Pipeline.open` use `models` unless it is handed its own embedder and LM."""
+    """Make every `Pipeline.open` use `models` unless it is handed its own embedder and LM, and
+    `rag.embed.get_embedder` (what `rag index --add` loads) return the fake embedder."""
+    import rag.embed
     from rag.pipeline import Pipeline
 
     real_open = Pipeline.open.__func__
@@ -92,6 +94,7 @@ def inject(models: Models, setattr=setattr) -> Models:
         return real_open(cls, settings, **kw)
 
     setattr(Pipeline, "open", classmethod(open_with_fakes))
+    setattr(rag.embed, "get_embedder", lambda *args, **kw: models.embedder)
     return models
 
 
