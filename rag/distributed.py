@@ -213,18 +213,30 @@ class RayAsker:
         self.remote = ray.remote(num_cpus=self.cpus)(_AnswerActor)
         self.idle: queue.Queue = queue.Queue()
         self.lock = threading.Lock()
-        actors = [self._start() for _ in range(workers)]
+        self.actors: list[Any] = []
+        for _ in range(workers):
+            self._start()
         try:
-            names = ray.get([a.ready.remote() for a in actors])
+            names = ray.get([a.ready.remote() for a in self.actors])
         except Exception as e:  # noqa: BLE001 - an actor that cannot load its pipeline
+            self.close()
             raise RagError(f"a Ray worker could not load the pipeline: {_cause(e)}") from None
-        log.info("%d Ray workers ready on index %s", len(actors), names[0])
-        for a in actors:
+        log.info("%d Ray workers ready on index %s", workers, names[0])
+        for a in self.actors:
             self.idle.put(a)
         self.workers = workers
 
     def _start(self) -> Any:
-        return self.remote.remote(self.factory, self.actor_settings)
+        actor = self.remote.remote(self.factory, self.actor_settings)
+        self.actors.append(actor)
+        return actor
+
+    def close(self) -> None:
+        """Stop the actors (and free their CPUs and models) now, not when the driver exits."""
+        for actor in self.actors:
+            with contextlib.suppress(Exception):
+                self.ray.kill(actor)
+        self.actors = []
 
     def __call__(self, question: str) -> dict:
         actor = self.idle.get()
@@ -250,4 +262,8 @@ def _cause(e: BaseException) -> str:
 def ray_asker(settings: Settings, factory: Callable[[Settings], Any] = open_pipeline) -> Iterator[RayAsker]:
     """A `RayAsker` with `ray_workers` actors (one per CPU by default), for one `rag batch` run."""
     with ray_session(settings) as ray:
-        yield RayAsker(ray, settings, cluster_workers(ray, settings), factory)
+        asker = RayAsker(ray, settings, cluster_workers(ray, settings), factory)
+        try:
+            yield asker
+        finally:
+            asker.close()

@@ -105,6 +105,16 @@ def install_fakes(delay: float = 0.0) -> FakeEngine:
     return inject(Models(KeywordEmbedder(), FakeEngine(delay))).engine
 
 
+def fake_pipeline(settings, log_dir: str | None = None):
+    """A pipeline with the fakes, for a Ray batch worker; each load leaves a file in `log_dir`."""
+    install_fakes()
+    from rag.pipeline import Pipeline
+
+    if log_dir:
+        (Path(log_dir) / f"load-{os.getpid()}-{time.monotonic_ns()}").touch()
+    return Pipeline.open(settings, rebuild="never")
+
+
 if __name__ == "__main__":
     install_fakes(float(os.environ.get("FAKE_LM_DELAY", "0")))
     from rag.cli import main
