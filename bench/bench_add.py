@@ -52,8 +52,7 @@ def main() -> None:
         rebuild = time.perf_counter() - t
 
         s = base.replace(corpus=str(corpus), index_dir=f"{tmp}/inc")
-        keys, vectors = stored_vectors(full.path)
-        build_index(load_corpus(corpus), ReusingEmbedder(emb, keys, vectors, full.path), s)  # set-up, no embedding
+        build_index(load_corpus(corpus), ReusingEmbedder(emb, stored_vectors(full.path), full.path), s)  # set-up
         t = time.perf_counter()
         added = add_papers(s, extra, emb)
         add = time.perf_counter() - t

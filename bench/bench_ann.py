@@ -11,7 +11,8 @@ For each size: exact search (IndexFlatIP) build time and query latency; the IVF 
 that `rag index` would build (rag/vectors.py, the settings' `ivf_lists` and
 `ivf_codec`) with its build (train + add) time, on-disk size, open time memory-mapped
 (and the sha256 that `load_index` checks on open), resident memory, and query
-p50/p95 and recall@10 at several `nprobe`. Queries are single (one at a time, as in
+p50/p95 and recall@10 at several `nprobe`. Exact search is timed with
+`search_threads` threads and with every core. Queries are single (one at a time, as in
 `rag ask`), for `depth` = 100 results (what retrieval asks FAISS for).
 
     .venv/bin/python bench/bench_ann.py [--sizes 100000 1000000] [--queries 300] [--index indexes/idx-...]
@@ -27,6 +28,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import faiss
 import numpy as np
 
 from rag.index import load_index
@@ -92,7 +94,8 @@ def main() -> None:
     index = load_index(args.index) if args.index else Pipeline.open(settings, need_lm=False).index
     base = np.concatenate([index.dense.reconstruct_n(0, len(index.chunks)), np.asarray(index.sentence_vectors)])
     print(f"real vectors: {len(base)} ({len(index.chunks)} chunks + {len(index.sentences)} sentences) "
-          f"from {index.name}; faiss threads: {__import__('faiss').omp_get_max_threads()}")
+          f"from {index.name}; search threads {settings.search_threads}; load average {os.getloadavg()[0]:.1f} "
+          f"on {os.cpu_count()} cores")
     depth = CANDIDATES
     for n in args.sizes:
         print(f"\n=== {n:,} synthetic vectors (384-d), {args.queries} single queries, depth {depth} ===")
@@ -106,9 +109,12 @@ def main() -> None:
         flat = build_dense(x, {"type": "flat"})
         flat_build = time.perf_counter() - t
         _, exact = flat.search(queries, 10)  # ground truth (batched)
-        lat, _ = latencies(flat, queries[:100], depth)
-        print(f"exact    build {flat_build:6.1f}s  RAM +{rss_mb() - r0:,.0f} MB  "
-              f"query p50 {percentile(lat, 50):6.2f} ms  p95 {percentile(lat, 95):6.2f} ms  recall@10 1.000")
+        print(f"exact    build {flat_build:6.1f}s  RAM +{rss_mb() - r0:,.0f} MB")
+        for threads in (settings.search_threads, 0):
+            faiss.omp_set_num_threads(threads or os.cpu_count())
+            lat, _ = latencies(flat, queries[:100], depth)
+            print(f"  {threads or os.cpu_count()} thread(s)  query p50 {percentile(lat, 50):6.2f} ms  "
+                  f"p95 {percentile(lat, 95):6.2f} ms  recall@10 1.000")
         del flat
         gc.collect()
 
@@ -125,7 +131,7 @@ def main() -> None:
                 size = path.stat().st_size
                 r0 = rss_mb()
                 t = time.perf_counter()
-                mapped = open_dense(path, settings.nprobe)
+                mapped = open_dense(path, settings.nprobe, threads=settings.search_threads)
                 mapped.search(queries[:1], depth)
                 opened = time.perf_counter() - t
                 print(f"IVF{spec['lists']},{codec}  build {build:6.1f}s  disk {size / 1e6:,.0f} MB  open (mmap) + first "

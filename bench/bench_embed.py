@@ -36,7 +36,7 @@ ABSTRACTS = 2_500_000
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--backends", nargs="+", default=["torch", "onnx", "onnx-int8"])
+    ap.add_argument("--backends", nargs="*", default=["torch", "onnx", "onnx-int8"], help="none: only local vs Ray")
     ap.add_argument("--ray-texts", type=int, default=1500, help="texts embedded for local vs Ray (0: skip Ray)")
     ap.add_argument("--ray-backend", default=None, help="backend for local vs Ray (default: the fastest measured)")
     args = ap.parse_args()
@@ -81,7 +81,7 @@ def main() -> None:
             print(f"{backend:>9}: export {export:5.1f}s (0 when cached)  load {load:4.1f}s  chunks {chunk_rate:5.1f}/s  "
                   f"full build {build:6.1f}s = {rate:5.1f} texts/s  "
                   + "  ".join(f"{m} R@5 {v['recall@5']:.3f} MRR {v['mrr@10']:.3f}" for m, v in table.items()), flush=True)
-    ref = rows[0]
+    ref = rows[0] if rows else None
     for backend, _, _, chunk_rate, _, rate, table in rows[1:]:
         print(f"{backend} vs {ref[0]}: {rate / ref[5]:.2f}x texts/s, {chunk_rate / ref[3]:.2f}x chunks/s; R@5 change "
               + ", ".join(f"{m} {table[m]['recall@5'] - ref[6][m]['recall@5']:+.3f}" for m in table))
@@ -93,9 +93,9 @@ def main() -> None:
 def ray_vs_local(base: Settings, texts: list[str], args, rates: dict[str, float], texts_per_abstract: float) -> None:
     import ray
 
-    from rag.distributed import RayEmbedder, quiet_ray
+    from rag.distributed import PROJECT, RayEmbedder, quiet_ray
 
-    backend = args.ray_backend or max(rates, key=rates.get)
+    backend = args.ray_backend or (max(rates, key=rates.get) if rates else base.embed_backend)
     s = base.replace(embed_backend=backend)
     sample = [texts[i] for i in np.random.default_rng(0).choice(len(texts), min(args.ray_texts, len(texts)), replace=False)]
     emb = get_embedder(s.embed_model, backend, s.cache_dir)
@@ -104,7 +104,8 @@ def ray_vs_local(base: Settings, texts: list[str], args, rates: dict[str, float]
     local_s = time.perf_counter() - t
     quiet_ray()
     t = time.perf_counter()
-    ray.init(include_dashboard=False, log_to_driver=False, logging_level="WARNING")
+    ray.init(include_dashboard=False, log_to_driver=False, logging_level="WARNING",
+             runtime_env={"env_vars": {"PYTHONPATH": str(PROJECT)}})
     start = time.perf_counter() - t
     try:
         workers = int(ray.cluster_resources()["CPU"])

@@ -27,6 +27,7 @@ import json
 import logging
 import os
 import sys
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -126,14 +127,22 @@ def _export(model_dir: Path, out: Path) -> None:
     sample = tokenizer(["a short text", "a somewhat longer text to give the batch some padding"],
                        padding=True, return_tensors="pt")
     batch, seq = torch.export.Dim("batch"), torch.export.Dim("sequence")
-    # The exporter reports progress with print(); keep stdout for the command's own output.
+    # The exporter reports progress with print() and warns about operators this model does not use;
+    # keep stdout for the command's own output, and stderr for what matters.
     stdout, sys.stdout = sys.stdout, sys.stderr
+    exporter_log = logging.getLogger("torch.onnx")
+    level = exporter_log.level
+    exporter_log.setLevel(logging.ERROR)
     try:
-        torch.onnx.export(Pooled(model), tuple(sample[k] for k in INPUTS), str(out), dynamo=True,
-                          external_data=False, opset_version=OPSET, input_names=list(INPUTS), output_names=[OUTPUT],
-                          dynamic_shapes={k: {0: batch, 1: seq} for k in INPUTS}, verbose=False)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            torch.onnx.export(Pooled(model).eval(), tuple(sample[k] for k in INPUTS), str(out), dynamo=True,
+                              external_data=False, opset_version=OPSET, input_names=list(INPUTS),
+                              output_names=[OUTPUT], dynamic_shapes={k: {0: batch, 1: seq} for k in INPUTS},
+                              verbose=False)
     finally:
         sys.stdout = stdout
+        exporter_log.setLevel(level)
 
 
 def _quantize(fp32: Path, out: Path) -> None:

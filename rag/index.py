@@ -195,7 +195,8 @@ def load_index(path: str | Path, *, settings: Settings | None = None, digest: st
         chunks = [Chunk(**d) for d in _read_jsonl(path / "chunks.jsonl")]
         sentences = [Chunk(**d) for d in _read_jsonl(path / "sentences.jsonl")]
         sentence_vectors = np.load(path / "sentences.npy", mmap_mode="r")
-        dense = open_dense(path / "dense.faiss", settings.nprobe if settings is not None else DEFAULT_NPROBE)
+        dense = open_dense(path / "dense.faiss", settings.nprobe if settings is not None else DEFAULT_NPROBE,
+                           threads=settings.search_threads if settings is not None else None)
         bm25 = bm25s.BM25.load(str(path / "bm25"), show_progress=False)
     except IndexStoreError:
         raise

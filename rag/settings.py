@@ -51,11 +51,12 @@ class Settings:
                           shapes_index=True)
     chunk_sentences: int = _f(3, "Sentences per chunk (sentence-window chunking).", shapes_index=True)
     chunk_overlap: int = _f(1, "Sentences shared by consecutive chunks of one abstract.", shapes_index=True)
-    embed_backend: str = _f("torch", "How the embedding model runs: torch, onnx (ONNX Runtime, exported once from the "
-                                     "packaged model) or onnx-int8 (the same, int8-quantised).",
+    embed_backend: str = _f("onnx", "How the embedding model runs: onnx (ONNX Runtime, exported once from the packaged "
+                                    "model; the default), torch (sentence-transformers) or onnx-int8 (int8-quantised: "
+                                    "2.5x faster, slightly lower recall); see bench/bench_embed.py.",
                             shapes_index=True, choices=("torch", "onnx", "onnx-int8"))
     # --- large corpora ------------------------------------------------------
-    ivf_threshold: int = _f(200_000, "Chunk count above which the dense index is approximate (FAISS IVF) "
+    ivf_threshold: int = _f(100_000, "Chunk count above which the dense index is approximate (FAISS IVF) "
                                      "instead of exact; see bench/bench_ann.py for the measurement.", shapes_index=True,
                         minimum=1)
     ivf_lists: int = _f(0, "IVF cells (k-means centroids) of an approximate index; 0 picks 4 x sqrt(chunks).",
@@ -64,6 +65,8 @@ class Settings:
                                "(float32) or pq (product quantisation, 32x smaller, lower recall).",
                         shapes_index=True, choices=("sq8", "flat", "pq"))
     nprobe: int = _f(32, "IVF cells searched per query (more: higher recall, slower); exact indexes ignore it.", minimum=1)
+    search_threads: int = _f(1, "FAISS threads for a query (0: every core); one is fastest on a busy machine, "
+                                "see bench/bench_ann.py.", minimum=0)
     engine: str = _f("local", "Where `rag index` embeds and `rag batch` answers: local (this process) or ray "
                               "(a Ray cluster; pip install 'papers-rag[ray]').", choices=("local", "ray"))
     ray_address: str = _f("", "Ray cluster to join ('auto': the one running on this machine, 'ray://host:10001'); "

@@ -66,27 +66,55 @@ class Reuse:
     embedded: int = 0
 
 
-class ReusingEmbedder:
-    """An `Embedder` that answers from a previous index's vectors where it has the text, and asks
-    `inner` (loaded only if some text is new) for the rest, in one call."""
+class StoredVectors:
+    """The vectors of an earlier index, found by the exact text they embed: its chunks' (from
+    `chunks.npy` or the exact FAISS index) and its sentences' (memory-mapped, never copied whole)."""
 
-    def __init__(self, inner: Embedder, keys: dict[bytes, int], vectors: np.ndarray, source: Path) -> None:
+    def __init__(self, texts: list[str], chunks: np.ndarray, sentences: np.ndarray) -> None:
+        self.chunks, self.sentences = chunks, sentences
+        self.keys: dict[bytes, int] = {}
+        for row, text in enumerate(texts):
+            self.keys.setdefault(_key(text), row)
+        self.dim = int(chunks.shape[1])
+
+    @classmethod
+    def empty(cls, dim: int) -> StoredVectors:
+        return cls([], np.empty((0, dim), np.float32), np.empty((0, dim), np.float32))
+
+    def rows(self, texts: list[str]) -> np.ndarray:
+        """The stored row of each text, -1 where it has none."""
+        return np.array([self.keys.get(_key(t), -1) for t in texts], dtype=np.int64)
+
+    def take(self, rows: np.ndarray) -> np.ndarray:
+        n = len(self.chunks)
+        out = np.empty((len(rows), self.dim), dtype=np.float32)
+        first = rows < n
+        out[first] = self.chunks[rows[first]]
+        out[~first] = self.sentences[rows[~first] - n]
+        return out
+
+
+class ReusingEmbedder:
+    """An `Embedder` that answers from an earlier index's vectors where it has the text, and asks
+    `inner` for the rest, in one call."""
+
+    def __init__(self, inner: Embedder, stored: StoredVectors, source: Path) -> None:
         self.inner = inner
-        self.keys = keys
-        self.vectors = vectors  # rows of the previous index: its chunks, then its sentences
+        self.stored = stored
         self.source = source
         self.name = inner.name
         self.dim = inner.dim
         self.last = Reuse()
 
     def encode(self, texts: list[str], *, progress: bool = False) -> np.ndarray:
-        rows = [self.keys.get(_key(t), -1) for t in texts]
-        missing = [i for i, r in enumerate(rows) if r < 0]
+        texts = list(texts)
+        rows = self.stored.rows(texts)
+        known = np.flatnonzero(rows >= 0)
+        missing = np.flatnonzero(rows < 0)
         out = np.empty((len(texts), self.dim), dtype=np.float32)
-        known = np.array([i for i, r in enumerate(rows) if r >= 0], dtype=np.int64)
         if len(known):
-            out[known] = self.vectors[np.array([rows[i] for i in known], dtype=np.int64)]
-        if missing:
+            out[known] = self.stored.take(rows[known])
+        if len(missing):
             out[missing] = self.inner.encode([texts[i] for i in missing], progress=progress)
         self.last = Reuse(reused=len(known), embedded=len(missing))
         log.info("reused %d vectors from %s, embedded %d texts", len(known), self.source.name, len(missing))
@@ -116,43 +144,40 @@ def previous_index(settings: Settings, skip: Path | None = None) -> Path | None:
     return best[1] if best else None
 
 
-def stored_vectors(path: Path) -> tuple[dict[bytes, int], np.ndarray]:
-    """Text digest -> row, and the rows (chunks, then sentences), of the index at `path`.
+def stored_vectors(path: Path) -> StoredVectors:
+    """The vectors of the index at `path`, by text; the index is validated (checksums) first.
 
     The chunk vectors come from `chunks.npy` beside an approximate index, or from the exact
-    FAISS index itself; the index is validated (checksums) before anything is trusted."""
+    FAISS index itself."""
     index = load_index(path)
     n = len(index.chunks)
     if (path / CHUNK_VECTORS).is_file():
         chunk_vectors = np.load(path / CHUNK_VECTORS, mmap_mode="r")
-    elif n and hasattr(index.dense, "reconstruct_n") and index.meta.get("dense", {"type": "flat"})["type"] == "flat":
-        chunk_vectors = index.dense.reconstruct_n(0, n)
+    elif index.meta.get("dense", {"type": "flat"})["type"] == "flat":
+        chunk_vectors = index.dense.reconstruct_n(0, n) if n else np.empty((0, index.meta["embed_dim"]), np.float32)
     else:
         raise IndexStoreError(f"index {path} keeps no float vectors of its chunks; rebuild it with `rag index --rebuild`")
     texts = [embedding_text(index.papers[c.paper_id], c) for c in index.chunks] + [s.text for s in index.sentences]
-    keys: dict[bytes, int] = {}
-    for row, text in enumerate(texts):
-        keys.setdefault(_key(text), row)
-    sentence_vectors = index.sentence_vectors if index.sentence_vectors is not None else np.empty((0, chunk_vectors.shape[1]))
-    vectors = np.concatenate([np.asarray(chunk_vectors, dtype=np.float32), np.asarray(sentence_vectors, dtype=np.float32)])
-    return keys, vectors
+    sentences = index.sentence_vectors
+    if sentences is None:
+        sentences = np.empty((0, chunk_vectors.shape[1]), np.float32)
+    return StoredVectors(texts, chunk_vectors, sentences)
 
 
-def with_previous_vectors(embedder: Embedder, settings: Settings, *, skip: Path | None = None,
-                          source: Path | None = None) -> Embedder:
-    """`embedder`, reusing the vectors of `source` (default: the newest earlier index of this corpus
-    file, other than `skip`). Returns `embedder` itself when there is nothing usable to reuse."""
-    source = source or previous_index(settings, skip)
+def with_previous_vectors(embedder: Embedder, settings: Settings, *, skip: Path | None = None) -> Embedder:
+    """`embedder`, reusing the vectors of the newest earlier index of this corpus file (other than
+    `skip`). Returns `embedder` itself when there is nothing usable to reuse."""
+    source = previous_index(settings, skip)
     if source is None:
         return embedder
     try:
-        keys, vectors = stored_vectors(source)
+        stored = stored_vectors(source)
     except IndexStoreError as e:
         log.warning("not reusing vectors of %s: %s", source, e)
         return embedder
-    if vectors.shape[1] != embedder.dim:
+    if stored.dim != embedder.dim:
         return embedder
-    return ReusingEmbedder(embedder, keys, vectors, source)
+    return ReusingEmbedder(embedder, stored, source)
 
 
 # --- rag index --add -------------------------------------------------------------------
@@ -193,12 +218,12 @@ def add_papers(settings: Settings, path: str | Path, embedder: Embedder) -> Adde
     # As the corpus file will read back: every paper's source is the corpus file.
     merged = [dataclasses.replace(p, sources=(corpus.name,)) for p in merged]
     source = old_index if (old_index / "meta.json").is_file() else previous_index(settings)
-    keys, vectors = stored_vectors(source) if source is not None else ({}, np.empty((0, embedder.dim), np.float32))
-    if vectors.shape[1] != embedder.dim:  # another model's vectors: nothing to reuse
-        keys, vectors = {}, np.empty((0, embedder.dim), np.float32)
+    stored = stored_vectors(source) if source is not None else StoredVectors.empty(embedder.dim)
+    if stored.dim != embedder.dim:  # another model's vectors: nothing to reuse
+        stored = StoredVectors.empty(embedder.dim)
     if source is None:
         log.info("no index of %s to reuse; every text is embedded", corpus)
-    reusing = ReusingEmbedder(embedder, keys, vectors, source or corpus)
+    reusing = ReusingEmbedder(embedder, stored, source or corpus)
     text = _rewrite(corpus, old, new, changed)
     built = build_index(merged, reusing, settings)
     _replace_file(corpus, text)

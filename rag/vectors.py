@@ -15,6 +15,12 @@ Training is deterministic (a fixed-seed sample of the vectors, and FAISS's fixed
 k-means seed), so two builds over the same vectors give the same index: an index
 updated in place (rag/update.py) answers like a full rebuild.
 
+Threads: training and adding use every core; searching uses `search_threads`
+(default 1). A query is one vector, and on a machine whose cores are busy (2 cores
+shared by several jobs, here) OpenMP's threads wait on each other: one thread
+measured 4x faster than two for exact search over 100k vectors (bench/bench_ann.py).
+FAISS's thread count is per process, so opening an index sets it.
+
 Indexes are opened memory-mapped (`IO_FLAG_MMAP_IFC`), so a multi-gigabyte index opens in the time it takes to read its
 header and pages in what queries touch.
 
@@ -24,8 +30,10 @@ cores), GPU indexes, and sharding one index over machines.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
+import os
 from pathlib import Path
 from typing import Any
 
@@ -76,13 +84,26 @@ def build_dense(vectors: np.ndarray, spec: dict) -> Any:
 
     n, dim = vectors.shape
     index = faiss.index_factory(dim, _factory(spec, dim), faiss.METRIC_INNER_PRODUCT)
-    if not index.is_trained:
-        sample = _training_sample(vectors, spec["lists"] * TRAIN_PER_LIST)
-        log.info("training %s on %d of %d vectors", _factory(spec, dim), len(sample), n)
-        index.train(sample)
-    for start in range(0, n, ADD_BLOCK):
-        index.add(np.ascontiguousarray(vectors[start:start + ADD_BLOCK], dtype=np.float32))
+    with _threads(os.cpu_count() or 1):
+        if not index.is_trained:
+            sample = _training_sample(vectors, spec["lists"] * TRAIN_PER_LIST)
+            log.info("training %s on %d of %d vectors", _factory(spec, dim), len(sample), n)
+            index.train(sample)
+        for start in range(0, n, ADD_BLOCK):
+            index.add(np.ascontiguousarray(vectors[start:start + ADD_BLOCK], dtype=np.float32))
     return index
+
+
+@contextlib.contextmanager
+def _threads(n: int):
+    import faiss
+
+    before = faiss.omp_get_max_threads()
+    faiss.omp_set_num_threads(n)
+    try:
+        yield
+    finally:
+        faiss.omp_set_num_threads(before)
 
 
 def _training_sample(vectors: np.ndarray, size: int) -> np.ndarray:
@@ -99,10 +120,13 @@ def write_dense(index: Any, path: Path) -> None:
     faiss.write_index(index, str(path))
 
 
-def open_dense(path: Path, nprobe: int = DEFAULT_NPROBE, *, mmap: bool = True) -> Any:
-    """The index at `path`, memory-mapped unless `mmap` is false; an IVF index searches `nprobe` cells."""
+def open_dense(path: Path, nprobe: int = DEFAULT_NPROBE, *, mmap: bool = True, threads: int | None = None) -> Any:
+    """The index at `path`, memory-mapped unless `mmap` is false; an IVF index searches `nprobe` cells.
+    `threads` (0: every core), if given, becomes FAISS's thread count for this process's searches."""
     import faiss
 
+    if threads is not None:
+        faiss.omp_set_num_threads(threads or os.cpu_count() or 1)
     # IO_FLAG_MMAP_IFC maps both the flat codes and IVF lists (IO_FLAG_MMAP alone reads a flat index whole).
     flags = (faiss.IO_FLAG_MMAP_IFC | faiss.IO_FLAG_READ_ONLY) if mmap else 0
     index = faiss.read_index(str(path), flags)
