@@ -218,17 +218,25 @@ def add_papers(settings: Settings, path: str | Path, embedder: Embedder) -> Adde
     # As the corpus file will read back: every paper's source is the corpus file.
     merged = [dataclasses.replace(p, sources=(corpus.name,)) for p in merged]
     source = old_index if (old_index / "meta.json").is_file() else previous_index(settings)
-    stored = stored_vectors(source) if source is not None else StoredVectors.empty(embedder.dim)
+    stored = StoredVectors.empty(embedder.dim)
+    if source is not None:
+        try:
+            stored = stored_vectors(source)
+        except IndexStoreError as e:  # an unreadable old index: embed everything rather than fail
+            log.warning("not reusing vectors of %s: %s", source, e)
     if stored.dim != embedder.dim:  # another model's vectors: nothing to reuse
         stored = StoredVectors.empty(embedder.dim)
-    if source is None:
-        log.info("no index of %s to reuse; every text is embedded", corpus)
     reusing = ReusingEmbedder(embedder, stored, source or corpus)
-    text = _rewrite(corpus, old, new, changed)
-    built = build_index(merged, reusing, settings)
-    _replace_file(corpus, text)
-    if load_corpus(corpus) != merged:  # what the next `rag ask` reads must be what was indexed
-        raise CorpusError(f"{corpus} does not read back as the merged corpus; restore it from {path} and report this")
+    tmp = _write_temp(corpus, _rewrite(corpus, old, new, changed))
+    try:
+        # What the next `rag ask` reads must be what gets indexed: check before anything is replaced.
+        if [(p.id, p.title, p.abstract) for p in load_corpus(tmp)] != [(p.id, p.title, p.abstract) for p in merged]:
+            raise CorpusError(f"merging {path} into {corpus} would not read back as the merged papers; the corpus "
+                              f"and its index are unchanged (please report this)")
+        built = build_index(merged, reusing, settings)
+        _commit(tmp, corpus)
+    finally:
+        tmp.unlink(missing_ok=True)
     return Added(built, len(new), len(changed), len(incoming) - len(new) - len(changed), reusing.last)
 
 
@@ -276,20 +284,30 @@ def _row(paper: Paper) -> dict:
     return {"id": paper.id, "title": paper.title, "abstract": paper.abstract}
 
 
-def _replace_file(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+def _write_temp(path: Path, text: str) -> Path:
+    """`text` in a temporary sibling of `path` with the same suffix (so it reads as the same format)."""
+    tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp{path.suffix}")
     try:
         with open(tmp, "w", encoding="utf-8", newline="") as f:
             f.write(text)
             f.flush()
             os.fsync(f.fileno())
-        os.replace(tmp, path)
     except OSError as e:
         tmp.unlink(missing_ok=True)
-        raise CorpusError(f"cannot rewrite corpus {path}: {e.strerror}; the index for the merged corpus is built, "
-                          f"so fix the permissions and run the same --add again") from None
-    fd = os.open(path.parent, os.O_RDONLY)
+        raise CorpusError(f"cannot write next to the corpus {path}: {e.strerror}; the corpus must be in a writable "
+                          f"directory for --add") from None
+    return tmp
+
+
+def _commit(tmp: Path, path: Path) -> None:
+    """Rename `tmp` over `path` and make the rename durable."""
     try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+        os.replace(tmp, path)
+        fd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    except OSError as e:
+        raise CorpusError(f"cannot replace the corpus {path}: {e.strerror}; the index for the merged corpus is built, "
+                          f"so fix the permissions and run the same --add again") from None

@@ -110,7 +110,7 @@ def test_only_shaping_settings_change_the_index_key():
     s = Settings.load(env={})
     assert s.index_key() == s.replace(k=10, lm="openai/x", retrieval="bm25", nprobe=7, engine="ray").index_key()
     assert s.index_key() != s.replace(chunk_sentences=4).index_key()
-    assert s.index_key() != s.replace(embed_backend="onnx").index_key()  # other vectors, another index
+    assert s.index_key() != s.replace(embed_backend="torch").index_key()  # other vectors, another index
     assert set(s.index_shape()) == {"embed_model", "embed_backend", "chunk_sentences", "chunk_overlap",
                                     "ivf_threshold", "ivf_lists", "ivf_codec"}
 
