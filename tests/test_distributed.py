@@ -43,14 +43,17 @@ def test_ray_build_equals_the_local_build(local_ray, tiny_settings, monkeypatch)
     from rag import distributed
     from rag.distributed import RayEmbedder
     from rag.embed import get_embedder
+    from rag.settings import Settings
 
     papers = load_corpus(tiny_settings.corpus)
-    local_settings = tiny_settings.replace(index_dir=str(Path(tiny_settings.index_dir) / "local"))
-    local = load_index(build_index(papers, get_embedder("all-MiniLM-L6-v2"), local_settings))
+    settings = tiny_settings.replace(cache_dir=Settings.load(env={}).cache_dir)  # the ONNX export the real tests use
+    local_settings = settings.replace(index_dir=str(Path(settings.index_dir) / "local"))
+    local_embedder = get_embedder(settings.embed_model, settings.embed_backend, settings.cache_dir)
+    local = load_index(build_index(papers, local_embedder, local_settings))
     monkeypatch.setattr(distributed, "SPILL_BYTES", 0)  # the vectors go through the memory-mapped spill file
     monkeypatch.setattr(distributed, "BLOCK_TEXTS", 8)  # several blocks over both actors
-    embedder = RayEmbedder(tiny_settings)
-    remote = load_index(build_index(papers, embedder, tiny_settings))
+    embedder = RayEmbedder(settings)
+    remote = load_index(build_index(papers, embedder, settings))
     assert embedder.workers == 2
     assert remote.path.name == local.path.name
     assert [c.id for c in remote.chunks] == [c.id for c in local.chunks]
