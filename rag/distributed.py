@@ -30,6 +30,7 @@ import contextlib
 import logging
 import os
 import queue
+import socket
 import tempfile
 import threading
 from collections.abc import Callable, Iterator
@@ -65,6 +66,7 @@ def ray_session(settings: Settings) -> Iterator[Any]:
         yield ray
         return
     quiet_ray()
+    _check_reachable(settings.ray_address)
     paths = [str(PROJECT), *filter(None, [os.environ.get("PYTHONPATH")])]
     try:
         ray.init(address=settings.ray_address or None, include_dashboard=False, log_to_driver=False,
@@ -80,10 +82,26 @@ def ray_session(settings: Settings) -> Iterator[Any]:
         ray.shutdown()
 
 
+def _check_reachable(address: str, timeout: float = 5.0) -> None:
+    """Fail in seconds on a `host:port` nobody listens on; `ray.init` would retry for minutes."""
+    if not address or address == "auto" or "://" in address or ":" not in address:
+        return
+    host, _, port = address.rpartition(":")
+    try:
+        socket.create_connection((host, int(port)), timeout=timeout).close()
+    except (OSError, ValueError) as e:
+        reason = getattr(e, "strerror", None) or str(e) or type(e).__name__
+        raise RagError(f"no Ray cluster answers at {address} ({reason}); start one with `ray start --head` "
+                       f"and pass its address, or --address auto on its head node") from None
+
+
 def quiet_ray() -> None:
     """Ray Data logs every execution plan and progress line at INFO; keep stderr for the command."""
     for name in ("ray", "ray.data", "ray._private", "ray.util"):
         logging.getLogger(name).setLevel(logging.WARNING)
+    # Advice that is noise here: we start a private local cluster, and we disable progress bars on purpose.
+    for name in ("ray._private.authentication.authentication_token_setup", "ray.data._internal.progress"):
+        logging.getLogger(name).setLevel(logging.ERROR)
     os.environ.setdefault("RAY_DEDUP_LOGS", "0")
 
 
@@ -116,6 +134,7 @@ class RayEmbedder:
         if settings.embed_model not in MODEL_DIMS:
             raise RagError(f"the ray engine does not know the size of {settings.embed_model!r}'s vectors; "
                            f"use one of {sorted(MODEL_DIMS)}")
+        _check_reachable(settings.ray_address)  # before any build starts
         self.settings = settings
         self.name = settings.embed_model
         self.dim = MODEL_DIMS[settings.embed_model]

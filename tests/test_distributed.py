@@ -123,3 +123,21 @@ def test_a_worker_that_cannot_load_is_an_error_before_any_row(local_ray, tiny_se
     with pytest.raises(RagError, match="a Ray worker could not load the pipeline: .*run `rag index`"):
         with ray_asker(tiny_settings):  # no index was built in this index_dir
             pass
+
+
+def test_an_address_nobody_answers_fails_fast(tiny_settings, capsys):
+    import socket
+    import time
+
+    from rag.cli import main
+
+    with socket.socket() as s:  # bound, never listening: connections are refused
+        s.bind(("127.0.0.1", 0))
+        address = f"127.0.0.1:{s.getsockname()[1]}"
+        t = time.monotonic()
+        code = main(["index", "--corpus", tiny_settings.corpus, "--index-dir", tiny_settings.index_dir,
+                     "--engine", "ray", "--address", address])
+    err = capsys.readouterr().err
+    assert code == 1 and f"error: no Ray cluster answers at {address}" in err and "ray start --head" in err
+    assert time.monotonic() - t < 30
+    assert "Building index" not in err  # refused before any build starts
