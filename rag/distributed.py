@@ -5,9 +5,12 @@
   atomic rename): only where the vectors are computed changes. Texts are sorted
   by length and cut into blocks; Ray Data maps them (`map_batches`) over a pool of
   actors, each of which loads the embedder once. Vectors stream back to the
-  driver, which writes each batch into its rows of one array; above `SPILL_BYTES`
-  that array is a file in the index directory (memory-mapped, unlinked, so a
-  killed build leaves nothing behind) rather than RAM.
+  driver, which writes each batch into its rows of one array (above `SPILL_BYTES`
+  a memory-mapped, already unlinked file in the index directory rather than RAM)
+  and saves them as vector shards (`.shards-<key>/part-*.npz`, every `SHARD_ROWS`
+  rows, each written whole): a build that is killed after a day of embedding and
+  run again embeds only what no shard holds. The shards are deleted once every
+  vector is back.
 - `ray_asker(settings, workers)` gives `rag batch` an `ask` callable backed by Ray
   actors that each hold one loaded `Pipeline` (index, embedder, LM: loaded once per
   actor). `rag.batch.run_batch` is unchanged: it calls `ask` from `workers` threads
@@ -19,20 +22,22 @@ Every actor needs the index directory at the same path (one machine, or shared
 storage on a cluster) and the project installed; a local Ray started here gets
 this checkout on its workers' `PYTHONPATH`.
 
-Left out: autoscaling, GPUs, fault-tolerant resume of a half-embedded corpus (a
-killed build starts again; an index that exists is reused by `rag index`), and
-Ray's dashboard (never started).
+Left out: autoscaling, GPUs, deleting the shards of a job that is never run again,
+and Ray's dashboard (never started).
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import logging
 import os
 import queue
+import shutil
 import socket
 import tempfile
 import threading
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -44,7 +49,8 @@ from rag.settings import Settings
 
 log = logging.getLogger(__name__)
 
-BLOCK_TEXTS = 512  # texts per Ray Data block and per actor call
+BLOCK_TEXTS = 512  # texts per actor call
+SHARD_ROWS = 50_000  # vectors a shard file holds (~77 MB at 384-d): what a killed build can lose
 SPILL_BYTES = 1 << 30  # vectors above this size go to a memory-mapped file, not RAM
 PROJECT = Path(__file__).resolve().parent.parent
 
@@ -142,9 +148,35 @@ class RayEmbedder:
         self.workers = 0  # set by encode: the actors the last call used
 
     def encode(self, texts: list[str], *, progress: bool = False) -> np.ndarray:
+        """Vectors of `texts`, in order. Batches that come back are saved as shards; a build that was
+        stopped (killed, a lost driver) and run again over the same texts embeds only what is missing."""
         texts = list(texts)
+        out = self._output(len(texts))
         if not texts:
-            return np.empty((0, self.dim), dtype=np.float32)
+            return out
+        shards = Shards(self.spill_dir, _texts_key(texts, self.settings), self.dim)
+        done = shards.load_into(out)
+        todo = np.flatnonzero(~done)
+        if done.any():
+            log.info("resuming: %d of %d texts were embedded by an earlier run", int(done.sum()), len(texts))
+        try:
+            for rows, vectors in self._embed_remote([texts[i] for i in todo], progress):
+                rows = todo[rows]
+                out[rows] = vectors
+                done[rows] = True
+                shards.add(rows, vectors)
+        finally:
+            shards.flush()  # interrupted or not, what came back is kept
+        if not done.all():
+            raise RagError(f"the Ray cluster returned vectors for {int(done.sum())} of {len(texts)} texts; run the "
+                           f"build again (what was embedded is kept)")
+        shards.remove()  # the caller writes the index next; a failure there costs a re-embed, not a corrupt index
+        return out
+
+    def _embed_remote(self, texts: list[str], progress: bool) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """(rows of `texts`, their vectors) as Ray Data hands them back, in any order."""
+        if not texts:
+            return
         s = self.settings
         if s.embed_backend != "torch":  # export the ONNX file once here, not once per actor
             from rag.embed import model_dir
@@ -152,6 +184,7 @@ class RayEmbedder:
 
             onnx_model_path(model_dir(s.embed_model), s.embed_model, s.embed_backend, s.cache_dir)
         with ray_session(s) as ray:
+            import pyarrow as pa
             from ray.data import ActorPoolStrategy, DataContext
 
             quiet_ray()  # importing ray.data configures its loggers at INFO
@@ -161,8 +194,6 @@ class RayEmbedder:
             self.workers = cluster_workers(ray, s)
             # Longest first, like sentence-transformers: a block pads to the length of similar texts. Arrow
             # columns, not a dict per text: 30M texts cost their bytes, not 30M Python objects.
-            import pyarrow as pa
-
             order = np.argsort([-len(t) for t in texts], kind="stable")
             table = pa.table({"row": pa.array(order, pa.int64()), "text": pa.array([texts[i] for i in order], pa.string())})
             blocks = max(1, min(-(-len(texts) // BLOCK_TEXTS), self.workers * 16))
@@ -171,15 +202,8 @@ class RayEmbedder:
             ds = ds.map_batches(_EmbedActor, fn_constructor_args=(s.embed_model, s.embed_backend, s.cache_dir),
                                 batch_size=BLOCK_TEXTS, batch_format="numpy", num_cpus=1,
                                 compute=ActorPoolStrategy(size=min(self.workers, len(texts))))
-            out = self._output(len(texts))
-            seen = 0
             for batch in ds.iter_batches(batch_format="numpy", batch_size=None):
-                rows = np.asarray(batch["row"], dtype=np.int64)
-                out[rows] = np.asarray(batch["vector"], dtype=np.float32)
-                seen += len(rows)
-        if seen != len(texts):
-            raise RagError(f"the Ray cluster returned {seen} vectors for {len(texts)} texts; run the build again")
-        return out
+                yield np.asarray(batch["row"], dtype=np.int64), np.asarray(batch["vector"], dtype=np.float32)
 
     def _output(self, n: int) -> np.ndarray:
         if n * self.dim * 4 <= SPILL_BYTES:
@@ -191,6 +215,66 @@ class RayEmbedder:
             return np.memmap(name, dtype=np.float32, mode="w+", shape=(n, self.dim))
         finally:
             os.unlink(name)  # the mapping keeps the space until the array is dropped
+
+
+def _texts_key(texts: list[str], settings: Settings) -> str:
+    """Names the shards of one embedding job: the texts, in order, and what embeds them."""
+    h = hashlib.sha256(f"{settings.embed_model}\0{settings.embed_backend}\0{len(texts)}".encode())
+    for t in texts:
+        h.update(t.encode("utf-8"))
+        h.update(b"\0")
+    return h.hexdigest()[:16]
+
+
+class Shards:
+    """Vectors already embedded for one job, as `.npz` files (rows, vectors) in `<dir>/.shards-<key>/`:
+    each written whole (temp file, fsync, rename) once `SHARD_ROWS` rows have come back."""
+
+    def __init__(self, root: Path, key: str, dim: int) -> None:
+        self.dir = Path(root) / f".shards-{key}"
+        self.dim = dim
+        self.rows: list[np.ndarray] = []
+        self.vectors: list[np.ndarray] = []
+        self.pending = 0
+
+    def load_into(self, out: np.ndarray) -> np.ndarray:
+        """Fill `out` from the shards on disk; returns which rows they held."""
+        done = np.zeros(len(out), dtype=bool)
+        for part in sorted(self.dir.glob("part-*.npz")) if self.dir.is_dir() else []:
+            try:
+                with np.load(part) as z:
+                    rows, vectors = z["rows"], z["vectors"]
+                if vectors.shape != (len(rows), self.dim) or (len(rows) and rows.max() >= len(out)):
+                    raise ValueError("shape")
+            except (OSError, ValueError, KeyError):  # a damaged shard is embedded again
+                log.warning("ignoring damaged shard %s", part)
+                continue
+            out[rows] = vectors
+            done[rows] = True
+        return done
+
+    def add(self, rows: np.ndarray, vectors: np.ndarray) -> None:
+        self.rows.append(rows)
+        self.vectors.append(vectors)
+        self.pending += len(rows)
+        if self.pending >= SHARD_ROWS:
+            self.flush()
+
+    def flush(self) -> None:
+        if not self.pending:
+            return
+        self.dir.mkdir(parents=True, exist_ok=True)
+        name = f"part-{time.time_ns()}-{os.getpid()}"
+        tmp = self.dir / f".{name}.tmp.npz"
+        with open(tmp, "wb") as f:
+            np.savez(f, rows=np.concatenate(self.rows), vectors=np.concatenate(self.vectors))
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, self.dir / f"{name}.npz")
+        self.rows, self.vectors, self.pending = [], [], 0
+
+    def remove(self) -> None:
+        shutil.rmtree(self.dir, ignore_errors=True)
 
 
 # --- distributed batch QA -----------------------------------------------------------

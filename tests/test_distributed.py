@@ -141,3 +141,34 @@ def test_an_address_nobody_answers_fails_fast(tiny_settings, capsys):
     assert code == 1 and f"error: no Ray cluster answers at {address}" in err and "ray start --head" in err
     assert time.monotonic() - t < 30
     assert "Building index" not in err  # refused before any build starts
+
+
+def test_a_killed_ray_build_resumes_from_its_shards(tiny_settings, embedder, monkeypatch):
+    """The driver keeps what came back as shards; the next run embeds only the rest (no Ray needed to show it)."""
+    from rag import distributed
+    from rag.distributed import RayEmbedder
+
+    texts = [f"text number {i} about state space models" for i in range(20)]
+    asked: list[list[str]] = []
+    state = {"fail_after": 2}
+
+    def fake_remote(self, todo, progress):
+        asked.append(list(todo))
+        for n, start in enumerate(range(0, len(todo), 3)):
+            if n == state["fail_after"]:
+                raise KeyboardInterrupt  # the build is killed mid-way
+            rows = np.arange(start, min(start + 3, len(todo)))
+            yield rows, embedder.encode([todo[i] for i in rows])
+
+    monkeypatch.setattr(RayEmbedder, "_embed_remote", fake_remote)
+    monkeypatch.setattr(distributed, "SHARD_ROWS", 3)
+    remote = RayEmbedder(tiny_settings.replace(embed_model="all-MiniLM-L6-v2"))
+    remote.dim = embedder.dim
+    with pytest.raises(KeyboardInterrupt):
+        remote.encode(texts)
+    assert len(list(Path(tiny_settings.index_dir).glob(".shards-*/part-*.npz"))) == 2  # 6 rows kept
+    state["fail_after"] = None
+    got = remote.encode(texts)
+    assert asked[1] == texts[6:]  # the 6 rows in shards were not asked for again
+    np.testing.assert_array_equal(got, embedder.encode(texts))
+    assert not list(Path(tiny_settings.index_dir).glob(".shards-*"))  # done: the shards are gone
