@@ -6,6 +6,10 @@ embedded: throughput in texts/s over the whole build, and chunks/s measured on t
 chunk texts alone), then the dev set's retrieval metrics (`rag.evaluate.retrieval_table`
 on eval/dev.jsonl: recall@1/5/10, MRR@10 per retrieval mode) on that index.
 
+Then the backends take turns embedding one sample (`--rounds`, A B C A B C ...): the
+machine is shared, and its load can change during the minutes of the builds above, so
+this interleaved figure is the fair speed comparison.
+
 Then local vs Ray on this machine: the same sample of texts embedded by the local
 model (all cores in one process) and by `RayEmbedder` (one actor per core, one
 thread each), with Ray's start-up counted separately. From the per-core rate on Ray
@@ -38,6 +42,9 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--backends", nargs="*", default=["torch", "onnx", "onnx-int8"], help="none: only local vs Ray")
     ap.add_argument("--ray-texts", type=int, default=1500, help="texts embedded for local vs Ray (0: skip Ray)")
+    ap.add_argument("--rounds", type=int, default=3, help="interleaved throughput rounds (0: skip)")
+    ap.add_argument("--sample", type=int, default=500, help="texts per interleaved round")
+    ap.add_argument("--skip-builds", action="store_true", help="only the interleaved throughput (and Ray)")
     ap.add_argument("--ray-backend", default=None, help="backend for local vs Ray (default: the fastest measured)")
     args = ap.parse_args()
 
@@ -51,7 +58,7 @@ def main() -> None:
     rates: dict[str, float] = {}
     rows = []
     with tempfile.TemporaryDirectory(dir=base.index_dir if base.index_dir else None) as tmp:
-        for backend in args.backends:
+        for backend in [] if args.skip_builds else args.backends:
             s = base.replace(embed_backend=backend, index_dir=f"{tmp}/{backend}")
             export = 0.0
             if backend != "torch":
@@ -86,8 +93,29 @@ def main() -> None:
         print(f"{backend} vs {ref[0]}: {rate / ref[5]:.2f}x texts/s, {chunk_rate / ref[3]:.2f}x chunks/s; R@5 change "
               + ", ".join(f"{m} {table[m]['recall@5'] - ref[6][m]['recall@5']:+.3f}" for m in table))
 
+    if args.rounds and len(args.backends) > 1:
+        interleaved(base, units.texts, args)
     if args.ray_texts:
         ray_vs_local(base, units.texts, args, rates, texts_per_abstract)
+
+
+def interleaved(base: Settings, texts: list[str], args) -> None:
+    """Throughput with the backends taking turns on one sample (A B C A B C ...), so a change in the
+    machine's load during the run hits every backend alike; the median round per backend."""
+    sample = [texts[i] for i in np.random.default_rng(1).choice(len(texts), min(args.sample, len(texts)), replace=False)]
+    embedders = {b: get_embedder(base.embed_model, b, base.cache_dir) for b in args.backends}
+    times: dict[str, list[float]] = {b: [] for b in embedders}
+    for _ in range(args.rounds):
+        for b, emb in embedders.items():
+            t = time.perf_counter()
+            emb.encode(sample)
+            times[b].append(time.perf_counter() - t)
+    ref = args.backends[0]
+    print(f"\ninterleaved, {len(sample)} texts x {args.rounds} rounds (median round):")
+    for b, ts in times.items():
+        med = float(np.median(ts))
+        print(f"  {b:>9}: {len(sample) / med:5.1f} texts/s ({' '.join(f'{t:.1f}' for t in ts)} s)  "
+              f"{float(np.median(times[ref])) / med:.2f}x {ref}")
 
 
 def ray_vs_local(base: Settings, texts: list[str], args, rates: dict[str, float], texts_per_abstract: float) -> None:

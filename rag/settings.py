@@ -53,7 +53,7 @@ class Settings:
     chunk_overlap: int = _f(1, "Sentences shared by consecutive chunks of one abstract.", shapes_index=True)
     embed_backend: str = _f("onnx", "How the embedding model runs: onnx (ONNX Runtime, exported once from the packaged "
                                     "model; the default), torch (sentence-transformers) or onnx-int8 (int8-quantised: "
-                                    "2.5x faster, slightly lower recall); see bench/bench_embed.py.",
+                                    "1.5x faster, slightly lower recall); see bench/bench_embed.py.",
                             shapes_index=True, choices=("torch", "onnx", "onnx-int8"))
     # --- large corpora ------------------------------------------------------
     ivf_threshold: int = _f(100_000, "Chunk count above which the dense index is approximate (FAISS IVF) "
