@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 PIP    := $(BIN)/pip --disable-pip-version-check -q
 
-.PHONY: install index run chat test test-fast lint bench browser clean
+.PHONY: install index run chat test test-fast lint bench bench-scale browser clean
 
 # torch first, pinned: its CPU build lies on this machine's disk; an unpinned torch
 # pulled in by sentence-transformers would download several GB of CUDA wheels.
@@ -13,7 +13,7 @@ $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(PIP) install --upgrade pip
 	$(PIP) install torch==2.13.0
-	$(PIP) install -e '.[dev]'
+	$(PIP) install -e '.[dev,ray]'
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -47,6 +47,13 @@ test-fast: install
 bench: index
 	$(BIN)/python bench/bench_retrieval.py
 	$(BIN)/python bench/bench_ask.py
+
+# The large-corpus figures in the README: embedding backends and Ray, the approximate index at
+# 100k and 1M synthetic vectors, incremental add (about 30 minutes on 2 cores, 4 GB of memory).
+bench-scale: index
+	$(BIN)/python bench/bench_embed.py
+	$(BIN)/python bench/bench_ann.py
+	$(BIN)/python bench/bench_add.py
 
 clean:
 	rm -rf $(VENV) indexes/idx-* indexes/.tmp-* *.egg-info .pytest_cache

@@ -26,7 +26,10 @@ EXAMPLES = {
     "index": """examples:
   rag index                              build the index for data/corpus if missing or stale
   rag index --rebuild                    rebuild it from scratch
-  rag index --corpus my_papers.jsonl     index your own papers (JSONL or CSV: id?, title, abstract)""",
+  rag index --corpus my_papers.jsonl     index your own papers (JSONL, CSV or Parquet: id?, title, abstract)
+  rag index --corpus my_papers.jsonl --add new.jsonl
+                                         add papers to the corpus file and its index (only they are embedded)
+  rag index --engine ray --address auto  embed on the Ray cluster running on this machine""",
     "papers": """examples:
   rag papers                             one line per paper: id and title
   rag papers --json | jq length          every paper as JSON""",
@@ -43,7 +46,8 @@ EXAMPLES = {
   rag batch labelled.jsonl -o out.jsonl --eval      score rows that carry facts / gold_paper_ids
   rag batch qs.csv -o out.jsonl --format csv        also write out.csv (id, question, answer, ...)
   cat qs.txt | rag batch - -o out.jsonl --retry-errors
-  RAG_LM=openai/gpt-4o-mini rag batch qs.jsonl -o out.jsonl --workers 8""",
+  RAG_LM=openai/gpt-4o-mini rag batch qs.jsonl -o out.jsonl --workers 8
+  rag batch qs.jsonl -o out.jsonl --engine ray --address auto   one loaded pipeline per Ray worker""",
     "eval": """examples:
   rag eval                                            the dev set with the current program (auto)
   rag eval --set eval/dev.jsonl --program baseline    the unoptimised program
@@ -93,8 +97,16 @@ def _parser() -> argparse.ArgumentParser:
         return sub.add_parser(name, help=help, description=help, parents=parents, epilog=EXAMPLES[name],
                               formatter_class=argparse.RawDescriptionHelpFormatter)
 
-    p = add("index", "Build (or check) the search index for the corpus.", [common])
+    engine = argparse.ArgumentParser(add_help=False)
+    e = engine.add_argument_group("engine")
+    e.add_argument("--engine", choices=("local", "ray"), help="run here (local) or on a Ray cluster (RAG_ENGINE)")
+    e.add_argument("--address", help="Ray cluster address, e.g. auto (RAG_RAY_ADDRESS; empty starts a local Ray)")
+
+    p = add("index", "Build (or check) the search index for the corpus.", [common, engine])
     p.add_argument("--rebuild", action="store_true", help="rebuild even if an up-to-date index exists")
+    p.add_argument("--add", metavar="PAPERS", help="merge these papers (.jsonl/.csv/.parquet) into the corpus file "
+                                                   "and index them, embedding only what is new or changed")
+    p.add_argument("--workers", type=int, help="Ray actors embedding (RAG_RAY_WORKERS; default one per CPU)")
 
     p = add("papers", "List the papers in the corpus.", [common])
     p.add_argument("--json", action="store_true", help="print a JSON list of papers")
@@ -108,7 +120,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("question")
     p.add_argument("--json", action="store_true", help="print JSON")
 
-    p = add("batch", "Answer a file of questions (JSONL, CSV or text); resumable.", [common, retrieval, model])
+    p = add("batch", "Answer a file of questions (JSONL, CSV or text); resumable.", [common, retrieval, model, engine])
     p.add_argument("input", help="questions: .jsonl ({id?, question, ...}), .csv (question column) or .txt; - for stdin")
     p.add_argument("-o", "--output", required=True, help="JSONL output; re-running with it resumes")
     p.add_argument("--input-format", choices=("jsonl", "csv", "txt"), help="override detection by extension")
@@ -117,7 +129,8 @@ def _parser() -> argparse.ArgumentParser:
     mode = p.add_mutually_exclusive_group()
     mode.add_argument("--overwrite", action="store_true", help="start fresh instead of resuming")
     mode.add_argument("--retry-errors", action="store_true", help="re-run only the rows that failed")
-    p.add_argument("--workers", type=int, default=1, help="parallel questions for remote backends (default 1)")
+    p.add_argument("--workers", type=int, help="parallel questions for remote backends (default 1); with --engine ray, "
+                                               "Ray workers, each with its own loaded pipeline (default one per CPU)")
     p.add_argument("--eval", action="store_true", help="score rows carrying facts/gold_paper_ids and print the metrics")
 
     p = add("eval", "Score the program on a labelled set; write a report under eval/reports/.",
@@ -153,7 +166,7 @@ def _settings(args: argparse.Namespace):
     from rag.settings import Settings
 
     fields = {"corpus": "corpus", "index_dir": "index_dir", "k": "k", "retrieval": "retrieval",
-              "lm": "lm", "api_base": "api_base", "program": "program"}
+              "lm": "lm", "api_base": "api_base", "program": "program", "engine": "engine", "address": "ray_address"}
     return Settings.load(**{f: getattr(args, a) for a, f in fields.items() if hasattr(args, a)})
 
 
@@ -220,7 +233,16 @@ def format_answer(result: dict, width: int = 100) -> str:
 def cmd_index(args: argparse.Namespace) -> int:
     from rag.pipeline import Pipeline
 
-    settings = _settings(args)
+    if args.workers is not None and args.workers < 1:
+        raise RagError(f"--workers must be at least 1, got {args.workers}")
+    settings = _settings(args).replace(ray_workers=args.workers)
+    embedder = None
+    if settings.engine == "ray":
+        from rag.distributed import RayEmbedder
+
+        embedder = RayEmbedder(settings)
+    if args.add:
+        return _index_add(args, settings, embedder)
     built = []
 
     def building(path) -> None:
@@ -229,10 +251,29 @@ def cmd_index(args: argparse.Namespace) -> int:
         logs.show_steps("rag.index")
 
     t0 = time.perf_counter()
-    index = Pipeline.open(settings, need_lm=False, rebuild="always" if args.rebuild else "auto",
+    index = Pipeline.open(settings, embedder=embedder, need_lm=False, rebuild="always" if args.rebuild else "auto",
                           progress=_progress(), on_build=building).index
     state = f"built in {time.perf_counter() - t0:.1f}s" if built else "up to date"
     print(f"{index.path}: {index.meta['n_papers']} papers, {index.meta['n_chunks']} chunks ({state})")
+    return 0
+
+
+def _index_add(args: argparse.Namespace, settings, embedder) -> int:
+    from rag import embed
+    from rag.update import add_papers
+
+    if args.rebuild:
+        raise RagError("--add and --rebuild do not go together: --add embeds only the new papers")
+    t0 = time.perf_counter()
+    embedder = embedder or embed.get_embedder(settings.embed_model, settings.embed_backend, settings.cache_dir)
+    added = add_papers(settings, args.add, embedder)
+    if not added.new and not added.changed:
+        print(f"{added.path}: nothing to add, the {added.unchanged} papers of {args.add} are already in {settings.corpus}")
+        return 0
+    meta = json.loads((added.path / "meta.json").read_text(encoding="utf-8"))
+    print(f"added {added.new} new and {added.changed} changed papers ({added.unchanged} already there) to "
+          f"{settings.corpus}\n{added.path}: {meta['n_papers']} papers, {meta['n_chunks']} chunks (embedded "
+          f"{added.reuse.embedded} texts, reused {added.reuse.reused}; {time.perf_counter() - t0:.1f}s)")
     return 0
 
 
@@ -320,10 +361,10 @@ def cmd_batch(args: argparse.Namespace) -> int:
 
     from rag import batch
 
-    if args.workers < 1:
+    if args.workers is not None and args.workers < 1:
         raise RagError(f"--workers must be at least 1, got {args.workers}")
-    csv_out = Path(args.output).with_suffix(".csv") if args.format == "csv" else None
-    batch.check_paths(args.input, Path(args.output), csv_out)  # input used as output: refused before any work
+    # input used as output (the JSONL or the flat CSV beside it): refused before any work
+    batch.check_paths(args.input, Path(args.output), _csv_output(args) if args.format == "csv" else None)
     stream = batch.open_input(args.input)
     peek = stream.peek(1)[:200] if hasattr(stream, "peek") else b""
     fmt = batch.detect_format(args.input, args.input_format, peek)
@@ -331,11 +372,38 @@ def cmd_batch(args: argparse.Namespace) -> int:
     first = next(rows, None)  # a CSV without a question column fails here, before any model work
     rows = itertools.chain([first] if first else [], rows)
     out = batch.Output(args.output, overwrite=args.overwrite)  # an unwritable path fails here too
+    if _settings(args).engine == "ray":
+        return _batch_ray(args, rows, out, fmt)
     pipe = _open(args, need_lm=True)
-    workers = args.workers
+    workers = args.workers or 1
     if workers > 1 and pipe.settings.lm == "local":
         _say("note: the local model answers one question at a time; --workers applies to remote backends")
         workers = 1
+    return _run_batch(args, rows, out, fmt, pipe.ask, workers)
+
+
+def _csv_output(args: argparse.Namespace):
+    """The flat CSV that `--format csv` writes beside the JSONL output."""
+    from pathlib import Path
+
+    return Path(args.output).with_suffix(".csv")
+
+
+def _batch_ray(args: argparse.Namespace, rows, out, fmt: str) -> int:
+    """`rag batch --engine ray`: the index is checked (or built) here; each Ray worker loads the pipeline."""
+    from rag.distributed import ray_asker
+
+    pipe = _open(args, need_lm=False)
+    with ray_asker(pipe.settings.replace(ray_workers=args.workers)) as ask:
+        _say(f"{ask.workers} Ray workers, each with its own pipeline")
+        return _run_batch(args, rows, out, fmt, ask, ask.workers)
+
+
+def _run_batch(args: argparse.Namespace, rows, out, fmt: str, ask, workers: int) -> int:
+    from pathlib import Path
+
+    from rag import batch
+
     summary = batch.Summary()
     bar = None
     if sys.stderr.isatty():
@@ -349,7 +417,7 @@ def cmd_batch(args: argparse.Namespace) -> int:
             bar.set_postfix(errors=summary.errors, refresh=False)
 
     try:
-        batch.run_batch(rows, out, pipe.ask, workers=workers, retry_errors=args.retry_errors,
+        batch.run_batch(rows, out, ask, workers=workers, retry_errors=args.retry_errors,
                         progress=progress, summary=summary)
     except KeyboardInterrupt:
         if bar is not None:
@@ -362,8 +430,8 @@ def cmd_batch(args: argparse.Namespace) -> int:
         bar.close()
     for w in summary.warnings:
         _say(f"warning: {w}")
-    if csv_out is not None:
-        batch.write_csv(Path(args.output), csv_out)
+    if args.format == "csv":
+        batch.write_csv(Path(args.output), _csv_output(args))
     _say(summary.line())
     if args.eval:
         from rag.evaluate import score_output

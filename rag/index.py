@@ -8,7 +8,10 @@ is never reused. The directory holds:
     meta.json      format, corpus hash, shaping settings, counts, sha256 of every other file
     papers.jsonl   the papers, in corpus order
     chunks.jsonl   the chunks, row i is vector i and BM25 document i
-    dense.faiss    exact inner-product index over normalised vectors (cosine)
+    dense.faiss    inner-product index over normalised vectors (cosine): exact, or IVF above
+                   `ivf_threshold` chunks (rag/vectors.py chooses; meta.json "dense" says which)
+    chunks.npy     the chunk vectors as float32, only beside an approximate index (whose codes
+                   cannot give them back), so updates and re-indexing never re-embed
     bm25/          bm25s sparse index over title + chunk tokens
     sentences.jsonl  every abstract sentence (paper id, offsets, text), grouped by paper
     sentences.npy    their vectors (row i is sentence i), for choosing evidence at query time
@@ -24,8 +27,10 @@ checksums in meta.json (a file missing from the list, or listed and missing, is
 corruption too), then that the BM25 index agrees with the chunks, so a damaged
 or hand-edited index is a "rebuild it" error, never a traceback at query time.
 
-Left out: approximate (IVF/HNSW) search. Exact search over a few thousand
-384-d vectors takes well under a millisecond; approximation would only add error.
+Updates: `open_index` (rebuild "auto") hands a build the vectors of the previous
+index of this corpus file, so only new or changed texts are embedded (rag/update.py).
+
+Left out: HNSW search (see rag/vectors.py).
 """
 
 from __future__ import annotations
@@ -51,11 +56,13 @@ from rag.errors import IndexStoreError
 from rag.retrieve import Index
 from rag.settings import Settings
 from rag.text import tokenize
+from rag.vectors import DEFAULT_NPROBE, build_dense, describe, open_dense, plan, write_dense
 
 log = logging.getLogger(__name__)
 
 FORMAT = 3  # 2: the sentence store; 3: checksums over every file (bm25/ included), the 1,000-character sentence cap
 META = "meta.json"
+CHUNK_VECTORS = "chunks.npy"  # written beside an approximate dense index only
 
 
 def _bm25s():
@@ -128,8 +135,6 @@ def write_index(root: Path, papers: list[Paper], units: Units, vectors: np.ndarr
                 started: float | None = None, progress: bool = False) -> Path:
     """Write the index of `units` (`vectors`: one row per `units.texts`, chunks first) to `root/<name>`:
     built in a temporary sibling directory and renamed into place. Returns the path."""
-    import faiss
-
     bm25s = _bm25s()
     t0 = time.perf_counter() if started is None else started
     n_chunks = len(units.chunks)
@@ -139,9 +144,11 @@ def write_index(root: Path, papers: list[Paper], units: Units, vectors: np.ndarr
     final = root / index_name(digest, settings)
     tmp = _temp_dir(root, final.name)
     try:
-        dense = faiss.IndexFlatIP(vectors.shape[1])
-        dense.add(np.ascontiguousarray(vectors[:n_chunks], dtype=np.float32))
-        faiss.write_index(dense, str(tmp / "dense.faiss"))
+        spec = plan(n_chunks, vectors.shape[1], settings)
+        dense = build_dense(vectors[:n_chunks], spec)
+        write_dense(dense, tmp / "dense.faiss")
+        if spec["type"] != "flat":  # an approximate index cannot give its vectors back: keep them for updates
+            _write_npy(tmp / CHUNK_VECTORS, vectors[:n_chunks])
 
         log.info("BM25 over %d chunks", n_chunks)
         bm25 = bm25s.BM25()
@@ -151,16 +158,14 @@ def write_index(root: Path, papers: list[Paper], units: Units, vectors: np.ndarr
         _write_jsonl(tmp / "papers.jsonl", (p.to_json() for p in papers))
         _write_jsonl(tmp / "chunks.jsonl", (c.to_json() for c in units.chunks))
         _write_jsonl(tmp / "sentences.jsonl", (s.to_json() for s in units.sentences))
-        with open(tmp / "sentences.npy", "wb") as f:
-            np.save(f, np.ascontiguousarray(vectors[n_chunks:], dtype=np.float32))
-            f.flush()
-            os.fsync(f.fileno())
+        _write_npy(tmp / "sentences.npy", vectors[n_chunks:])
         meta = {
             "format": FORMAT,
             "corpus": str(settings.corpus),
             "corpus_hash": digest,
             "shape": settings.index_shape(),
             "embed_dim": int(vectors.shape[1]),
+            "dense": describe(dense, spec),
             "n_papers": len(papers),
             "n_chunks": n_chunks,
             "n_sentences": len(units.sentences),
@@ -184,8 +189,6 @@ def write_index(root: Path, papers: list[Paper], units: Units, vectors: np.ndarr
 
 def load_index(path: str | Path, *, settings: Settings | None = None, digest: str | None = None) -> Index:
     """Load and validate an index directory; checks it against `settings` and corpus `digest` if given."""
-    import faiss
-
     bm25s = _bm25s()
     path = Path(path)
     fix = f"rebuild it with `rag index --rebuild` (or delete {path})"
@@ -207,7 +210,8 @@ def load_index(path: str | Path, *, settings: Settings | None = None, digest: st
         chunks = [Chunk(**d) for d in _read_jsonl(path / "chunks.jsonl")]
         sentences = [Chunk(**d) for d in _read_jsonl(path / "sentences.jsonl")]
         sentence_vectors = np.load(path / "sentences.npy", mmap_mode="r")
-        dense = faiss.read_index(str(path / "dense.faiss"))
+        dense = open_dense(path / "dense.faiss", settings.nprobe if settings is not None else DEFAULT_NPROBE,
+                           threads=settings.search_threads if settings is not None else None)
         bm25 = bm25s.BM25.load(str(path / "bm25"), show_progress=False)
         _check_bm25(bm25, len(chunks), path, fix)
     except IndexStoreError:
@@ -252,7 +256,12 @@ def open_index(settings: Settings, embedder_factory: Callable[[], Embedder], *, 
     if rebuild == "always" or (rebuild == "auto" and (found is None or found < FORMAT)):
         if on_build is not None:
             on_build(path)
-        build_index(papers, embedder_factory(), settings, progress=progress)
+        embedder = embedder_factory()
+        if rebuild == "auto":  # "always" (--rebuild) means from scratch: every text embedded again
+            from rag.update import with_previous_vectors
+
+            embedder = with_previous_vectors(embedder, settings, skip=path)
+        build_index(papers, embedder, settings, progress=progress)
     elif found is None:
         others = _other_indexes(Path(settings.index_dir))
         state = f"the index is stale (found {', '.join(others)}, built for another corpus or settings)" if others \
@@ -347,6 +356,18 @@ def _sha256(path: Path) -> str:
 def _write_text(path: Path, text: str) -> None:
     with open(path, "w", encoding="utf-8") as f:
         f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def _write_npy(path: Path, array: np.ndarray) -> None:
+    """`array` as a float32 .npy file (the bytes `np.save` writes), durably; a memory-mapped
+    array is copied in blocks, never loaded whole."""
+    with open(path, "wb") as f:
+        np.lib.format.write_array_header_1_0(f, {"descr": np.lib.format.dtype_to_descr(np.dtype(np.float32)),
+                                                 "fortran_order": False, "shape": tuple(array.shape)})
+        for start in range(0, array.shape[0], 100_000):
+            f.write(np.ascontiguousarray(array[start:start + 100_000], dtype=np.float32).tobytes())
         f.flush()
         os.fsync(f.fileno())
 

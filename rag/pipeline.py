@@ -163,7 +163,7 @@ class Pipeline:
         if need_lm:
             check_context(settings)  # nor a prompt that cannot fit the local model
         factory: Callable[[], Embedder] = (lambda: embedder) if embedder is not None else \
-            (lambda: get_embedder(settings.embed_model))
+            (lambda: get_embedder(settings.embed_model, settings.embed_backend, settings.cache_dir))
         index = open_index(settings, factory, rebuild=rebuild, progress=progress, on_build=on_build)
         pipe = cls(settings, index, factory)
         if need_lm:

@@ -60,6 +60,28 @@ class Settings:
                             range=(0, 49))
     max_abstract_chars: int = _f(20_000, "Longest abstract read from the corpus, in characters; a longer one is cut "
                                          "at a word boundary, with a warning naming its row.", range=(100, 10_000_000))
+    embed_backend: str = _f("onnx", "How the embedding model runs: onnx (ONNX Runtime, exported once from the packaged "
+                                    "model; the default), torch (sentence-transformers) or onnx-int8 (int8-quantised: "
+                                    "1.5x faster, slightly lower recall); see bench/bench_embed.py.",
+                            shapes_index=True, choices=("torch", "onnx", "onnx-int8"))
+    # --- large corpora ------------------------------------------------------
+    ivf_threshold: int = _f(100_000, "Chunk count above which the dense index is approximate (FAISS IVF) "
+                                     "instead of exact; see bench/bench_ann.py for the measurement.", shapes_index=True,
+                        range=(1, 10**9))
+    ivf_lists: int = _f(0, "IVF cells (k-means centroids) of an approximate index; 0 picks 4 x sqrt(chunks).",
+                        shapes_index=True, range=(0, 10**9))
+    ivf_codec: str = _f("sq8", "How an approximate index stores vectors: sq8 (8-bit scalar, 4x smaller), flat "
+                               "(float32) or pq (product quantisation, 32x smaller, lower recall).",
+                        shapes_index=True, choices=("sq8", "flat", "pq"))
+    nprobe: int = _f(32, "IVF cells searched per query (more: higher recall, slower); exact indexes ignore it.", range=(1, 10**9))
+    search_threads: int = _f(1, "FAISS threads for a query (0: every core); one is fastest on a busy machine, "
+                                "see bench/bench_ann.py.", range=(0, 10**9))
+    engine: str = _f("local", "Where `rag index` embeds and `rag batch` answers: local (this process) or ray "
+                              "(a Ray cluster; pip install 'papers-rag[ray]').", choices=("local", "ray"))
+    ray_address: str = _f("", "Ray cluster to join ('auto': the one running on this machine, 'ray://host:10001'); "
+                              "empty starts a local Ray for the command.")
+    ray_workers: int = _f(0, "Ray actors (each loads the embedder, or a whole pipeline for batch QA, once); "
+                             "0: one per CPU of the cluster.", range=(0, 10**9))
     # --- retrieval ----------------------------------------------------------
     k: int = _f(6, "Papers retrieved for a question; the model reads evidence sentences chosen from them "
                    "(and `rag search` shows them).", range=(1, 1000))

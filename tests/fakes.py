@@ -85,7 +85,9 @@ class Models:
 
 
 def inject(models: Models, setattr=setattr) -> Models:
-    """Make every `Pipeline.open` use `models` unless it is handed its own embedder and LM."""
+    """Make every `Pipeline.open` use `models` unless it is handed its own embedder and LM, and
+    `rag.embed.get_embedder` (what `rag index --add` loads) return the fake embedder."""
+    import rag.embed
     from rag.pipeline import Pipeline
 
     real_open = Pipeline.open.__func__
@@ -98,6 +100,7 @@ def inject(models: Models, setattr=setattr) -> Models:
         return real_open(cls, settings, **kw)
 
     setattr(Pipeline, "open", classmethod(open_with_fakes))
+    setattr(rag.embed, "get_embedder", lambda *args, **kw: models.embedder)
     return models
 
 
@@ -139,6 +142,16 @@ def log_network(path: str) -> None:
             f.write(target + "\n")
 
     sys.addaudithook(hook)
+
+
+def fake_pipeline(settings, log_dir: str | None = None):
+    """A pipeline with the fakes, for a Ray batch worker; each load leaves a file in `log_dir`."""
+    install_fakes()
+    from rag.pipeline import Pipeline
+
+    if log_dir:
+        (Path(log_dir) / f"load-{os.getpid()}-{time.monotonic_ns()}").touch()
+    return Pipeline.open(settings, rebuild="never")
 
 
 if __name__ == "__main__":

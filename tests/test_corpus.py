@@ -182,6 +182,46 @@ def test_bad_files(tmp_path):
 def test_non_text_fields_are_errors_naming_the_row(tmp_path, row, match):
     f = tmp_path / "c.jsonl"
     f.write_text(json.dumps(row) + "\n")
+
+
+# --- Parquet ---------------------------------------------------------------------------
+
+def write_parquet(path: Path, columns: dict) -> Path:
+    pa = pytest.importorskip("pyarrow")
+    import pyarrow.parquet as pq
+
+    pq.write_table(pa.table(columns), path)
+    return path
+
+
+def test_parquet_loads_like_jsonl(tmp_path):
+    rows = [json.loads(line) for line in (DATA / "tiny.jsonl").read_text().splitlines()]
+    f = write_parquet(tmp_path / "tiny.parquet", {
+        "Title": [r["title"] for r in rows], "abstract": [r["abstract"] for r in rows],
+        "id": [r["id"] for r in rows], "year": [2024] * len(rows)})  # other columns are ignored
+    got, want = load_corpus(f), load_corpus(DATA / "tiny.jsonl")
+    assert [(p.id, p.title, p.abstract) for p in got] == [(p.id, p.title, p.abstract) for p in want]
+    assert got[0].sources == ("tiny.parquet",) and corpus_hash(got) == corpus_hash(want)
+
+
+def test_parquet_without_ids_derives_them(tmp_path):
+    f = write_parquet(tmp_path / "c.parquet", {"title": ["A Paper"], "abstract": ["Text."]})
+    assert load_corpus(f)[0].id == paper_id("A Paper")
+
+
+@pytest.mark.parametrize("columns,match", [
+    ({"name": ["A"], "abstract": ["x"]}, r"c\.parquet: Parquet columns must include title and abstract"),
+    ({"title": ["A", None], "abstract": ["x", "y"]}, r"c\.parquet: row 2: missing title"),
+    ({"title": ["A", "B"], "abstract": ["x", ""]}, r"c\.parquet: row 2: missing abstract"),
+    ({"id": ["1", "1"], "title": ["A", "B"], "abstract": ["x", "y"]}, r"c\.parquet: row 2: duplicate id '1' \(first on row 1\)"),
+    ({"title": ["A"], "abstract": [3]}, r"c\.parquet: row 1: abstract is int, not text"),
+    ({"title": [], "abstract": []}, "empty"),
+])
+def test_parquet_errors_name_the_row(tmp_path, columns, match):
+    pa = pytest.importorskip("pyarrow")
+    if columns.get("title") == []:
+        columns = {"title": pa.array([], pa.string()), "abstract": pa.array([], pa.string())}
+    f = write_parquet(tmp_path / "c.parquet", columns)
     with pytest.raises(CorpusError, match=match):
         load_corpus(f)
 
@@ -227,3 +267,10 @@ def test_seed_pages_are_capped_too(tmp_path):
     (tmp_path / "p.txt").write_text("Title One\n" + "A sentence here. " * 2000 + "\n")
     paper = load_corpus(tmp_path, max_abstract_chars=1000)[0]
     assert len(paper.abstract) <= 1000
+
+
+def test_damaged_parquet(tmp_path):
+    f = tmp_path / "c.parquet"
+    f.write_bytes(b"PAR1 this is not really parquet PAR1")
+    with pytest.raises(CorpusError, match=r"c\.parquet: not a readable Parquet file \(.+\); re-export it"):
+        load_corpus(f)

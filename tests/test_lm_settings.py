@@ -108,9 +108,25 @@ def test_unknown_and_bad_values_are_errors():
 
 def test_only_shaping_settings_change_the_index_key():
     s = Settings.load(env={})
-    assert s.index_key() == s.replace(k=10, lm="openai/x", retrieval="bm25").index_key()
+    assert s.index_key() == s.replace(k=10, lm="openai/x", retrieval="bm25", nprobe=7, engine="ray").index_key()
     assert s.index_key() != s.replace(chunk_sentences=4).index_key()
-    assert set(s.index_shape()) == {"embed_model", "chunk_sentences", "chunk_overlap"}
+    assert s.index_key() != s.replace(embed_backend="torch").index_key()  # other vectors, another index
+    assert set(s.index_shape()) == {"embed_model", "embed_backend", "chunk_sentences", "chunk_overlap",
+                                    "ivf_threshold", "ivf_lists", "ivf_codec"}
+
+
+@pytest.mark.parametrize("name,value", [("nprobe", 0), ("ivf_threshold", 0), ("ivf_lists", -1), ("ray_workers", -2),
+                                        ("per_paper", 0)])
+def test_counts_must_be_positive(name, value):
+    with pytest.raises(SettingsError, match=f"{name} must be at least"):
+        Settings.load(env={}, **{name: value})
+
+
+def test_large_corpus_settings_from_the_environment():
+    s = Settings.load(env={"RAG_NPROBE": "64", "RAG_ENGINE": "ray", "RAG_EMBED_BACKEND": "onnx-int8"})
+    assert (s.nprobe, s.engine, s.embed_backend) == (64, "ray", "onnx-int8")
+    with pytest.raises(SettingsError, match="engine must be local or ray"):
+        Settings.load(env={"RAG_ENGINE": "spark"})
 
 
 def test_every_setting_is_documented():
