@@ -94,6 +94,41 @@ def _found(term: str, haystack: str) -> bool:
     return re.search(rf"(?<![a-z0-9]){re.escape(t)}(?![a-z0-9])", haystack) is not None
 
 
+def coined_names(text: str) -> list[str]:
+    """The coined names in `text` (LoReFT, UniMat, GPT-4, MechGPT): words with a capital after the first letter or
+    a digit. A sentence embedder splits such names into word pieces it has no meaning for, so a question about
+    one can sit far from the one passage that names it; a plain capitalised word (World, Which) is not one."""
+    return [t for t in specific_terms(text)
+            if not re.fullmatch(r"[\d.,]+(?:\s?%|x)?", t) and any(c.isupper() or c.isdigit() for c in t[1:])]
+
+
+def names_found(question: str, texts: list[str]) -> list[str]:
+    """The coined names of `question` that one of `texts` contains (an acronym spelled out counts)."""
+    hay = [_norm(t) for t in texts]
+    return [n for n in coined_names(question) if any(_found(n, h) for h in hay)]
+
+
+_HOW_MANY = re.compile(r"^\s*(?:[\w ,:]*?\b)?(how (?:many|much|large|big|long|often|fast)|what (?:share|percentage|fraction"
+                       r"|proportion|number))\b", re.IGNORECASE)
+_NUMBER_WORD = re.compile(r"\b(one|two|three|four|five|six|seven|eight|nine|ten|eleven|twelve|dozens?|hundreds?|"
+                          r"thousands?|millions?|billions?|half|twice|double|triple|once)\b", re.IGNORECASE)
+
+
+def off_question(question: str, answer: str, cited: list[str]) -> str | None:
+    """Why `answer` does not answer `question`, whatever its evidence says; None when it may.
+
+    - a question that asks how many / how much gets an answer with no number in it (the model, finding none,
+      copies its passage instead);
+    - the question names coined things (LoReFT, MechGPT) that the passages the answer cites do not: the answer
+      is about something else (a passage on LoRA, for a question comparing LoReFT with LoRA)."""
+    if _HOW_MANY.search(question) and not (_NUMBER.search(_MARKER.sub(" ", answer)) or _NUMBER_WORD.search(answer)):
+        return "the question asks for a quantity and the answer gives none"
+    missing = [n for n in coined_names(question) if n not in names_found(question, cited)]
+    if missing:
+        return f"no cited passage mentions {', '.join(missing)}"
+    return None
+
+
 def check_claims(answer: str, passages: dict[int, str]) -> list[Claim]:
     """One `Claim` per sentence of `answer`; `passages` maps passage number -> the text the model read.
 

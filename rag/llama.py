@@ -9,9 +9,10 @@ llama.cpp also keeps earlier prompts' states in RAM and restores the longest
 matching one, so alternating between a few fixed prefixes stays cheap.
 
 A JSON schema on the request (DSPy's JSONAdapter sets one: the engine declares
-`supports_response_schema`) becomes llama.cpp's top-level `json_schema` field,
-which it compiles into a grammar: the reply always parses. (`response_format`
-with the schema directly under it is silently ignored by this server.) Token
+`supports_response_schema`) becomes a llama.cpp grammar (llguidance) for one
+compact JSON object: the reply always parses, and carries no fence or
+indentation to pay for. (`response_format` with the schema directly under it is
+silently ignored by this server.) Token
 logprobs (`logprobs`, `top_logprobs`) come back as DSPy's `TokenLogprob`s; note
 that llama.cpp reports the model's probabilities before the grammar is applied.
 `warm(messages)` evaluates a fixed prompt prefix into the cache at load time,
@@ -34,6 +35,8 @@ Left out: GPU offload and several local models at once.
 from __future__ import annotations
 
 import atexit
+import functools
+import json
 import logging
 import os
 import queue
@@ -54,6 +57,20 @@ from rag.settings import Settings
 log = logging.getLogger(__name__)
 
 
+@functools.lru_cache(maxsize=64)
+def compact_json_grammar(schema_json: str) -> str:
+    """llama.cpp's grammar for replies that are one compact JSON object of `schema_json`.
+
+    Given a `json_schema`, this server lets the model open with a Markdown fence and pretty-print
+    ("```json", newlines, indents): about half the tokens of a short reply, at ~15 tokens a second.
+    The grammar llama.cpp would build, with llguidance's whitespace made strict, starts the reply at
+    "{" and writes it on one line."""
+    import xllamacpp
+
+    schema = {**json.loads(schema_json), "x-guidance": {"whitespace_flexible": False}}
+    return xllamacpp.json_schema_to_grammar(json.dumps(schema))
+
+
 def request_body(request: Any, *, cache_prompt: bool = True) -> dict:
     """The OpenAI-style chat-completion body for a DSPy request (what llama.cpp is sent)."""
     messages = []
@@ -72,10 +89,8 @@ def request_body(request: Any, *, cache_prompt: bool = True) -> dict:
         body["seed"] = cfg.seed
     fmt = cfg.response_format or {}
     schema = fmt.get("schema") or (fmt.get("json_schema") or {}).get("schema")
-    if schema:
-        body["json_schema"] = schema
-    elif fmt.get("type") == "json_object":
-        body["json_schema"] = {"type": "object"}
+    if schema or fmt.get("type") == "json_object":
+        body["grammar"] = compact_json_grammar(json.dumps(schema or {"type": "object"}))  # key order is field order
     if cfg.logprobs is not None:
         body["logprobs"] = True
         if cfg.logprobs:

@@ -30,10 +30,11 @@ from rag.errors import QuestionTooLong, RagError
 from rag.evidence import select_evidence
 from rag.index import Index, open_index
 from rag.lm import backend, describe_lm_error, lm_label, make_lm
-from rag.program import CitedRAG, rewrite_question
+from rag.program import TEXT_FIELDS, CitedRAG, CompactJSONAdapter, answer_adapter, rewrite_question
 from rag.programs import load_program, read_program_file, resolve_program
 from rag.retrieve import Hit, Retriever, SearchResult
 from rag.settings import Settings
+from rag.text import json_string_so_far
 
 log = logging.getLogger(__name__)
 
@@ -211,7 +212,10 @@ class Pipeline:
         return select_evidence(self.index, result, question, budget=self.settings.evidence_tokens, shape=shape)
 
     def _context(self):
-        return dspy.context(lm=self.lm, track_usage=True, max_history_size=HISTORY_KEEP, max_trace_size=HISTORY_KEEP)
+        # The adapter is set here, around the whole run, and not only inside the program: a streamed answer is
+        # read by DSPy's stream listeners in this outer context, and they find the answer field by the adapter.
+        return dspy.context(lm=self.lm, adapter=answer_adapter(self.lm), track_usage=True,
+                            max_history_size=HISTORY_KEEP, max_trace_size=HISTORY_KEEP)
 
     def ask(self, question: str) -> dict:
         """Answer one question; returns the `rag ask --json` object (`Answer.to_json()`)."""
@@ -257,11 +261,17 @@ class Pipeline:
                                           self.settings.per_paper)
             yield {"type": "passages", "hits": found.hits}
             pred = None
+            json_reply = isinstance(answer_adapter(self.lm), dspy.JSONAdapter)
+            raw, shown = "", ""
             for chunk in self._relay(lambda: self._streaming_program()(question=query, result=found)):
                 if isinstance(chunk, dspy.Prediction):
                     pred = chunk
                 elif isinstance(chunk, StreamResponse) and chunk.chunk:
-                    yield {"type": "token", "text": chunk.chunk}
+                    raw += chunk.chunk
+                    text = json_string_so_far(raw) if json_reply else raw
+                    if text.startswith(shown) and len(text) > len(shown):
+                        yield {"type": "token", "text": text[len(shown):]}
+                        shown = text
         except RagError:
             raise
         except Exception as e:  # noqa: BLE001 - as in ask()
@@ -297,8 +307,12 @@ class Pipeline:
     def _streaming_program(self):
         if self._streamer is None:
             # The answer text streams from the predictors that write one (a list answer is rendered, not written).
-            listeners = [StreamListener("answer", predict=getattr(self.program, name), predict_name=name)
-                         for name in ("answer", "yesno")]
+            # allow_reuse: the streamer serves every question of the session; without it a listener goes
+            # quiet after its first answer.
+            listeners = [StreamListener(field, predict=getattr(self.program, name), predict_name=name,
+                                        allow_reuse=True) for name, field in TEXT_FIELDS.items()]
+            for listener in listeners:  # it finds an adapter's field markers by class name; ours speaks JSON
+                listener.adapter_identifiers[CompactJSONAdapter.__name__] = listener.adapter_identifiers["JSONAdapter"]
             self._streamer = dspy.streamify(self.program, stream_listeners=listeners, async_streaming=False)
         return self._streamer
 

@@ -4,7 +4,9 @@
 
 1. **retrieve** the top papers (`search`, hybrid by default); if no passage is
    even close to the question (best dense cosine below `min_score`, calibrated on
-   train) it abstains there, without calling the LM;
+   train) it abstains there, without calling the LM; unless a retrieved passage
+   has a coined name the question asks about (LoReFT, UniMat: the embedder only
+   sees their word pieces, so cosine undersells the match; rag/claims.py);
 2. **select_evidence**: the sentences of those papers that bear on the question,
    under a token budget (rag/evidence.py), numbered [1]..[m] per paper;
 3. **answer** in the question's shape (rag/shapes.py), with the predictor of that
@@ -42,16 +44,17 @@ from typing import Any, Literal
 import dspy
 from dspy.utils.exceptions import AdapterParseError
 
-from rag.claims import check_claims
+from rag.claims import check_claims, names_found, off_question
 from rag.retrieve import Hit, SearchResult
 from rag.shapes import parse_verdict, question_shape
-from rag.text import content_words, sentences, word_set
+from rag.text import content_words, json_string_so_far, sentences, word_set
 
 ABSTAIN_TEXT = "The papers here do not answer this question."
 LOGPROBS_TOP = 5  # alternatives per token asked of an LM that gives logprobs (P(answerable) is read from them)
 # Why an answer was declined (provenance.abstain_reason).
-NO_CLOSE_PASSAGE, MODEL_DECLINED, LOW_P, UNSUPPORTED_CLAIM, NO_VALID_CITATION = (
-    "no_close_passage", "model_declined", "low_p_answerable", "unsupported_claim", "no_valid_citation")
+NO_CLOSE_PASSAGE, MODEL_DECLINED, LOW_P, UNSUPPORTED_CLAIM, NO_VALID_CITATION, OFF_QUESTION = (
+    "no_close_passage", "model_declined", "low_p_answerable", "unsupported_claim", "no_valid_citation",
+    "off_question")
 
 _FIELD_MARKER = re.compile(r"\[\[\s*#+\s*\w+\s*#+\s*\]\]")
 _CITE_GROUP = re.compile(r"\[(\s*\d+(?:\s*[,;]\s*\d+)*\s*)\]")
@@ -73,22 +76,24 @@ class CitedAnswer(dspy.Signature):
     passages: str = dspy.InputField(desc="numbered evidence, each '[n] title: sentences'")
     question: str = dspy.InputField()
     answerable: bool = dspy.OutputField(default=True, desc="does the evidence state the answer?")
-    answer: str = dspy.OutputField(desc="one to three sentences with [n] citations")
+    answer: str = dspy.OutputField(desc="one or two short sentences (under 50 words) with [n] citations")
     sources: list[int] = dspy.OutputField(desc="numbers of the passages the answer uses; [] if none")
 
 
 class YesNoAnswer(dspy.Signature):
     """Answer the yes/no question using only the numbered evidence from research-paper abstracts.
     First decide whether the evidence settles it; if it does not, set answerable to false.
-    Otherwise give the verdict and one or two sentences that start with "Yes", "No" or "Maybe", say what the paper
-    found, and cite its passage number in square brackets, like [1]."""
+    Otherwise state the finding that settles it: what the paper found, in its own names and numbers, citing its
+    passage number in square brackets, like [1]; then the verdict that finding gives: yes, no or maybe."""
 
     passages: str = dspy.InputField(desc="numbered evidence, each '[n] title: sentences'")
     question: str = dspy.InputField()
     answerable: bool = dspy.OutputField(default=True, desc="does the evidence settle the question?")
-    verdict: Literal["yes", "no", "maybe"] | None = dspy.OutputField(default=None)
-    answer: str = dspy.OutputField(desc="starts with Yes, No or Maybe; [n] citations")
-    sources: list[int] = dspy.OutputField(desc="numbers of the passages the answer uses; [] if none")
+    finding: str = dspy.OutputField(desc="what the paper found, one or two short sentences (under 50 words) with [n] "
+                                         "citations")
+    verdict: Literal["yes", "no", "maybe"] | None = dspy.OutputField(
+        default=None, desc="the answer to the question that the finding gives")
+    sources: list[int] = dspy.OutputField(desc="numbers of the passages the finding uses; [] if none")
 
 
 class ListAnswer(dspy.Signature):
@@ -101,21 +106,29 @@ class ListAnswer(dspy.Signature):
     sources: list[int] = dspy.OutputField(desc="numbers of every paper that is about it")
 
 
-# The predictor that answers each question shape, by attribute name on CitedRAG.
+# The predictor that answers each question shape, by attribute name on CitedRAG, and the field each writes
+# its text in (what the chat streams; a list answer is rendered from the passages it picks).
 PREDICTORS = {"specific": "answer", "yesno": "yesno", "list": "list"}
+TEXT_FIELDS = {"answer": "answer", "yesno": "finding"}
 SIGNATURES = {"answer": CitedAnswer, "yesno": YesNoAnswer, "list": ListAnswer}
 
 
 def recover_fields(reply: str) -> tuple[str, str]:
     """(answer, sources) from a reply the adapter could not parse: a missing sources field, a
-    missing end marker, or an answer cut off by the token limit (trimmed to its last full sentence)."""
-    answer_m = re.search(r"\[\[\s*##\s*answer\s*##\s*\]\](.*?)(?=\[\[\s*##|\Z)", reply, re.DOTALL)
-    sources_m = re.search(r"\[\[\s*##\s*sources\s*##\s*\]\](.*?)(?=\[\[\s*##|\Z)", reply, re.DOTALL)
-    answer = (answer_m.group(1) if answer_m else _FIELD_MARKER.sub("", reply)).strip()
+    missing end marker, or an answer cut off by the token limit (trimmed to its last full sentence).
+    A JSON reply (the schema-held one) cut off by the token limit is read the same way."""
+    json_answer = re.search(r'"answer"\s*:\s*', reply)
+    if reply.lstrip().startswith("{") and json_answer:
+        answer = json_string_so_far(reply[json_answer.end():])
+        sources_m = re.search(r'"sources"\s*:\s*\[([\d,\s]*)\]', reply)
+    else:
+        answer_m = re.search(r"\[\[\s*##\s*answer\s*##\s*\]\](.*?)(?=\[\[\s*##|\Z)", reply, re.DOTALL)
+        sources_m = re.search(r"\[\[\s*##\s*sources\s*##\s*\]\](.*?)(?=\[\[\s*##|\Z)", reply, re.DOTALL)
+        answer = (answer_m.group(1) if answer_m else _FIELD_MARKER.sub("", reply)).strip()
     if not sources_m and not re.search(r"[.!?\]]\s*$", answer):
         cut = max(answer.rfind(". "), answer.rfind(".\n"))
         answer = answer[: cut + 1] if cut > 0 else answer
-    return answer, sources_m.group(1).strip() if sources_m else ""
+    return answer.strip(), sources_m.group(1).strip() if sources_m else ""
 
 
 def format_passages(hits: list[Hit]) -> str:
@@ -318,7 +331,8 @@ class CitedRAG(dspy.Module):
             result = self.search(question)
         shape = question_shape(question)
         retrieved = result.hits
-        if not retrieved or result.best_similarity < self.min_score:
+        if not retrieved or (result.best_similarity < self.min_score
+                             and not names_found(question, [f"{h.paper.title} {h.text}" for h in retrieved])):
             return _abstained(retrieved, retrieved, shape, NO_CLOSE_PASSAGE, lm_called=False)
         evidence = (self.select(question, result, shape) if self.select is not None else None) or retrieved
         predictor = getattr(self, PREDICTORS[shape])
@@ -342,7 +356,8 @@ class CitedRAG(dspy.Module):
             lines = "\n".join(f"- {evidence[n - 1].paper.title}: {evidence[n - 1].text} [{n}]" for n in numbers)
             cited = Cited(lines, numbers, False) if numbers else Cited(ABSTAIN_TEXT, [], True)
         else:
-            cited = map_citations(fields.get("answer"), fields.get("sources"), [h.text for h in evidence])
+            text = fields.get("finding") if shape == "yesno" and fields.get("finding") else fields.get("answer")
+            cited = map_citations(text, fields.get("sources"), [h.text for h in evidence])
             if shape == "yesno" and not cited.abstained:
                 cited.answer, verdict = with_verdict(cited.answer, fields.get("verdict"))
         if cited.abstained:
@@ -352,6 +367,11 @@ class CitedRAG(dspy.Module):
             # A name or number the cited evidence does not contain: on train this is how most answers to
             # unanswerable questions look (the model fills the gap, or repeats the question's own example).
             return _abstained(evidence, retrieved, shape, UNSUPPORTED_CLAIM, p_answerable=p, draft=claims)
+        if self.decline_unsupported and shape != "list" and off_question(
+                question, cited.answer, [f"{evidence[n - 1].paper.title}: {evidence[n - 1].text}" for n in cited.numbers]):
+            # An answer that is not about what was asked: no number for "how many", or a passage about something
+            # else than the names the question asks about (the model, finding no answer, copies what it has).
+            return _abstained(evidence, retrieved, shape, OFF_QUESTION, p_answerable=p, draft=claims)
         return dspy.Prediction(answer=cited.answer, citations=cited.numbers, abstained=False, hits=evidence,
                                retrieved=retrieved, shape=shape, verdict=verdict, claims=claims, p_answerable=p,
                                abstain_reason=None, lm_called=True)

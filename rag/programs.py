@@ -24,7 +24,7 @@ from rag.settings import ROOT
 
 FORMAT = "papers-rag-program/1"
 PROGRAMS_DIR = ROOT / "programs"
-_DEMO_FIELDS = {"passages", "question", "answerable", "verdict", "answer", "sources", "augmented", "reasoning"}
+_DEMO_FIELDS = {"passages", "question", "answerable", "verdict", "answer", "finding", "sources", "augmented", "reasoning"}
 _FIX = "re-run `rag optimize` or use --program baseline"
 
 

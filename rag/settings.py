@@ -105,7 +105,8 @@ class Settings:
     api_base: str = _f("", "Base URL of an OpenAI-compatible server (vLLM, llama.cpp, Ollama); empty for OpenAI.")
     api_key: str = _f("", "API key for a remote backend; falls back to OPENAI_API_KEY for openai/ models.")
     temperature: float = _f(0.0, "Sampling temperature.", range=(0.0, 2.0))
-    max_tokens: int = _f(200, "Most tokens the model may write for one answer.", range=(1, 32_768))
+    max_tokens: int = _f(120, "Most tokens the model may write for one answer (an answer is one or two sentences; "
+                              "one cut short keeps its last full sentence).", range=(1, 32_768))
     timeout: float = _f(120.0, "Seconds an LM call may take (a remote request, or the embedded model between "
                                "two tokens) before it is abandoned.", range=(0.1, 86_400.0))
     n_ctx: int = _f(4096, "Context window of the local model, in tokens.", range=(512, 131_072))

@@ -124,3 +124,35 @@ def strip_control(text: str) -> str:
     """`text` without terminal escape sequences and control characters (tab and newline kept): safe to
     print on a terminal whatever a corpus row or a model wrote."""
     return _CONTROL.sub("", text)
+
+
+def json_string_so_far(raw: str) -> str:
+    """The text of a JSON string value as far as it has streamed in (`raw` starts at the value): no opening
+    quote, escapes decoded, and nothing from its closing quote on (DSPy's listener passes some of what follows)."""
+    body = raw.lstrip()
+    if not body.startswith('"'):
+        return ""
+    out, i = [], 1
+    while i < len(body):
+        c = body[i]
+        if c == '"':
+            break
+        if c == "\\":
+            if i + 1 >= len(body):
+                break  # an escape cut in two: wait for the rest
+            nxt = body[i + 1]
+            if nxt == "u":
+                if i + 6 > len(body):
+                    break
+                try:
+                    out.append(chr(int(body[i + 2:i + 6], 16)))
+                except ValueError:
+                    pass
+                i += 6
+                continue
+            out.append({"n": "\n", "t": "\t", "r": "\r", "b": "\b", "f": "\f"}.get(nxt, nxt))
+            i += 2
+            continue
+        out.append(c)
+        i += 1
+    return "".join(out)

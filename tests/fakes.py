@@ -198,3 +198,23 @@ class JudgedEngine(FakeEngine):
                                             logprob=max(t.logprob for t in top), top=top),)
         return Response(id=None, model="fake", message=Message.assistant([TextPart(text)]), finish_reason="stop",
                         usage=Usage(input_tokens=100, output_tokens=30, total_tokens=130), logprobs=logprobs)
+
+
+class JSONEngine(FakeEngine):
+    """A fake engine that, like the local llama.cpp one, holds its reply to the JSON schema (so the program
+    talks JSON to it) and streams the reply in small pieces."""
+
+    supports_response_schema = True
+    supported_params = frozenset({"temperature", "max_tokens", "response_format"})
+
+    def complete(self, request):
+        import json
+
+        from dspy.lm15 import Message, Response, TextPart, Usage
+
+        self.calls += 1
+        assert request.config.response_format, "the program should ask for a schema-held reply"
+        text = json.dumps({"answerable": True, "answer": "They use a diagonal state matrix initialised with HiPPO [1].",
+                           "sources": [1]}, indent=2)
+        return Response(id=None, model="fake", message=Message.assistant([TextPart(text)]), finish_reason="stop",
+                        usage=Usage(input_tokens=100, output_tokens=30, total_tokens=130))

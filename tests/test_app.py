@@ -361,3 +361,18 @@ def test_browser_with_the_real_embedded_model(real_settings, real_search_pipe, s
           f"full answer {seen['full_answer_s']:.1f}s; screenshot {tmp_path / 'chat-real.png'}")
     assert seen["passage_visible"] and "generation and verification" in seen["passage"]
     assert "generation" in seen["answer"].lower() and "verification" in seen["answer"].lower()
+
+
+def test_json_replies_stream_token_by_token_into_the_chat(tiny_settings, embedder):
+    from fakes import JSONEngine, fake_lm
+
+    engine = JSONEngine()
+    pipe = Pipeline.open(tiny_settings, embedder=embedder, lm=fake_lm(engine))
+    first = list(pipe.ask_stream("What is the Long Range Arena benchmark used for?"))
+    assert any(e["type"] == "token" for e in first)
+    events = list(pipe.ask_stream("How are state space models initialised?"))  # the second question streams too
+    tokens = "".join(e["text"] for e in events if e["type"] == "token")
+    assert len([e for e in events if e["type"] == "token"]) > 3  # streamed, not shown all at once at the end
+    assert "diagonal state matrix initialised with HiPPO" in tokens and '"sources"' not in tokens
+    done = events[-1]["result"]
+    assert done["answer"] == "They use a diagonal state matrix initialised with HiPPO [1]." and engine.calls == 2

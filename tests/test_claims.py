@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from rag.claims import check_claims, specific_terms
+from rag.claims import check_claims, coined_names, off_question, specific_terms
 
 PASSAGES = {
     1: "LoReFT: LoReFT learns interventions that are 10x-50x more parameter-efficient than prior PEFTs such as LoRA.",
@@ -59,3 +59,25 @@ def test_acronyms_the_evidence_spells_out_and_possessives_are_supported():
     passages = {1: "Alignment: reinforcement learning from human feedback makes large language models safer; GPT-4 wins."}
     result = check_claims("RLHF makes LLMs safer, and GPT-4's answers win [1]. NLP is unrelated [1].", passages)
     assert [(c.supported, c.unsupported_terms) for c in result] == [(True, []), (False, ["NLP"])]
+
+
+def test_coined_names_are_words_with_inner_capitals_or_digits():
+    assert coined_names("How much more parameter-efficient is LoReFT than prior PEFTs?") == ["LoReFT", "PEFTs"]
+    assert coined_names("Which country won the 2022 FIFA World Cup?") == ["FIFA"]  # not World, not 2022
+    assert coined_names("Does GPT-4 beat the baseline?") == ["GPT-4"]
+    assert coined_names("Which papers study state space models?") == []
+
+
+def test_an_answer_off_the_question_is_named():
+    # a how-many question answered without a number (the model copied its passage)
+    assert off_question("How many variables is Prithvi WxC trained on?",
+                        "Prithvi WxC is a foundation model trained on variables from MERRA-2 [2].", [PASSAGES[2]])
+    for answer in ("It is trained on 160 variables [2].", "It is trained on twelve variables [2]."):
+        assert off_question("How many variables is Prithvi WxC trained on?", answer, [PASSAGES[2]]) is None
+    # a comparison of LoReFT with LoRA answered from a passage that only knows LoRA
+    reason = off_question("Does LoReFT use more parameters than LoRA?", "Yes: LoRA outperforms finetuning [1].",
+                          ["Model Editing: we find that LoRA outperforms full finetuning."])
+    assert reason == "no cited passage mentions LoReFT"
+    assert off_question("Does LoReFT use fewer parameters than LoRA?", "Yes: 10x-50x fewer [1].", [PASSAGES[1]]) is None
+    # an acronym the cited passage spells out is mentioned
+    assert off_question("What do LLMs learn?", "Facts [1].", ["Large language models learn facts."]) is None

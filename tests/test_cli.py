@@ -229,7 +229,7 @@ def test_a_prompt_that_cannot_fit_the_context_fails_before_anything_loads(cli, m
     monkeypatch.setenv("RAG_EVIDENCE_TOKENS", "5000")
     code, _, err = cli("ask", "state space models")
     assert code == 1 and err.count("\n") == 1 and not (tmp_path / "indexes").exists()
-    assert err.startswith("error: RAG_EVIDENCE_TOKENS=5000 and RAG_MAX_TOKENS=200 need about 6,400 tokens")
+    assert err.startswith("error: RAG_EVIDENCE_TOKENS=5000 and RAG_MAX_TOKENS=120 need about 6,320 tokens")
     assert "RAG_N_CTX=4,096" in err
     monkeypatch.delenv("RAG_EVIDENCE_TOKENS")
     code, _, err = cli("ask", "state space models", "--k", "100000")  # k is bounded by its range

@@ -68,8 +68,9 @@ def test_ray_build_equals_the_local_build(local_ray, tiny_settings, monkeypatch)
 
 
 def _questions(path: Path, n: int) -> Path:
-    lines = [json.dumps({"id": f"q{i}", "question": f"FAIL question {i}" if i == 3 else f"What about state space model {i}?"})
-             for i in range(n)]
+    # digit-free questions: the fake LM echoes the question, and a number in no passage would be declined
+    lines = [json.dumps({"id": f"q{i}", "question": "FAIL question" if i == 3 else
+                         f"What about state space models, case {chr(ord('a') + i)}?"}) for i in range(n)]
     path.write_text("\n".join(lines) + "\n")
     return path
 

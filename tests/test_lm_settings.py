@@ -213,12 +213,13 @@ def test_request_body_carries_the_schema_and_logprobs_the_way_llama_cpp_reads_th
                       config=Config(max_tokens=12, temperature=0.0, logprobs=5,
                                     response_format={"type": "json_schema", "name": "out", "schema": schema}))
     body = request_body(request)
-    # llama.cpp ignores a schema under response_format; it reads a top-level json_schema
-    assert body["json_schema"] == schema and "response_format" not in body
+    # llama.cpp ignores a schema under response_format; it gets a grammar for the schema, held to compact JSON
+    assert body["grammar"].startswith("%llguidance") and '"whitespace_flexible":false' in body["grammar"].replace(" ", "")
+    assert '"answerable"' in body["grammar"] and "response_format" not in body and "json_schema" not in body
     assert body["logprobs"] is True and body["top_logprobs"] == 5 and body["max_tokens"] == 12
     assert body["messages"] == [{"role": "system", "content": "be brief"}, {"role": "user", "content": "hi"}]
     plain = request_body(Request(model="local/x", messages=(Message.user("hi"),)))
-    assert "json_schema" not in plain and "logprobs" not in plain
+    assert "grammar" not in plain and "logprobs" not in plain
 
 
 def test_llama_cpp_logprobs_become_dspy_token_logprobs():

@@ -251,7 +251,7 @@ def test_list_questions_are_answered_one_line_per_paper_from_the_evidence(pipe):
 
 
 def test_yes_no_questions_open_with_their_verdict(pipe):
-    p, _ = pipe([{"answerable": "True", "verdict": "no", "answer": "The paper finds acidity peaks at 30 degrees [1].",
+    p, _ = pipe([{"answerable": "True", "finding": "The paper finds acidity peaks at 30 degrees [1].", "verdict": "no",
                   "sources": "[1]"}])
     out = p.ask("Does sourdough acidity rise fastest at 50 degrees Celsius?")
     assert out["shape"] == "yesno" and out["verdict"] == "no"
@@ -294,3 +294,19 @@ def test_warm_reads_each_predictors_fixed_prefix_once(tiny_settings, embedder):
     systems = [m[0]["content"] for m in engine.warmed]
     assert len(set(systems)) == 3 and all("Structured State Space" not in s for s in systems)  # instructions only
     assert engine.calls == 0  # warming is not answering
+
+
+def test_a_how_many_answer_without_a_number_is_declined_as_off_the_question(pipe):
+    p, _ = pipe([{"answerable": "True", "answer": "The paper measures sourdough fermentation dynamics [1].",
+                  "sources": "[1]"}])
+    out = p.ask("How many degrees make sourdough acidity rise fastest?")
+    assert out["abstained"] is True and out["provenance"]["abstain_reason"] == "off_question"
+
+
+def test_a_far_question_is_declined_before_the_model_unless_a_passage_has_its_coined_name(pipe):
+    answer = {"answerable": "True", "answer": "The state matrix is initialised with HiPPO [1].", "sources": "[1]"}
+    p, lm = pipe([answer], min_score=0.99)  # every passage is "far" by cosine
+    far = p.ask("How are state space models initialised?")
+    assert far["provenance"]["abstain_reason"] == "no_close_passage" and not lm.history
+    named = p.ask("What initialises the HiPPO state matrix?")  # the embedder sees word pieces; the passage has it
+    assert named["abstained"] is False and len(lm.history) == 1

@@ -249,7 +249,8 @@ def test_eval_pubmedqa_end_to_end(pqa_env, capsys, monkeypatch):
     assert [r["id"] for r in results] == [r["id"] for r in rows]
     assert [r["predicted"] for r in results] == [
         rows[0]["final_decision"], _other(rows[1]["final_decision"]), None, None, rows[4]["final_decision"]]
-    assert [r["verdict_source"] for r in results] == ["answer", "answer", None, None, "field"]
+    # the program itself gives a verdict field for an answered yes/no question (rag.program.with_verdict)
+    assert [r["verdict_source"] for r in results] == ["field", "field", None, None, "field"]
     assert [r["metrics"]["correct"] for r in results] == [1.0, 0.0, 0.0, 0.0, 1.0]
     assert [r["metrics"]["headline"] for r in results] == [1.0, 0.0, 0.0, 0.0, 1.0]  # the paired score
     assert [r["metrics"]["abstained"] for r in results] == [0.0, 0.0, 1.0, 0.0, 0.0]
@@ -270,7 +271,7 @@ def test_eval_pubmedqa_end_to_end(pqa_env, capsys, monkeypatch):
                                     "seed": pubmedqa.SEED, "limit": 5, "n": 5}
     assert summary["accuracy"] == 0.4 and summary["macro_f1"] == classification_scores(gold, pred, LABELS)["macro_f1"]
     assert summary["rates"]["verdict_given"] == 0.6 and summary["rates"]["abstained"] == 0.2
-    assert summary["verdict_source"] == {"field": 1, "answer": 2}
+    assert summary["verdict_source"] == {"field": 3, "answer": 0}
     assert summary["classification"]["no_prediction"] == 2
     assert set(summary["retrieval"]) == {"dense", "bm25", "hybrid"} and summary["retrieval"]["hybrid"]["n"] == 5
     assert summary["retrieval"]["hybrid"]["recall@1"] == summary["rates"]["recall@1"]  # the same search, k=10

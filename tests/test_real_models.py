@@ -116,6 +116,11 @@ def test_the_abstention_decision_on_the_real_model(pipe):
                             "evaluating UniMat?")
     assert unanswerable["abstained"] is True, unanswerable["answer"]
     assert unanswerable["provenance"]["abstain_reason"] in ("unsupported_claim", "no_valid_citation")
+    # its paper is close by name only (the embedder sees MechGPT as word pieces); the abstract gives no count,
+    # and the model's draft, with no number in it, is not an answer to "how many"
+    count = pipe.ask("How many question-answer pairs were distilled to fine-tune MechGPT?")
+    assert count["abstained"] is True and count["provenance"]["abstain_reason"] in (
+        "off_question", "unsupported_claim", "no_valid_citation"), count["answer"]
     far = pipe.ask("What is a good recipe for sourdough bread?")
     assert far["abstained"] is True and far["provenance"]["abstain_reason"] == "no_close_passage"
     assert far["provenance"]["prompt_tokens"] == 0  # declined without calling the model
