@@ -91,7 +91,7 @@ def _found(term: str, haystack: str) -> bool:
     if re.fullmatch(r"[\d.,]+(?:\s?%|x)?", t):  # a number must match as a number, not inside another
         number = re.escape(t.rstrip("%x ").rstrip())
         return re.search(rf"(?<![\d.]){number}(?![\d]|\.\d)", haystack) is not None
-    return re.search(rf"(?<![a-z0-9]){re.escape(t)}(?![a-z0-9])", haystack) is not None
+    return re.search(rf"(?<![a-z0-9]){re.escape(t)}(?:e?s)?(?![a-z0-9])", haystack) is not None  # LLM in "LLMs"
 
 
 def coined_names(text: str) -> list[str]:
@@ -108,7 +108,7 @@ def names_found(question: str, texts: list[str]) -> list[str]:
     return [n for n in coined_names(question) if any(_found(n, h) for h in hay)]
 
 
-_HOW_MANY = re.compile(r"^\s*(?:[\w ,:]*?\b)?(how (?:many|much|large|big|long|often|fast)|what (?:share|percentage|fraction"
+_HOW_MANY = re.compile(r"^\s*(?:[\w ,:]*?\b)?(how (?:many|much)|what (?:share|percentage|fraction"
                        r"|proportion|number))\b", re.IGNORECASE)
 _NUMBER_WORD = re.compile(r"\b(one|two|three|four|five|six|seven|eight|nine|ten|eleven|twelve|dozens?|hundreds?|"
                           r"thousands?|millions?|billions?|half|twice|double|triple|once)\b", re.IGNORECASE)

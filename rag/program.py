@@ -117,7 +117,7 @@ def recover_fields(reply: str) -> tuple[str, str]:
     """(answer, sources) from a reply the adapter could not parse: a missing sources field, a
     missing end marker, or an answer cut off by the token limit (trimmed to its last full sentence).
     A JSON reply (the schema-held one) cut off by the token limit is read the same way."""
-    json_answer = re.search(r'"answer"\s*:\s*', reply)
+    json_answer = re.search(r'"(?:answer|finding)"\s*:\s*', reply)
     if reply.lstrip().startswith("{") and json_answer:
         answer = json_string_so_far(reply[json_answer.end():])
         sources_m = re.search(r'"sources"\s*:\s*\[([\d,\s]*)\]', reply)

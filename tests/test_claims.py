@@ -81,3 +81,8 @@ def test_an_answer_off_the_question_is_named():
     assert off_question("Does LoReFT use fewer parameters than LoRA?", "Yes: 10x-50x fewer [1].", [PASSAGES[1]]) is None
     # an acronym the cited passage spells out is mentioned
     assert off_question("What do LLMs learn?", "Facts [1].", ["Large language models learn facts."]) is None
+
+
+def test_a_name_is_found_in_its_plural():
+    assert off_question("When does an LLM decline to answer?", "When asked about later events [1].",
+                        ["Role-playing LLMs decline questions about events after the person's death."]) is None

@@ -131,6 +131,10 @@ def test_recover_fields():
     assert recover_fields("[[ ## answer ## ]]\nIt is X [2].\n\n[[ ## sources ## ]]\n[2]") == ("It is X [2].", "[2]")
     assert recover_fields("[[ ## answer ## ]]\nFirst sentence. Second cut o") == ("First sentence.", "")
     assert recover_fields("just text, no markers.") == ("just text, no markers.", "")
+    # a compact JSON reply cut off by the token limit, for either text field
+    assert recover_fields('{"answerable":true,"answer":"It is X [1]. Then \\"Y\\" was cut o') == ("It is X [1].", "")
+    assert recover_fields('{"answerable":true,"finding":"It helps [2].","verdict":"yes","sources":[2]}') == (
+        "It helps [2].", "2")
 
 
 def test_ask_abstains_when_the_model_says_so(pipe):
