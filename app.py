@@ -40,7 +40,7 @@ log = logging.getLogger(__name__)
 # itself answers "queue is full". The AnswerQueue refuses long before, with an estimate.
 QUEUE_MAX = 64
 # First guesses of an answer's length, until the queue has timed real answers.
-TYPICAL_ANSWER_S = {"local": 25.0, "remote": 5.0}
+TYPICAL_ANSWER_S = {"local": 11.0, "remote": 5.0}  # the first guess, until answers are timed (local: the dev p50, 10.3 s)
 EXAMPLES = [
     "What are the two subtasks of the I am a Strange Dataset benchmark?",
     "How much more parameter-efficient is LoReFT than prior PEFTs?",
