@@ -71,6 +71,24 @@ def compact_json_grammar(schema_json: str) -> str:
     return xllamacpp.json_schema_to_grammar(json.dumps(schema))
 
 
+CHARS_PER_TOKEN = 3  # a safe floor for English prose with names and numbers in it (most runs 4)
+JSON_OVERHEAD_TOKENS = 32  # keys, quotes, a boolean, a verdict and a short list of sources
+
+
+def fit_strings(schema: dict, max_tokens: int | None) -> dict:
+    """`schema` with a `maxLength` on its free-text string fields, so that a reply written under it ends
+    inside `max_tokens`: a long text field can no longer eat the budget of the fields after it (a yes/no
+    finding cut off by the token limit before its verdict). The text budget is shared by those fields."""
+    props = schema.get("properties") or {}
+    texts = [name for name, p in props.items() if p.get("type") == "string" and "enum" not in p
+             and "maxLength" not in p]
+    if not max_tokens or not texts:
+        return schema
+    cap = max(40, (max_tokens - JSON_OVERHEAD_TOKENS) * CHARS_PER_TOKEN // len(texts))
+    return {**schema, "properties": {name: ({**p, "maxLength": cap} if name in texts else p)
+                                     for name, p in props.items()}}
+
+
 def request_body(request: Any, *, cache_prompt: bool = True) -> dict:
     """The OpenAI-style chat-completion body for a DSPy request (what llama.cpp is sent)."""
     messages = []
@@ -90,7 +108,8 @@ def request_body(request: Any, *, cache_prompt: bool = True) -> dict:
     fmt = cfg.response_format or {}
     schema = fmt.get("schema") or (fmt.get("json_schema") or {}).get("schema")
     if schema or fmt.get("type") == "json_object":
-        body["grammar"] = compact_json_grammar(json.dumps(schema or {"type": "object"}))  # key order is field order
+        schema = fit_strings(schema, cfg.max_tokens) if schema else {"type": "object"}
+        body["grammar"] = compact_json_grammar(json.dumps(schema))  # key order is field order
     if cfg.logprobs is not None:
         body["logprobs"] = True
         if cfg.logprobs:

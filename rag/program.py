@@ -125,10 +125,18 @@ def recover_fields(reply: str) -> tuple[str, str]:
         answer_m = re.search(r"\[\[\s*##\s*answer\s*##\s*\]\](.*?)(?=\[\[\s*##|\Z)", reply, re.DOTALL)
         sources_m = re.search(r"\[\[\s*##\s*sources\s*##\s*\]\](.*?)(?=\[\[\s*##|\Z)", reply, re.DOTALL)
         answer = (answer_m.group(1) if answer_m else _FIELD_MARKER.sub("", reply)).strip()
-    if not sources_m and not re.search(r"[.!?\]]\s*$", answer):
-        cut = max(answer.rfind(". "), answer.rfind(".\n"))
-        answer = answer[: cut + 1] if cut > 0 else answer
+    if not sources_m:
+        answer = to_last_sentence(answer)
     return answer.strip(), sources_m.group(1).strip() if sources_m else ""
+
+
+def to_last_sentence(text: str) -> str:
+    """`text` without a last sentence that was cut off (by the token limit, or the grammar's length cap)."""
+    text = text.strip()
+    if re.search(r"[.!?\]]$", text):
+        return text
+    cut = max(text.rfind(". "), text.rfind(".\n"), text.rfind("]. "))
+    return text[: cut + 1] if cut > 0 else text
 
 
 def format_passages(hits: list[Hit]) -> str:
@@ -357,7 +365,7 @@ class CitedRAG(dspy.Module):
             cited = Cited(lines, numbers, False) if numbers else Cited(ABSTAIN_TEXT, [], True)
         else:
             text = fields.get("finding") if shape == "yesno" and fields.get("finding") else fields.get("answer")
-            cited = map_citations(text, fields.get("sources"), [h.text for h in evidence])
+            cited = map_citations(to_last_sentence(str(text or "")), fields.get("sources"), [h.text for h in evidence])
             if shape == "yesno" and not cited.abstained:
                 cited.answer, verdict = with_verdict(cited.answer, fields.get("verdict"))
         if cited.abstained:

@@ -234,3 +234,23 @@ def test_llama_cpp_logprobs_become_dspy_token_logprobs():
     tok, = response.logprobs
     assert tok.token == " true" and [t.token for t in tok.top] == [" true", " false"]
     assert to_response({**out, "choices": [{**out["choices"][0], "logprobs": None}]}, "m").logprobs is None
+
+
+def test_free_text_fields_are_capped_so_the_fields_after_them_fit_in_max_tokens():
+    from rag.llama import fit_strings
+
+    schema = {"type": "object", "properties": {
+        "answerable": {"type": "boolean"}, "finding": {"type": "string"},
+        "verdict": {"anyOf": [{"enum": ["yes", "no"], "type": "string"}, {"type": "null"}]},
+        "sources": {"type": "array", "items": {"type": "integer"}}}}
+    capped = fit_strings(schema, 120)
+    assert capped["properties"]["finding"]["maxLength"] == (120 - 32) * 3  # 264 characters, ~70-90 tokens
+    assert [k for k in capped["properties"]] == list(schema["properties"])  # field order kept
+    assert "maxLength" not in capped["properties"]["verdict"] and fit_strings(schema, None) == schema
+
+
+def test_a_text_cut_off_mid_sentence_keeps_its_full_sentences():
+    from rag.program import to_last_sentence
+
+    assert to_last_sentence("OCR noise hurts RAG [1]. Semantic noise hurts mo") == "OCR noise hurts RAG [1]."
+    assert to_last_sentence("It does [1].") == "It does [1]." and to_last_sentence("10x-50x fewer") == "10x-50x fewer"
