@@ -230,8 +230,12 @@ class LlamaCppEngine:
         self.last_timings = out.get("timings", {})
         return out
 
+    def wire_request(self, request: Any) -> dict:
+        """What this engine sends llama.cpp for `request` (the disk cache keys on it too)."""
+        return request_body(request, cache_prompt=self.cache_prompt)
+
     def complete(self, request: Any) -> Any:
-        return to_response(self.chat(request_body(request, cache_prompt=self.cache_prompt)), self.model)
+        return to_response(self.chat(self.wire_request(request)), self.model)
 
     def warm(self, messages: list[dict]) -> None:
         """Evaluate `messages` (a fixed prompt prefix) into the prompt cache; generates one token."""

@@ -28,13 +28,16 @@ from pathlib import Path
 from typing import Any
 
 
-def request_key(request: Any, model_key: str) -> str:
-    """A stable hash of what decides a completion: the model and the request as composed."""
+def request_key(request: Any, model_key: str, sent: Any = None) -> str:
+    """A stable hash of what decides a completion: the model and the request as composed, and `sent`, what
+    the engine makes of it when it says (its `wire_request`: the llama.cpp body with its grammar), so a
+    change in how the engine constrains a reply misses too."""
     from dspy._vendor.lm15.serde import request_to_dict
 
     data = request_to_dict(request)
     data.pop("model", None)  # the engine's name for it; `model_key` is what identifies the weights
-    return hashlib.sha256(json.dumps([model_key, data], sort_keys=True).encode()).hexdigest()
+    parts = [model_key, data] if sent is None else [model_key, data, sent]
+    return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()
 
 
 class DiskCachedEngine:
@@ -54,7 +57,8 @@ class DiskCachedEngine:
     def complete(self, request: Any) -> Any:
         from dspy._vendor.lm15.serde import response_from_dict, response_to_dict
 
-        key = request_key(request, self.model_key)
+        wire = getattr(self.engine, "wire_request", None)
+        key = request_key(request, self.model_key, wire(request) if callable(wire) else None)
         with self._lock:
             row = self._db.execute("SELECT response, seconds FROM responses WHERE key = ?", (key,)).fetchone()
         self.stats["calls"] += 1

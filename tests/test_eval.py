@@ -281,6 +281,17 @@ def test_disk_cache_makes_reruns_free(tmp_path):
     with dspy.context(lm=dspy.LM("local/counting", engine=other, cache=False, num_retries=0)):
         predict(question="q1")
         assert engine.calls == 3
+    # An engine that says what it sends (llama.cpp: the body with its grammar) misses when that changes.
+    engine.wire = "grammar v1"
+    engine.wire_request = lambda request: engine.wire
+    wired = DiskCachedEngine(engine, tmp_path / "c.sqlite", "model-sha")
+    with dspy.context(lm=dspy.LM("local/counting", engine=wired, cache=False, num_retries=0)):
+        predict(question="q1")
+        predict(question="q1")
+        assert engine.calls == 4  # the first call under the wire form misses once, then hits
+        engine.wire = "grammar v2"
+        predict(question="q1")
+        assert engine.calls == 5
 
 
 # --- optimisation and program files ---------------------------------------------------
