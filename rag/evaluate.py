@@ -37,7 +37,7 @@ import shutil
 import statistics
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -134,13 +134,9 @@ def kind_of(summary: dict) -> EvalKind:
 
 # --- the labelled set -----------------------------------------------------------------
 
-def load_set(path: str | Path, paper_ids: set[str] | None = None) -> list[dict]:
-    """Read and check a labelled JSONL set; every problem names its line."""
-    path = Path(path)
-    if not path.is_file():
-        raise EvalError(f"eval set {path} does not exist; see eval/README.md (e.g. --set eval/dev.jsonl)")
-    rows: list[dict] = []
-    seen: set[str] = set()
+def jsonl_rows(path: Path, required: tuple[str, ...], fix: str) -> Iterator[tuple[str, dict]]:
+    """("file:line", row) for each non-blank line of a JSONL file, each row a JSON object whose `required`
+    keys are non-empty strings; a problem is an EvalError naming its line (`fix` says what to do about bad JSON)."""
     try:
         lines = path.read_text(encoding="utf-8").splitlines()
     except UnicodeDecodeError as e:
@@ -152,12 +148,23 @@ def load_set(path: str | Path, paper_ids: set[str] | None = None) -> list[dict]:
         try:
             row = json.loads(line)
         except json.JSONDecodeError as e:
-            raise EvalError(f"{where}: not valid JSON ({e.msg}); fix or remove the line") from None
+            raise EvalError(f"{where}: not valid JSON ({e.msg}); {fix}") from None
         if not isinstance(row, dict):
             raise EvalError(f"{where}: expected a JSON object")
-        for key in ("id", "question", "type"):
+        for key in required:
             if not isinstance(row.get(key), str) or not row[key].strip():
                 raise EvalError(f"{where}: missing or empty {key!r}")
+        yield where, row
+
+
+def load_set(path: str | Path, paper_ids: set[str] | None = None) -> list[dict]:
+    """Read and check a labelled JSONL set; every problem names its line."""
+    path = Path(path)
+    if not path.is_file():
+        raise EvalError(f"eval set {path} does not exist; see eval/README.md (e.g. --set eval/dev.jsonl)")
+    rows: list[dict] = []
+    seen: set[str] = set()
+    for where, row in jsonl_rows(path, ("id", "question", "type"), "fix or remove the line"):
         if row["type"] not in TYPES:
             raise EvalError(f"{where}: type {row['type']!r} is not one of {', '.join(TYPES)}")
         for key in ("facts", "gold_paper_ids"):

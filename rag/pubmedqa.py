@@ -27,13 +27,12 @@ Left out: the published systems' setting (handed the right abstract; ours must f
 
 from __future__ import annotations
 
-import json
 import random
 import statistics
 from pathlib import Path
 from typing import Any
 
-from rag.evaluate import EvalError
+from rag.evaluate import EvalError, jsonl_rows
 from rag.metrics import bootstrap_ci, classification_scores, percentile
 from rag.settings import ROOT
 from rag.shapes import parse_verdict
@@ -74,17 +73,8 @@ def load_questions(path: str | Path | None = None) -> list[dict]:
         raise EvalError(f"{path} does not exist; it ships with the repository (re-derive it with "
                         f"`python eval/pubmedqa_convert.py`, see data/pubmedqa/README.md)")
     rows, seen = [], set()
-    for no, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-        if not line.strip():
-            continue
-        where = f"{path}:{no}"
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise EvalError(f"{where}: not valid JSON ({e.msg}); re-derive the file with eval/pubmedqa_convert.py") from None
-        for key in ("id", "question", "gold_paper_id"):
-            if not isinstance(row.get(key), str) or not row[key].strip():
-                raise EvalError(f"{where}: missing or empty {key!r}")
+    for where, row in jsonl_rows(path, ("id", "question", "gold_paper_id"),
+                                 "re-derive the file with eval/pubmedqa_convert.py"):
         if row.get("split") not in SPLITS or row.get("final_decision") not in LABELS:
             raise EvalError(f"{where}: split must be one of {SPLITS} and final_decision one of {LABELS}")
         if row["id"] in seen:
