@@ -22,12 +22,12 @@ import tempfile
 import time
 from pathlib import Path
 
-from rag.corpus import load_corpus
-from rag.embed import get_embedder
-from rag.index import build_index, chunk_papers, load_index
-from rag.retrieve import Retriever
+from rag.answer.retrieve import Retriever
+from rag.index.add import ReusingEmbedder, add_papers, stored_vectors
+from rag.index.corpus import load_corpus
+from rag.index.embed import get_embedder
+from rag.index.store import build_index, chunk_papers, load_index
 from rag.settings import Settings
-from rag.update import ReusingEmbedder, add_papers, stored_vectors
 
 
 def write_jsonl(path: Path, papers) -> None:

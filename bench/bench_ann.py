@@ -8,7 +8,7 @@ queries are made the same way from other draws and are not in the index. Recall@
 is measured against exact search over the same vectors.
 
 For each size: exact search (IndexFlatIP) build time and query latency; the IVF index
-that `rag index` would build (rag/vectors.py, the settings' `ivf_lists` and
+that `rag index` would build (rag/index/vectors.py, the settings' `ivf_lists` and
 `ivf_codec`) with its build (train + add) time, on-disk size, open time memory-mapped
 (and the sha256 that `load_index` checks on open), resident memory, and query
 p50/p95 and recall@10 at several `nprobe`. Exact search is timed with
@@ -31,12 +31,12 @@ from pathlib import Path
 import faiss
 import numpy as np
 
-from rag.index import load_index
-from rag.metrics import percentile
+from rag.answer.retrieve import CANDIDATES
+from rag.evaluation.metrics import percentile
+from rag.index.store import load_index
+from rag.index.vectors import build_dense, open_dense, plan, set_nprobe, write_dense
 from rag.pipeline import Pipeline
-from rag.retrieve import CANDIDATES
 from rag.settings import Settings
-from rag.vectors import build_dense, open_dense, plan, set_nprobe, write_dense
 
 
 def rss_mb() -> float:

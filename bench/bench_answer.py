@@ -39,9 +39,9 @@ OLD_REF = "2989338"  # the last commit before evidence-first answering (the boot
 WORKER = r'''
 import json, sys, time
 try:
-    from rag.llama import LlamaCppEngine
+    from rag.lm.llama import LlamaCppEngine
 except ImportError:
-    from rag.lm import LlamaCppEngine
+    from rag.lm.llama import LlamaCppEngine
 CALLS = []
 _chat = LlamaCppEngine.chat
 def chat(self, body):
@@ -100,16 +100,18 @@ def main() -> None:
     ap.add_argument("--out", default=str(ROOT / "eval" / "reports"))
     args = ap.parse_args()
 
-    from rag import evaluate
+    from rag.evaluation import harness as evaluate
+    from rag.evaluation.compare import compare_reports, verdict
+    from rag.evaluation.metrics import percentile
+    from rag.evaluation.seed import load_set
     from rag.logs import setup
-    from rag.metrics import percentile
     from rag.pipeline import Pipeline
     from rag.settings import Settings
 
     setup()
     namespace: dict = {}
     exec(WORKER, namespace)  # noqa: S102 - our own instrumentation, shared verbatim with the child
-    rows = evaluate.load_set(args.set)[: args.limit]
+    rows = load_set(args.set)[: args.limit]
     tree = old_tree(args.old)
     env = {**os.environ, "PYTHONPATH": str(tree), "RAG_INDEX_DIR": str(tree / "indexes"),
            "LITELLM_LOCAL_MODEL_COST_MAP": "True"}
@@ -154,7 +156,7 @@ def main() -> None:
     reports = {side: evaluate.run_eval(Replay(side, label), rows, label=f"bench-{side}", set_path=args.set,
                                        out_root=args.out, stamp=stamp)
                for side, label in (("old", f"{old_label} @ {args.old}"), ("new", pipe.program_label))}
-    compare_path, compared = evaluate.compare_reports(reports["old"], reports["new"], args.out, stamp=stamp)
+    compare_path, compared = compare_reports(reports["old"], reports["new"], args.out, stamp=stamp)
 
     def figures(side: str) -> dict:
         r = list(runs[side].values())
@@ -181,7 +183,7 @@ def main() -> None:
         print(f"{key:32} {a if a is None else round(a, 2):>10} {b if b is None else round(b, 2):>10} {ratio:>8}")
     for name, v in compared["metrics"].items():
         print(f"{name:32} {v['a']:>10.3f} {v['b']:>10.3f}   (n={v['n']})")
-    print(evaluate.verdict(compared))
+    print(verdict(compared))
     print(f"reports: {reports['old']} {reports['new']} {compare_path}")
 
 

@@ -16,7 +16,7 @@ import argparse
 import statistics
 import time
 
-from rag.llama import local_engine
+from rag.lm.llama import local_engine
 from rag.pipeline import Pipeline
 from rag.settings import Settings
 

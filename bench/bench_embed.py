@@ -3,7 +3,7 @@
 Per backend: the model's load time (and the one-off ONNX export, when not cached),
 a full build of the seed index in a temporary directory (every chunk and sentence
 embedded: throughput in texts/s over the whole build, and chunks/s measured on the
-chunk texts alone), then the dev set's retrieval metrics (`rag.evaluate.retrieval_table`
+chunk texts alone), then the dev set's retrieval metrics (`rag.evaluation.harness.retrieval_table`
 on eval/dev.jsonl: recall@1/5/10, MRR@10 per retrieval mode) on that index.
 
 Then the backends take turns embedding one sample (`--rounds`, A B C A B C ...): the
@@ -28,11 +28,12 @@ import time
 
 import numpy as np
 
-from rag.corpus import load_corpus
-from rag.embed import get_embedder, model_dir
-from rag.evaluate import load_set, retrieval_table
-from rag.index import build_index, chunk_papers, load_index
-from rag.retrieve import Retriever
+from rag.answer.retrieve import Retriever
+from rag.evaluation.harness import retrieval_table
+from rag.evaluation.seed import load_set
+from rag.index.corpus import load_corpus
+from rag.index.embed import get_embedder, model_dir
+from rag.index.store import build_index, chunk_papers, load_index
 from rag.settings import ROOT, Settings
 
 ABSTRACTS = 2_500_000
@@ -62,7 +63,7 @@ def main() -> None:
             s = base.replace(embed_backend=backend, index_dir=f"{tmp}/{backend}")
             export = 0.0
             if backend != "torch":
-                from rag.embed_onnx import onnx_model_path
+                from rag.index.embed_onnx import onnx_model_path
 
                 t = time.perf_counter()
                 onnx_model_path(model_dir(s.embed_model), s.embed_model, backend, s.cache_dir)

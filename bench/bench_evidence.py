@@ -3,7 +3,7 @@
 For each answerable question of a labelled set (train by default: this is where the evidence
 parameters are chosen), retrieval runs once; then the model's reading is built two ways:
 "passages" (the k best papers' best two chunks each, what the program read before evidence
-selection) and "evidence" (rag.evidence.select_evidence under a token budget) for a grid of
+selection) and "evidence" (rag.answer.evidence.select_evidence under a token budget) for a grid of
 parameters. Reported: the share of the question's facts found in what the model would read (by
 the metric's own matcher), the share of gold papers present, and tokens (chars / 4). No LM call.
 
@@ -16,12 +16,12 @@ import argparse
 import itertools
 import statistics
 
-from rag.evaluate import load_set
-from rag.evidence import evidence_tokens, select_evidence
-from rag.metrics import fact_found, percentile
+from rag.answer.evidence import evidence_tokens, select_evidence
+from rag.answer.shapes import question_shape
+from rag.evaluation.metrics import fact_found, percentile
+from rag.evaluation.seed import load_set
 from rag.pipeline import Pipeline
 from rag.settings import ROOT, Settings
-from rag.shapes import question_shape
 
 
 def reading(hits) -> str:

@@ -12,9 +12,9 @@ from __future__ import annotations
 import argparse
 import time
 
-from rag.metrics import percentile
+from rag.answer.retrieve import MODES
+from rag.evaluation.metrics import percentile
 from rag.pipeline import Pipeline
-from rag.retrieve import MODES
 from rag.settings import Settings
 from rag.text import split_sentences
 

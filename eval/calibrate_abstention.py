@@ -11,10 +11,10 @@ it got in the run (an unanswerable one answered scores 0). The rules compared:
 
 - `logprob`: P(answerable) read from the model's logprobs on the answer prompt (the program's judge);
 - `similarity`: the best dense cosine of the question to any chunk (retrieval's own signal);
-- `evidence`: the best evidence-sentence score (rag.evidence.score_sentences);
+- `evidence`: the best evidence-sentence score (rag.answer.evidence.score_sentences);
 - `logprob+similarity`: their mean, each scaled to [0, 1] over the set;
 - `claims`: decline an answer (not a list: its lines are quotes) with a name or number found in no
-  passage it cites (rag.claims), no threshold; and each score rule combined with it ("... or claims").
+  passage it cites (rag.answer.claims), no threshold; and each score rule combined with it ("... or claims").
 
 It prints each rule's best train headline, abstention recall and false-abstention rate, and the
 threshold that reaches it (ties: the threshold nearest the middle of the tied range). Only train is
@@ -31,12 +31,12 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from rag.evaluate import read_report  # noqa: E402
-from rag.evidence import score_sentences  # noqa: E402
-from rag.metrics import claim_scores  # noqa: E402
+from rag.answer.evidence import score_sentences  # noqa: E402
+from rag.answer.shapes import question_shape  # noqa: E402
+from rag.evaluation.harness import read_report  # noqa: E402
+from rag.evaluation.metrics import claim_scores  # noqa: E402
 from rag.pipeline import Pipeline  # noqa: E402
 from rag.settings import Settings  # noqa: E402
-from rag.shapes import question_shape  # noqa: E402
 
 
 def outcome(rows: list[dict], scores: list[float | None], t: float, also: list[bool] | None = None) -> dict:

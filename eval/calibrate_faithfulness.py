@@ -1,4 +1,4 @@
-"""Calibrate the faithfulness threshold (rag.metrics.FAITHFUL_MIN) on the labelled set.
+"""Calibrate the faithfulness threshold (rag.evaluation.metrics.FAITHFUL_MIN) on the labelled set.
 
     .venv/bin/python eval/calibrate_faithfulness.py [--set eval/train.jsonl]
 
@@ -8,7 +8,7 @@ its gold abstract, so it is supported) is scored against:
   retrieved, the gold abstract);
 - negative: the passage of the best-ranked non-gold paper for the same question
   (a hard negative: on topic, but not the source).
-The score is rag.metrics.support_score (0.5 cosine + 0.5 content-word overlap).
+The score is rag.evaluation.metrics.support_score (0.5 cosine + 0.5 content-word overlap).
 The script sweeps thresholds and prints the true- and false-positive rates and the
 balanced accuracy; the threshold with the best balanced accuracy is the one to use.
 No LM is involved. Calibrate on train only: dev stays untouched.
@@ -24,8 +24,8 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from rag.evaluate import load_set  # noqa: E402
-from rag.metrics import answer_sentences, support_score  # noqa: E402
+from rag.evaluation.metrics import answer_sentences, support_score  # noqa: E402
+from rag.evaluation.seed import load_set  # noqa: E402
 from rag.pipeline import Pipeline  # noqa: E402
 from rag.settings import ROOT, Settings  # noqa: E402
 

@@ -1,11 +1,11 @@
-"""The eval metrics. They live in the package (`rag.metrics`) because `rag batch --eval`,
+"""The eval metrics. They live in the package (`rag.evaluation.metrics`) because `rag batch --eval`,
 `rag eval` and `rag optimize` use them from an installed `rag`; this module re-exports
 them for scripts and notebooks run from the repository root:
 
     from eval.metrics import score_row, faithfulness, headline, retrieval_scores
 """
 
-from rag.metrics import (  # noqa: F401
+from rag.evaluation.metrics import (  # noqa: F401
     FAITHFUL_MIN,
     HEADLINE_WEIGHTS,
     abstention_summary,

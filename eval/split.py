@@ -18,7 +18,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from rag.metrics import TYPES  # noqa: E402
+from rag.evaluation.metrics import TYPES  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 SEED = 20261123

@@ -13,7 +13,7 @@
   vector is back.
 - `ray_asker(settings, workers)` gives `rag batch` an `ask` callable backed by Ray
   actors that each hold one loaded `Pipeline` (index, embedder, LM: loaded once per
-  actor). `rag.batch.run_batch` is unchanged: it calls `ask` from `workers` threads
+  actor). `rag.batch.run.run_batch` is unchanged: it calls `ask` from `workers` threads
   and its driver-side writer keeps every guarantee (one line per id, fsync'd
   appends, resume, per-row errors). A row's error reads as it would locally; an
   actor that dies is replaced and only its question fails.
@@ -45,6 +45,7 @@ from typing import Any
 import numpy as np
 
 from rag.errors import RagError
+from rag.files import atomic_writer
 from rag.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -122,7 +123,7 @@ class _EmbedActor:
     """A Ray Data actor: loads the embedder once, then embeds the batches it is handed."""
 
     def __init__(self, name: str, backend: str, cache_dir: str) -> None:
-        from rag.embed import get_embedder
+        from rag.index.embed import get_embedder
 
         self.embedder = get_embedder(name, backend, cache_dir)
 
@@ -135,7 +136,7 @@ class RayEmbedder:
     """An `Embedder` whose `encode` runs on a Ray cluster; the model is never loaded in the driver."""
 
     def __init__(self, settings: Settings, *, spill_dir: str | Path | None = None) -> None:
-        from rag.embed import MODEL_DIMS
+        from rag.index.embed import MODEL_DIMS
 
         if settings.embed_model not in MODEL_DIMS:
             raise RagError(f"the ray engine does not know the size of {settings.embed_model!r}'s vectors; "
@@ -179,8 +180,8 @@ class RayEmbedder:
             return
         s = self.settings
         if s.embed_backend != "torch":  # export the ONNX file once here, not once per actor
-            from rag.embed import model_dir
-            from rag.embed_onnx import onnx_model_path
+            from rag.index.embed import model_dir
+            from rag.index.embed_onnx import onnx_model_path
 
             onnx_model_path(model_dir(s.embed_model), s.embed_model, s.embed_backend, s.cache_dir)
         with ray_session(s) as ray:
@@ -265,12 +266,8 @@ class Shards:
             return
         self.dir.mkdir(parents=True, exist_ok=True)
         name = f"part-{time.time_ns()}-{os.getpid()}"
-        tmp = self.dir / f".{name}.tmp.npz"
-        with open(tmp, "wb") as f:
+        with atomic_writer(self.dir / f"{name}.npz", "wb", suffix=".npz") as f:
             np.savez(f, rows=np.concatenate(self.rows), vectors=np.concatenate(self.vectors))
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, self.dir / f"{name}.npz")
         self.rows, self.vectors, self.pending = [], [], 0
 
     def remove(self) -> None:
@@ -301,7 +298,7 @@ class _AnswerActor:
             return "ok", self.pipe.ask(question)
         except RagError as e:
             return "error", str(e)
-        except Exception as e:  # noqa: BLE001 - as rag.batch.answer_row words it
+        except Exception as e:  # noqa: BLE001 - as rag.batch.run.answer_row words it
             first = (str(e).strip().splitlines() or [type(e).__name__])[0][:300]
             return "error", f"{type(e).__name__}: {first}"
 

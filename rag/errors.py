@@ -25,6 +25,10 @@ class ProgramError(RagError):
     """A saved program file is missing, corrupt or does not match."""
 
 
+class EvalError(RagError):
+    """A labelled set or report that cannot be used."""
+
+
 class SettingsError(RagError):
     """A setting has an unknown name or an invalid value."""
 

@@ -19,7 +19,7 @@ fixed part of the prompt (system message and earlier turns, before the
 passages and question), so llama.cpp's prompt cache reads them once.
 
 `optimize_and_save` is the whole `rag optimize` run: compile on train, save the
-program file with its provenance (`rag.programs`), then score it on dev and
+program file with its provenance (`rag.answer.program_files`), then score it on dev and
 record the dev score in that provenance.
 
 Left out: fine-tuning, optimising the follow-up rewriter.
@@ -40,17 +40,18 @@ from typing import Any
 
 import dspy
 
+from rag.answer.program import CitedRAG, as_numbers, map_citations
+from rag.answer.program_files import save_program_file
 from rag.errors import ProgramError
-from rag.metrics import TYPES, score_row
+from rag.evaluation.harness import read_report, run_eval
+from rag.evaluation.metrics import TYPES, score_row
+from rag.files import sha256_file
 from rag.pipeline import Answer
-from rag.program import CitedRAG, as_numbers, map_citations
-from rag.programs import save_program_file
 from rag.settings import ROOT
 from rag.text import content_words, sentences
 
 log = logging.getLogger(__name__)
 
-OPTIMIZERS = ("bootstrap", "mipro", "gepa")
 DEMO_MIN_SCORE = 0.7
 MAX_DEMOS = 3
 BOOTSTRAP_CANDIDATES = 6  # traces bootstrapped, of which select_demos keeps MAX_DEMOS
@@ -77,7 +78,7 @@ def interleave(rows: list[dict]) -> list[dict]:
 
 
 def make_metric(embed: Any):
-    """The optimiser's metric: the headline score of one prediction (see rag.metrics)."""
+    """The optimiser's metric: the headline score of one prediction (see rag.evaluation.metrics)."""
 
     def metric(example: dspy.Example, pred: Any, trace: Any = None) -> float:
         return score_row(example.label, Answer.from_prediction(example.question, pred).to_json(), embed=embed)["headline"]
@@ -230,8 +231,8 @@ def counted(metric: Any, bar: Any) -> Any:
 def compile_program(program: CitedRAG, optimizer: str, train_rows: list[dict], embed: Any, lm: Any,
                     *, seed: int = 0, progress: bool = False) -> CitedRAG:
     """Compile `program` with `optimizer` on `train_rows`; demos come back shortened."""
-    if optimizer not in OPTIMIZERS:
-        raise ProgramError(f"unknown optimizer {optimizer!r}; use one of {', '.join(OPTIMIZERS)}")
+    if optimizer not in COMPILERS:
+        raise ProgramError(f"unknown optimizer {optimizer!r}; use one of {', '.join(COMPILERS)}")
     from tqdm.auto import tqdm
 
     bar = tqdm(desc=f"{optimizer}: answers scored", unit="answer", disable=not progress, file=sys.stderr)
@@ -241,33 +242,41 @@ def compile_program(program: CitedRAG, optimizer: str, train_rows: list[dict], e
         bar.close()
 
 
+def _bootstrap(program: CitedRAG, rows: list[dict], embed: Any, lm: Any, seed: int, bar: Any) -> CitedRAG:
+    opt = dspy.BootstrapFewShot(metric=counted(make_metric(embed), bar), metric_threshold=DEMO_MIN_SCORE,
+                                max_bootstrapped_demos=BOOTSTRAP_CANDIDATES, max_labeled_demos=0, max_rounds=1)
+    return opt.compile(program, trainset=to_examples(rows))
+
+
+def _mipro(program: CitedRAG, rows: list[dict], embed: Any, lm: Any, seed: int, bar: Any) -> CitedRAG:
+    # A budget for 2 CPU cores: 3 instruction candidates, 2 demo sets, 6 trials on minibatches of 8.
+    train, val = rows[: len(rows) // 2], rows[len(rows) // 2:]
+    opt = dspy.MIPROv2(metric=counted(make_metric(embed), bar), auto=None, num_candidates=3, max_bootstrapped_demos=2,
+                       max_labeled_demos=0, num_threads=1, seed=seed, verbose=False, metric_threshold=DEMO_MIN_SCORE)
+    return opt.compile(program, trainset=to_examples(train), valset=to_examples(val), num_trials=6,
+                       minibatch_size=min(8, len(val)), minibatch_full_eval_steps=3,
+                       data_aware_proposer=False, view_data_batch_size=3)
+
+
+def _gepa(program: CitedRAG, rows: list[dict], embed: Any, lm: Any, seed: int, bar: Any) -> CitedRAG:
+    train, val = rows[: len(rows) // 2], rows[len(rows) // 2:]
+    opt = dspy.GEPA(metric=counted(make_feedback_metric(embed), bar), max_metric_calls=60, reflection_lm=lm,
+                    reflection_minibatch_size=3, num_threads=1, seed=seed, track_stats=False)
+    return opt.compile(program, trainset=to_examples(train), valset=to_examples(val))
+
+
+# The optimisers, by name (`rag optimize --optimizer`): (program, train rows, embed, lm, seed, bar) -> compiled.
+COMPILERS: dict[str, Callable[..., CitedRAG]] = {"bootstrap": _bootstrap, "mipro": _mipro, "gepa": _gepa}
+
+
 def _compile(program: CitedRAG, optimizer: str, train_rows: list[dict], embed: Any, lm: Any, seed: int,
              bar: Any) -> CitedRAG:
     rows = interleave(train_rows)
-    metric = counted(make_metric(embed), bar)
     # DSPy's proposers print() their internals (program source, proposed instructions) to
     # stdout, which is the command's output: they go to stderr with --verbose, else nowhere.
     chatter = sys.stderr if log.isEnabledFor(logging.INFO) else io.StringIO()
     with dspy.context(lm=lm, max_history_size=20, max_trace_size=20), contextlib.redirect_stdout(chatter):
-        if optimizer == "bootstrap":
-            opt = dspy.BootstrapFewShot(metric=metric, metric_threshold=DEMO_MIN_SCORE,
-                                        max_bootstrapped_demos=BOOTSTRAP_CANDIDATES, max_labeled_demos=0,
-                                        max_rounds=1)
-            compiled = opt.compile(program, trainset=to_examples(rows))
-        elif optimizer == "mipro":
-            # A budget for 2 CPU cores: 3 instruction candidates, 2 demo sets, 6 trials on minibatches of 8.
-            train, val = rows[: len(rows) // 2], rows[len(rows) // 2:]
-            opt = dspy.MIPROv2(metric=metric, auto=None, num_candidates=3, max_bootstrapped_demos=2,
-                               max_labeled_demos=0, num_threads=1, seed=seed, verbose=False,
-                               metric_threshold=DEMO_MIN_SCORE)
-            compiled = opt.compile(program, trainset=to_examples(train), valset=to_examples(val), num_trials=6,
-                                   minibatch_size=min(8, len(val)), minibatch_full_eval_steps=3,
-                                   data_aware_proposer=False, view_data_batch_size=3)
-        else:
-            train, val = rows[: len(rows) // 2], rows[len(rows) // 2:]
-            opt = dspy.GEPA(metric=counted(make_feedback_metric(embed), bar), max_metric_calls=60, reflection_lm=lm,
-                            reflection_minibatch_size=3, num_threads=1, seed=seed, track_stats=False)
-            compiled = opt.compile(program, trainset=to_examples(train), valset=to_examples(val))
+        compiled = COMPILERS[optimizer](program, rows, embed, lm, seed, bar)
     for predictor in compiled.predictors():
         demos = select_demos([d.toDict() if hasattr(d, "toDict") else dict(d) for d in predictor.demos])
         # A trace keeps everything the prediction had; the label and the reply's logprobs are not demo fields.
@@ -304,8 +313,6 @@ def optimize_and_save(pipe: Any, optimizer: str, train: list[dict], train_path: 
     Returns the program path and the dev report's path (None without dev). `pipe` should run the
     baseline program on a disk-cached LM; its program is replaced by the compiled one.
     """
-    from rag import evaluate
-
     say(f"Optimising with {optimizer} on {len(train)} questions ({pipe.lm_label}); "
         f"each question the model answers takes ~20s locally ...")
     embed = lambda texts: pipe.embedder.encode(texts)  # noqa: E731
@@ -317,7 +324,7 @@ def optimize_and_save(pipe: Any, optimizer: str, train: list[dict], train_path: 
         "settings": {"k": s.k, "retrieval": s.retrieval, "per_paper": s.per_paper, "min_score": s.min_score,
                      "evidence_tokens": s.evidence_tokens, "answerable_threshold": s.answerable_threshold,
                      "max_tokens": s.max_tokens, "temperature": s.temperature},
-        "train": {"path": portable(train_path), "sha256": evaluate.file_sha256(train_path), "n": len(train)},
+        "train": {"path": portable(train_path), "sha256": sha256_file(train_path), "n": len(train)},
         **describe(compiled),
     }
     save_program_file(compiled, out, provenance)
@@ -326,9 +333,9 @@ def optimize_and_save(pipe: Any, optimizer: str, train: list[dict], train_path: 
         return out, None
     pipe.program, pipe.program_label = compiled, out.name
     say(f"Scoring it on {len(dev)} dev questions ...")
-    report = evaluate.run_eval(pipe, dev, label=f"{out.stem}-dev", set_path=dev_path, out_root=reports,
+    report = run_eval(pipe, dev, label=f"{out.stem}-dev", set_path=dev_path, out_root=reports,
                                progress=progress)
-    summary, _ = evaluate.read_report(report)
+    summary, _ = read_report(report)
     provenance["dev"] = {"path": portable(dev_path), "sha256": summary["set_sha256"], "headline": summary["headline"],
                          "headline_ci95": summary["headline_ci95"], "report": portable(report),
                          "lm_mean_s": summary["latency"]["lm_mean_s"]}

@@ -25,14 +25,15 @@ from typing import Any
 import dspy
 from dspy.streaming import StreamListener, StreamResponse
 
-from rag.embed import Embedder, get_embedder
+from rag.answer.evidence import select_evidence
+from rag.answer.program import TEXT_FIELDS, CitedRAG, CompactJSONAdapter, answer_adapter, rewrite_question
+from rag.answer.program_files import load_program, read_program_file, resolve_program
+from rag.answer.retrieve import Hit, Retriever, SearchResult
 from rag.errors import QuestionTooLong, RagError
-from rag.evidence import select_evidence
-from rag.index import Index, open_index
-from rag.lm import backend, describe_lm_error, lm_label, make_lm
-from rag.program import TEXT_FIELDS, CitedRAG, CompactJSONAdapter, answer_adapter, rewrite_question
-from rag.programs import load_program, read_program_file, resolve_program
-from rag.retrieve import Hit, Retriever, SearchResult
+from rag.index.embed import Embedder, get_embedder
+from rag.index.open import open_index
+from rag.index.store import Index
+from rag.lm.backends import backend, describe_lm_error, lm_label, make_lm
 from rag.settings import Settings
 from rag.text import json_string_so_far
 
@@ -101,9 +102,9 @@ class Answer:
     citations: list[dict] = field(default_factory=list)
     passages: list[dict] = field(default_factory=list)
     provenance: dict | None = None
-    shape: str | None = None  # list / yesno / specific (rag.shapes)
+    shape: str | None = None  # list / yesno / specific (rag.answer.shapes)
     verdict: str | None = None  # yes / no / maybe for a yes/no question that was answered
-    claims: list[dict] = field(default_factory=list)  # rag.claims.Claim per answer sentence
+    claims: list[dict] = field(default_factory=list)  # rag.answer.claims.Claim per answer sentence
 
     @classmethod
     def from_prediction(cls, question: str, pred: Any, provenance: dict | None = None) -> Answer:
@@ -189,14 +190,18 @@ class Pipeline:
         return Retriever(self.index, self.embedder)
 
     def search(self, question: str, k: int | None = None, mode: str | None = None) -> SearchResult:
-        q = validate_question(question)
-        return self.retriever.search(q, k or self.settings.k, mode or self.settings.retrieval, self.settings.per_paper)
+        """Retrieval for a question that may come from anyone (the CLI, the eval): validated here."""
+        return self._retrieve(validate_question(question), k, mode)
+
+    def _retrieve(self, query: str, k: int | None = None, mode: str | None = None) -> SearchResult:
+        """Retrieval for a query already validated (or written by the rewrite step): the one route."""
+        return self.retriever.search(query, k or self.settings.k, mode or self.settings.retrieval, self.settings.per_paper)
 
     def warm(self) -> int:
         """Read each answer predictor's fixed prompt prefix (instructions, demos) into the local model's cache,
         so the first question a user asks is as fast as the second; returns how many prefixes were warmed.
         A no-op on remote backends. The chat calls it at start-up (one-shot `rag ask` would only pay twice)."""
-        from rag.program import answer_adapter
+        from rag.answer.program import answer_adapter
 
         warm = getattr(getattr(self.lm, "engine", None), "warm", None)
         if warm is None or self.program is None:
@@ -224,8 +229,9 @@ class Pipeline:
             raise RagError("this pipeline was opened without a language model")
         t0 = time.perf_counter()
         try:
+            found = self._retrieve(q)
             with self._context():
-                pred = self.program(question=q)
+                pred = self.program(question=q, result=found)
         except RagError:
             raise
         except Exception as e:  # noqa: BLE001 - backends raise anything; name the setting to fix
@@ -257,8 +263,7 @@ class Pipeline:
                     log.warning("could not rewrite the follow-up (%s); searching with it as asked", e)
                 yield {"type": "rewritten", "query": query}
             yield {"type": "status", "text": "Searching the papers..."}
-            found = self.retriever.search(query, k or self.settings.k, mode or self.settings.retrieval,
-                                          self.settings.per_paper)
+            found = self._retrieve(query, k, mode)
             yield {"type": "passages", "hits": found.hits}
             pred = None
             json_reply = isinstance(answer_adapter(self.lm), dspy.JSONAdapter)

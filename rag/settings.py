@@ -27,15 +27,24 @@ from pathlib import Path
 from typing import Any
 
 from rag.errors import SettingsError
-from rag.retrieve import MODES
 
 ROOT = Path(__file__).resolve().parent.parent
+# A checkout keeps the seed pages in data/corpus and indexes in indexes/; an installed wheel carries the
+# pages as rag/seed_pages and keeps its indexes in the cache directory (site-packages is no place for them).
+CHECKOUT = (ROOT / "pyproject.toml").is_file()
+SEED_PAGES = ROOT / "data" / "corpus" if CHECKOUT else Path(__file__).resolve().parent / "seed_pages"
 ENV_PREFIX = "RAG_"
+# The retrieval modes, by name: rag/answer/retrieve.py implements each (its MODES table has exactly these keys).
+RETRIEVAL_MODES = ("hybrid", "dense", "bm25")
 
 
 def _default_cache() -> str:
     base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
     return os.path.join(base, "papers-rag")
+
+
+def _default_indexes() -> str:
+    return str(ROOT / "indexes") if CHECKOUT else os.path.join(_default_cache(), "indexes")
 
 
 def _f(default: Any, help: str, **kw: Any) -> Any:
@@ -49,9 +58,9 @@ class Settings:
     """All knobs of papers-rag. Read with `Settings.load(**overrides)`."""
 
     # --- corpus and index -------------------------------------------------
-    corpus: str = _f(str(ROOT / "data" / "corpus"),
+    corpus: str = _f(str(SEED_PAGES),
                      "Corpus: a directory of seed pages (*.txt), or a .jsonl/.csv file of papers.", nonempty=True)
-    index_dir: str = _f(str(ROOT / "indexes"), "Directory that holds built indexes, one sub-directory each.",
+    index_dir: str = _f(lambda: _default_indexes(), "Directory that holds built indexes, one sub-directory each.",
                         nonempty=True)
     embed_model: str = _f("all-MiniLM-L6-v2", "Sentence-transformers model, loaded offline from its PyPI package.",
                           shapes_index=True, nonempty=True)
@@ -86,7 +95,7 @@ class Settings:
     k: int = _f(6, "Papers retrieved for a question; the model reads evidence sentences chosen from them "
                    "(and `rag search` shows them).", range=(1, 1000))
     retrieval: str = _f("hybrid", "Retrieval mode: hybrid (reciprocal-rank fusion), dense or bm25.",
-                        choices=tuple(MODES))
+                        choices=RETRIEVAL_MODES)
     per_paper: int = _f(2, "Best chunks of one paper merged into its passage (1 = just the best chunk).",
                         range=(1, 20))
     min_score: float = _f(0.38, "Dense cosine similarity below which no passage is relevant: the program "
@@ -157,12 +166,12 @@ class Settings:
     def replace(self, **changes: Any) -> Settings:
         return dataclasses.replace(self, **{k: v for k, v in changes.items() if v is not None})
 
-    def index_shape(self) -> dict[str, Any]:
+    def index_fields(self) -> dict[str, Any]:
         """The settings that shape an index; a change to any of them means a new index."""
         return {f.name: getattr(self, f.name) for f in fields(self) if f.metadata.get("shapes_index")}
 
     def index_key(self) -> str:
-        blob = json.dumps(self.index_shape(), sort_keys=True).encode()
+        blob = json.dumps(self.index_fields(), sort_keys=True).encode()
         return hashlib.sha256(blob).hexdigest()[:12]
 
     def describe(self) -> list[tuple[str, Any, str]]:

@@ -48,13 +48,13 @@ def _clean_dspy_and_env(monkeypatch, request, tmp_path):
     demos into every DummyLM prompt); the real-model (slow) tests use what a clone ships."""
     import os
 
-    import rag.programs
+    import rag.answer.program_files
 
     for key in list(os.environ):
         if key.startswith("RAG_"):
             monkeypatch.delenv(key)
     if request.node.get_closest_marker("slow") is None:
-        monkeypatch.setattr(rag.programs, "PROGRAMS_DIR", tmp_path / "programs")
+        monkeypatch.setattr(rag.answer.program_files, "PROGRAMS_DIR", tmp_path / "programs")
     dspy.settings.configure(lm=None, adapter=None)
     yield
     dspy.settings.configure(lm=None, adapter=None)
@@ -67,7 +67,7 @@ def _reset_step_logging() -> None:
 
     from rag.logs import _Steps
 
-    logger = logging.getLogger("rag.index")
+    logger = logging.getLogger("rag.index.store")
     for h in [h for h in logger.handlers if isinstance(h, _Steps)]:
         logger.removeHandler(h)
     logger.propagate = True

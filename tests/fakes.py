@@ -86,8 +86,8 @@ class Models:
 
 def inject(models: Models, setattr=setattr) -> Models:
     """Make every `Pipeline.open` use `models` unless it is handed its own embedder and LM, and
-    `rag.embed.get_embedder` (what `rag index --add` loads) return the fake embedder."""
-    import rag.embed
+    `rag.index.embed.get_embedder` (what `rag index --add` loads) return the fake embedder."""
+    import rag.index.embed
     from rag.pipeline import Pipeline
 
     real_open = Pipeline.open.__func__
@@ -100,7 +100,7 @@ def inject(models: Models, setattr=setattr) -> Models:
         return real_open(cls, settings, **kw)
 
     setattr(Pipeline, "open", classmethod(open_with_fakes))
-    setattr(rag.embed, "get_embedder", lambda *args, **kw: models.embedder)
+    setattr(rag.index.embed, "get_embedder", lambda *args, **kw: models.embedder)
     return models
 
 
@@ -164,7 +164,7 @@ if __name__ == "__main__":
         import app
 
         raise SystemExit(app.main())
-    from rag.cli import main
+    from rag.cli.main import main
 
     raise SystemExit(main(sys.argv[1:]))
 

@@ -13,9 +13,9 @@ from pathlib import Path
 
 import pytest
 
-import app
+from rag.chat import app
+from rag.chat.waiting import AnswerQueue
 from rag.pipeline import Pipeline
-from rag.waits import AnswerQueue
 
 CHROMIUM = "/usr/bin/chromium"
 needs_chromium = pytest.mark.skipif(

@@ -16,8 +16,9 @@ from pathlib import Path
 import pytest
 
 import rag.pipeline
-from rag import batch
-from rag.cli import main
+from rag.batch import inputs, output
+from rag.batch import run as batch
+from rag.cli.main import main
 
 HERE = Path(__file__).resolve().parent
 DATA = HERE / "data"
@@ -225,10 +226,10 @@ def test_thousand_questions_in_bounded_memory(engine, tiny_settings, embedder, t
     def peak(n: int) -> int:
         q = tmp_path / f"q{n}.txt"
         q.write_text("".join(f"robots walking question {i}\n" for i in range(n)))
-        out = batch.Output(tmp_path / f"o{n}.jsonl")
+        out = output.Output(tmp_path / f"o{n}.jsonl")
         tracemalloc.start()
         with open(q, "rb") as f:
-            summary = batch.run_batch(batch.read_rows(f, "txt"), out, pipe.ask)
+            summary = batch.run_batch(inputs.read_rows(f, "txt"), out, pipe.ask)
         _, top = tracemalloc.get_traced_memory()
         tracemalloc.stop()
         out.close()
@@ -300,7 +301,7 @@ def test_an_output_that_is_not_a_regular_file_is_refused(run, engine, tmp_path):
 # --- input that is too big ------------------------------------------------------------------
 
 def test_an_over_long_line_is_a_row_error_and_is_never_read_whole(run, tmp_path, monkeypatch):
-    monkeypatch.setattr(batch, "MAX_LINE_BYTES", 1000)
+    monkeypatch.setattr(inputs, "MAX_LINE_BYTES", 1000)
     q, out = tmp_path / "q.txt", tmp_path / "out.jsonl"
     q.write_text("robots walking\n" + "x" * 50_000 + "\nexoplanets\n" + "y" * 5000)  # the last one has no newline
     code, _, err = run(str(q), "-o", str(out))
@@ -318,7 +319,7 @@ def test_over_long_csv_lines_and_bad_csv_are_row_errors(run, tmp_path, monkeypat
     rows = {r["id"]: r for r in lines(out)}
     assert code == 0 and rows["a"]["error"] is None and rows["c"]["error"] is None
     assert rows["3"]["error"].startswith("q.csv:3: not valid CSV (field larger than field limit")
-    monkeypatch.setattr(batch, "MAX_LINE_BYTES", 1000)
+    monkeypatch.setattr(inputs, "MAX_LINE_BYTES", 1000)
     q.write_text("id,question\na,robots\nb," + "x" * 5000 + "\nc,exoplanets\n")
     code, _, err = run(str(q), "-o", str(out), "--overwrite")
     rows = {r["id"]: r for r in lines(out)}
@@ -329,7 +330,7 @@ def test_over_long_csv_lines_and_bad_csv_are_row_errors(run, tmp_path, monkeypat
 def test_count_rows_reads_in_blocks(tmp_path):
     f = tmp_path / "q.txt"
     f.write_bytes(b"a\n\n  \nb\n" + b"c" * 3_000_000 + b"\n\nd")
-    assert batch.count_rows(str(f), "txt") == 4
+    assert inputs.count_rows(str(f), "txt") == 4
 
 
 # --- a full disk --------------------------------------------------------------------------
@@ -350,13 +351,13 @@ def test_disk_full_mid_batch_keeps_earlier_answers_names_the_file_and_resumes(ru
             raise OSError(errno.ENOSPC, "No space left on device")
         return real_write(fd, data)
 
-    monkeypatch.setattr(batch.os, "write", filling_disk)
+    monkeypatch.setattr(output.os, "write", filling_disk)
     code, _, err = run(str(q), "-o", str(out))
     last = err.splitlines()[-1]
     assert code == 1 and last.startswith(f"error: cannot write to {out}: No space left on device")
     assert "re-run the same command to resume" in last and "Traceback" not in err
     assert out.read_bytes().endswith(b"\n") and [r["id"] for r in lines(out)] == ["1", "2"]  # no torn line
-    monkeypatch.setattr(batch.os, "write", real_write)
+    monkeypatch.setattr(output.os, "write", real_write)
     code, _, err = run(str(q), "-o", str(out))
     assert code == 0 and "skipped 2 already done" in err
     assert [r["id"] for r in lines(out)] == ["1", "2", "3", "4", "5"]

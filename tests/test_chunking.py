@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from rag.chunking import chunk_corpus, chunk_paper
-from rag.corpus import Paper, load_corpus
+from rag.index.chunking import chunk_corpus, chunk_paper
+from rag.index.corpus import Paper, load_corpus
 from rag.text import MAX_SENTENCE_CHARS, split_sentences, strip_control, tokenize
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from rag.claims import check_claims, coined_names, off_question, specific_terms
+from rag.answer.claims import check_claims, coined_names, off_question, specific_terms
 
 PASSAGES = {
     1: "LoReFT: LoReFT learns interventions that are 10x-50x more parameter-efficient than prior PEFTs such as LoRA.",

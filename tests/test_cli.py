@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 from dspy.utils import DummyLM
 
-from rag.cli import main
+from rag.cli.main import main
 from rag.pipeline import Pipeline
 
 DATA = Path(__file__).parent / "data"
@@ -245,7 +245,7 @@ def test_a_prompt_that_cannot_fit_the_context_fails_before_anything_loads(cli, m
 def test_a_tampered_bm25_index_is_a_one_line_error_for_every_mode(cli, tmp_path):
     import numpy as np
 
-    from rag.index import checksums
+    from rag.index.store import checksums
 
     assert cli("index")[0] == 0
     path = next((tmp_path / "indexes").glob("idx-*"))

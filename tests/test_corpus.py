@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from rag.corpus import corpus_hash, load_corpus, load_seed_pages, normalize_title, paper_id, parse_page
 from rag.errors import CorpusError
+from rag.index.corpus import corpus_hash, load_corpus, load_seed_pages, normalize_title, paper_id, parse_page
 
 ROOT = Path(__file__).resolve().parent.parent
 CORPUS = ROOT / "data" / "corpus"
@@ -247,7 +247,7 @@ def test_over_long_abstracts_and_titles_are_cut_with_a_warning_naming_the_row(tm
     rows = [{"title": "Short", "abstract": "Fine."},
             {"title": "T " * 400, "abstract": "word " * 1_000_000}]  # a 5 MB abstract
     f.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    with caplog.at_level("WARNING", logger="rag.corpus"):
+    with caplog.at_level("WARNING", logger="rag.index.corpus"):
         papers = load_corpus(f, max_abstract_chars=20_000)
     assert papers[0].abstract == "Fine."
     assert 19_000 < len(papers[1].abstract) <= 20_000 and papers[1].abstract.endswith("word")

@@ -12,9 +12,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from rag import batch
-from rag.corpus import load_corpus
-from rag.index import build_index, load_index, open_index
+from rag.batch import inputs, output
+from rag.batch import run as batch
+from rag.index.corpus import load_corpus
+from rag.index.open import open_index
+from rag.index.store import build_index, load_index
 
 ray = pytest.importorskip("ray")
 
@@ -42,7 +44,7 @@ def local_ray():
 def test_ray_build_equals_the_local_build(local_ray, tiny_settings, monkeypatch):
     from rag import distributed
     from rag.distributed import RayEmbedder
-    from rag.embed import get_embedder
+    from rag.index.embed import get_embedder
     from rag.settings import Settings
 
     papers = load_corpus(tiny_settings.corpus)
@@ -90,13 +92,13 @@ def test_ray_batch_one_line_per_id_and_resume(local_ray, tiny_settings, embedder
         assert ask.workers == 2
         # a first run stopped after 3 rows (as if killed), then the same command again
         with open(qs, "rb") as f:
-            rows = [r for _, r in zip(range(3), batch.read_rows(f, "jsonl"), strict=False)]
-        out = batch.Output(out_path)
+            rows = [r for _, r in zip(range(3), inputs.read_rows(f, "jsonl"), strict=False)]
+        out = output.Output(out_path)
         batch.run_batch(iter(rows), out, ask, workers=ask.workers)
         out.close()
-        out = batch.Output(out_path)
+        out = output.Output(out_path)
         with open(qs, "rb") as f:
-            summary = batch.run_batch(batch.read_rows(f, "jsonl"), out, ask, workers=ask.workers)
+            summary = batch.run_batch(inputs.read_rows(f, "jsonl"), out, ask, workers=ask.workers)
         out.close()
     assert summary.skipped == 3 and summary.answered + summary.errors == 5
     records = [json.loads(line) for line in out_path.read_text().splitlines()]
@@ -109,9 +111,9 @@ def test_ray_batch_one_line_per_id_and_resume(local_ray, tiny_settings, embedder
     assert len(list(loads.iterdir())) == 2  # one pipeline per worker, not per question
     # --retry-errors re-asks only the failed row, still one line per id
     with ray_asker(tiny_settings, factory) as ask:
-        out = batch.Output(out_path)
+        out = output.Output(out_path)
         with open(qs, "rb") as f:
-            again = batch.run_batch(batch.read_rows(f, "jsonl"), out, ask, workers=ask.workers, retry_errors=True)
+            again = batch.run_batch(inputs.read_rows(f, "jsonl"), out, ask, workers=ask.workers, retry_errors=True)
         out.close()
     assert again.errors == 1 and again.skipped == 7
     assert len(out_path.read_text().splitlines()) == 8
@@ -130,7 +132,7 @@ def test_an_address_nobody_answers_fails_fast(tiny_settings, capsys):
     import socket
     import time
 
-    from rag.cli import main
+    from rag.cli.main import main
 
     with socket.socket() as s:  # bound, never listening: connections are refused
         s.bind(("127.0.0.1", 0))

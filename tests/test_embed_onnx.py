@@ -7,8 +7,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from rag import embed_onnx
-from rag.embed_onnx import onnx_model_path
+from rag.files import sha256_file
+from rag.index import embed_onnx
+from rag.index.embed_onnx import onnx_model_path
 
 
 @pytest.fixture
@@ -36,7 +37,7 @@ def test_export_happens_once_and_is_cached_with_a_checksum(fake_export):
     model, cache, calls = fake_export
     first = onnx_model_path(model, "m", "onnx", cache)
     assert first.read_bytes() == b"onnx graph of weights v1"
-    assert first.with_suffix(".sha256").read_text().strip() == embed_onnx._sha256(first)
+    assert first.with_suffix(".sha256").read_text().strip() == sha256_file(first)
     assert onnx_model_path(model, "m", "onnx", cache) == first and calls["export"] == 1
     int8 = onnx_model_path(model, "m", "onnx-int8", cache)
     assert int8.read_bytes() == b"int8 onnx graph of weights v1" and calls == {"export": 1, "quantize": 1}
@@ -61,8 +62,8 @@ def test_new_weights_mean_a_new_export(fake_export):
 
 @pytest.mark.slow
 def test_onnx_vectors_match_torch(tmp_path):
-    from rag.embed import SentenceTransformerEmbedder, model_dir
-    from rag.embed_onnx import OnnxEmbedder
+    from rag.index.embed import SentenceTransformerEmbedder, model_dir
+    from rag.index.embed_onnx import OnnxEmbedder
 
     texts = ["State space models for long sequences.", "Sourdough", "We measure how wild yeast and lactic acid "
              "bacteria interact during sourdough fermentation. " * 6, "Late interaction retrieval.", ""]

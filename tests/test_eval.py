@@ -9,13 +9,15 @@ import dspy
 import pytest
 from dspy.utils.dummies import DummyLM
 
-import rag.programs
-from rag import evaluate, optimize
-from rag.cli import main
-from rag.errors import ProgramError
-from rag.lm_cache import DiskCachedEngine
-from rag.metrics import abstention_summary, faithfulness, headline, paired_bootstrap, score_row
-from rag.program import ABSTAIN_TEXT, CitedAnswer, CitedRAG
+import rag.answer.program_files
+from rag import optimize
+from rag.answer.program import ABSTAIN_TEXT, CitedAnswer, CitedRAG
+from rag.cli.main import main
+from rag.errors import EvalError, ProgramError
+from rag.evaluation import seed
+from rag.evaluation.metrics import TYPES, abstention_summary, faithfulness, headline, paired_bootstrap, score_row
+from rag.files import sha256_file
+from rag.lm.cache import DiskCachedEngine
 
 DATA = Path(__file__).parent / "data"
 ROOT = Path(__file__).resolve().parent.parent
@@ -60,7 +62,7 @@ def env(monkeypatch, tmp_path, fake_models):
     monkeypatch.setenv("RAG_INDEX_DIR", str(tmp_path / "indexes"))
     monkeypatch.setenv("RAG_CACHE_DIR", str(tmp_path / "cache"))
     monkeypatch.setenv("RAG_MIN_SCORE", "0.0")
-    monkeypatch.setattr(rag.programs, "PROGRAMS_DIR", tmp_path / "programs")
+    monkeypatch.setattr(rag.answer.program_files, "PROGRAMS_DIR", tmp_path / "programs")
     fake_models.lm = DummyLM(GOOD)
     write_set(tmp_path / "set.jsonl", SET)
     return tmp_path, fake_models
@@ -142,27 +144,27 @@ def test_paired_bootstrap():
 def test_load_set_errors_name_the_line(tmp_path, row, message):
     path = tmp_path / "s.jsonl"
     path.write_text(json.dumps(SET[0]) + "\n" + row + "\n")
-    with pytest.raises(evaluate.EvalError, match=rf"s\.jsonl:2: .*{message}"):
-        evaluate.load_set(path)
+    with pytest.raises(EvalError, match=rf"s\.jsonl:2: .*{message}"):
+        seed.load_set(path)
 
 
 def test_load_set_checks_ids(tmp_path):
     path = write_set(tmp_path / "s.jsonl", [SET[0], SET[0]])
-    with pytest.raises(evaluate.EvalError, match="duplicate id 'q1'"):
-        evaluate.load_set(path)
-    with pytest.raises(evaluate.EvalError, match="gold paper tiny-ssm is not in the corpus"):
-        evaluate.load_set(write_set(tmp_path / "t.jsonl", [SET[0]]), {"other"})
-    with pytest.raises(evaluate.EvalError, match="does not exist"):
-        evaluate.load_set(tmp_path / "missing.jsonl")
+    with pytest.raises(EvalError, match="duplicate id 'q1'"):
+        seed.load_set(path)
+    with pytest.raises(EvalError, match="gold paper tiny-ssm is not in the corpus"):
+        seed.load_set(write_set(tmp_path / "t.jsonl", [SET[0]]), {"other"})
+    with pytest.raises(EvalError, match="does not exist"):
+        seed.load_set(tmp_path / "missing.jsonl")
 
 
 @pytest.mark.slow
 def test_shipped_eval_sets_are_valid_and_split_by_type(real_search_pipe):
     ids = set(real_search_pipe.index.papers)
-    full = evaluate.load_set(ROOT / "eval" / "questions.jsonl", ids)
-    train = evaluate.load_set(ROOT / "eval" / "train.jsonl", ids)
-    dev = evaluate.load_set(ROOT / "eval" / "dev.jsonl", ids)
-    counts = {t: sum(r["type"] == t for r in full) for t in evaluate.TYPES}
+    full = seed.load_set(ROOT / "eval" / "questions.jsonl", ids)
+    train = seed.load_set(ROOT / "eval" / "train.jsonl", ids)
+    dev = seed.load_set(ROOT / "eval" / "dev.jsonl", ids)
+    counts = {t: sum(r["type"] == t for r in full) for t in TYPES}
     assert len(full) >= 80 and counts["single"] >= 45 and counts["multi"] >= 12 and counts["unanswerable"] >= 15
     assert {r["id"] for r in train} | {r["id"] for r in dev} == {r["id"] for r in full}
     assert not {r["id"] for r in train} & {r["id"] for r in dev}
@@ -170,8 +172,8 @@ def test_shipped_eval_sets_are_valid_and_split_by_type(real_search_pipe):
     for group in groups:  # stratified by type (and, for second-round questions, shape): each group split in half
         n_train, n_dev = (sum((r["type"], r.get("shape")) == group for r in s) for s in (train, dev))
         assert abs(n_train - n_dev) <= 1, group
-    from rag.corpus import load_corpus
-    from rag.metrics import fact_found
+    from rag.evaluation.metrics import fact_found
+    from rag.index.corpus import load_corpus
 
     abstracts = {p.id: p.abstract for p in load_corpus(real_search_pipe.settings.corpus)}
     for r in full:  # every fact of an answerable question is in one of its gold abstracts
@@ -345,14 +347,14 @@ def test_optimize_bootstrap_round_trip_changes_the_prompt(env, capsys):
     assert code == 0, err
     state = json.loads(out_file.read_text())
     prov = state["provenance"]
-    assert prov["format"] == rag.programs.FORMAT and prov["optimizer"] == "bootstrap"
-    assert prov["train"]["sha256"] == evaluate.file_sha256(tmp / "set.jsonl") and prov["train"]["n"] == 5
+    assert prov["format"] == rag.answer.program_files.FORMAT and prov["optimizer"] == "bootstrap"
+    assert prov["train"]["sha256"] == sha256_file(tmp / "set.jsonl") and prov["train"]["n"] == 5
     assert prov["demos"] >= 1 and 0 <= prov["dev"]["headline"] <= 1 and Path(prov["dev"]["report"]).is_dir()
     assert prov["settings"]["k"] == 6 and prov["settings"]["evidence_tokens"] == 300 and prov["lm"]
 
     baseline = CitedRAG()
     loaded = CitedRAG()
-    assert rag.programs.load_program(loaded, out_file) == out_file.name
+    assert rag.answer.program_files.load_program(loaded, out_file) == out_file.name
     assert len(loaded.answer.demos) == prov["demos"]
     inputs = {"passages": "[1] T: text", "question": "Q?"}
     adapter = dspy.ChatAdapter()
@@ -375,14 +377,14 @@ def test_auto_picks_the_newest_program_by_name(env):
     prog = CitedRAG()
     prog.answer.demos = [dspy.Example(question="q", passages="[1] t", answer="a [1]", sources=[1])]
     for name in ("20260101-000000-bootstrap.json", "20270101-000000-gepa.json", "20250101-000000-mipro.json"):
-        rag.programs.save_program_file(prog, tmp / "programs" / name, {"optimizer": name})
-    assert rag.programs.resolve_program("auto").name == "20270101-000000-gepa.json"
-    assert rag.programs.resolve_program("baseline") is None
+        rag.answer.program_files.save_program_file(prog, tmp / "programs" / name, {"optimizer": name})
+    assert rag.answer.program_files.resolve_program("auto").name == "20270101-000000-gepa.json"
+    assert rag.answer.program_files.resolve_program("baseline") is None
 
 
 def test_bad_program_files_are_errors(env, capsys, tmp_path):
     good = tmp_path / "good.json"
-    rag.programs.save_program_file(CitedRAG(), good, {"optimizer": "bootstrap"})
+    rag.answer.program_files.save_program_file(CitedRAG(), good, {"optimizer": "bootstrap"})
     state = json.loads(good.read_text())
 
     corrupt = tmp_path / "corrupt.json"
@@ -398,7 +400,7 @@ def test_bad_program_files_are_errors(env, capsys, tmp_path):
         errors = [line for line in err.splitlines() if line.startswith("error:")]
         assert code == 1 and len(errors) == 1 and message in errors[0] and "Traceback" not in err, err
     with pytest.raises(ProgramError):
-        rag.programs.load_program(CitedRAG(), other)
+        rag.answer.program_files.load_program(CitedRAG(), other)
 
 
 def test_optimize_bad_train_set_fails_before_loading(env, capsys):
@@ -413,12 +415,12 @@ def test_other_optimizers_compile_with_a_dummy_lm(name, embedder, capsys):
     rows = [r for r in SET if r["type"] != "unanswerable"] * 2
     rows = [{**r, "id": f"{r['id']}-{i}"} for i, r in enumerate(rows)]
 
-    class Hit:  # the parts of rag.retrieve.Hit the program and metric read
+    class Hit:  # the parts of rag.answer.retrieve.Hit the program and metric read
         def __init__(self, pid, text):
             self.paper, self.text, self.score = type("P", (), {"id": pid, "title": pid})(), text, 1.0
 
     def search(question):
-        from rag.retrieve import SearchResult
+        from rag.answer.retrieve import SearchResult
 
         return SearchResult([Hit("tiny-ssm", "state matrix initialised with HiPPO")], 1.0)
 

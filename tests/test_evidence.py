@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from rag.evidence import TITLE_TOKENS, evidence_tokens, select_evidence, tokens_of
-from rag.index import build_index, load_index
-from rag.retrieve import Retriever
+from rag.answer.evidence import TITLE_TOKENS, evidence_tokens, select_evidence, tokens_of
+from rag.answer.retrieve import Retriever
+from rag.index.store import build_index, load_index
 from rag.settings import Settings
 
 
@@ -30,7 +30,7 @@ def corpus(tmp_path, embedder):
     path = tmp_path / "c.jsonl"
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
     settings = Settings.load(env={}, corpus=str(path), index_dir=str(tmp_path / "idx"), min_score=0.0)
-    from rag.corpus import load_corpus
+    from rag.index.corpus import load_corpus
 
     index = load_index(build_index(load_corpus(path), embedder, settings), settings=settings)
     return index, Retriever(index, embedder)

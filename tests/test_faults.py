@@ -17,8 +17,8 @@ from pathlib import Path
 import pytest
 from fakes import FakeEngine, fake_lm
 
-import app
-from rag.cli import main
+from rag.chat import app
+from rag.cli.main import main
 from rag.pipeline import Pipeline
 
 DATA = Path(__file__).parent / "data"

@@ -10,9 +10,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from rag.corpus import load_corpus
 from rag.errors import IndexStoreError
-from rag.index import FORMAT, build_index, expected_index_path, load_index, open_index
+from rag.index.corpus import load_corpus
+from rag.index.open import expected_index_path, open_index
+from rag.index.store import FORMAT, build_index, load_index
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -23,7 +24,7 @@ def test_build_and_load_round_trip(tiny_settings, embedder):
     path = build_index(load_corpus(tiny_settings.corpus), embedder, tiny_settings)
     assert path == expected_index_path(tiny_settings)
     meta = json.loads((path / "meta.json").read_text())
-    assert meta["n_papers"] == 6 and meta["shape"] == tiny_settings.index_shape()
+    assert meta["n_papers"] == 6 and meta["shape"] == tiny_settings.index_fields()
     index = load_index(path, settings=tiny_settings)
     assert len(index.papers) == 6 and len(index) == meta["n_chunks"] == index.dense.ntotal
     assert index.papers["tiny-ssm"].title.startswith("Structured State Space")
@@ -147,7 +148,7 @@ def test_a_damaged_bm25_index_is_refused(tiny_settings, embedder, damage, match)
 
 def _rewrite_checksums(path: Path) -> None:
     """What a careful vandal (or a buggy tool) does: edit a file and fix meta.json to match."""
-    from rag.index import checksums
+    from rag.index.store import checksums
 
     meta = json.loads((path / "meta.json").read_text())
     (path / "meta.json").write_text(json.dumps({**meta, "files": checksums(path)}))
@@ -191,17 +192,17 @@ def test_embedder_failure_during_a_rebuild_leaves_the_old_index_loading(tiny_set
 def test_disk_full_during_a_build_is_an_error_and_the_old_index_stays(tiny_settings, embedder, monkeypatch):
     import errno
 
-    import rag.index
+    import rag.index.store
 
     path = open_index(tiny_settings, lambda: embedder).path
-    real = rag.index._write_jsonl
+    real = rag.index.store._write_jsonl
 
     def full(target, rows):
         if target.name == "chunks.jsonl":
             raise OSError(errno.ENOSPC, "No space left on device", str(target))
         real(target, rows)
 
-    monkeypatch.setattr(rag.index, "_write_jsonl", full)
+    monkeypatch.setattr(rag.index.store, "_write_jsonl", full)
     with pytest.raises(IndexStoreError, match=f"cannot write index {path}: No space left on device"):
         open_index(tiny_settings, lambda: embedder, rebuild="always")
     monkeypatch.undo()

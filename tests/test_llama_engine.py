@@ -18,9 +18,9 @@ import time
 
 import pytest
 
-import rag.llama as llama
+import rag.lm.llama as llama
 from rag.errors import LMError
-from rag.llama import LlamaCppEngine, server_params
+from rag.lm.llama import LlamaCppEngine, server_params
 
 # --- the parameters the server starts with ------------------------------------------------
 

@@ -6,8 +6,8 @@ import hashlib
 
 import pytest
 
-import rag.lm as lm
-import rag.model_file as model_file
+import rag.lm.backends as lm
+import rag.lm.gguf as model_file
 from rag.errors import LMError, SettingsError
 from rag.settings import Settings
 
@@ -111,7 +111,7 @@ def test_only_shaping_settings_change_the_index_key():
     assert s.index_key() == s.replace(k=10, lm="openai/x", retrieval="bm25", nprobe=7, engine="ray").index_key()
     assert s.index_key() != s.replace(chunk_sentences=4).index_key()
     assert s.index_key() != s.replace(embed_backend="torch").index_key()  # other vectors, another index
-    assert set(s.index_shape()) == {"embed_model", "embed_backend", "chunk_sentences", "chunk_overlap",
+    assert set(s.index_fields()) == {"embed_model", "embed_backend", "chunk_sentences", "chunk_overlap",
                                     "ivf_threshold", "ivf_lists", "ivf_codec"}
 
 
@@ -206,7 +206,7 @@ def test_bad_setting_from_the_command_line_fails_before_any_work(tmp_path):
 def test_request_body_carries_the_schema_and_logprobs_the_way_llama_cpp_reads_them():
     from dspy.lm15 import Config, Message, Request
 
-    from rag.llama import request_body
+    from rag.lm.llama import request_body
 
     schema = {"type": "object", "properties": {"answerable": {"type": "boolean"}}, "required": ["answerable"]}
     request = Request(model="local/x", messages=(Message.user("hi"),), system="be brief",
@@ -223,7 +223,7 @@ def test_request_body_carries_the_schema_and_logprobs_the_way_llama_cpp_reads_th
 
 
 def test_llama_cpp_logprobs_become_dspy_token_logprobs():
-    from rag.llama import to_response
+    from rag.lm.llama import to_response
 
     out = {"choices": [{"message": {"content": "{\"answerable\": true}"}, "finish_reason": "stop",
                         "logprobs": {"content": [{"token": " true", "logprob": -0.16,
@@ -237,7 +237,7 @@ def test_llama_cpp_logprobs_become_dspy_token_logprobs():
 
 
 def test_free_text_fields_are_capped_so_the_fields_after_them_fit_in_max_tokens():
-    from rag.llama import fit_strings
+    from rag.lm.llama import fit_strings
 
     schema = {"type": "object", "properties": {
         "answerable": {"type": "boolean"}, "finding": {"type": "string"},
@@ -250,7 +250,7 @@ def test_free_text_fields_are_capped_so_the_fields_after_them_fit_in_max_tokens(
 
 
 def test_a_text_cut_off_mid_sentence_keeps_its_full_sentences():
-    from rag.program import to_last_sentence
+    from rag.answer.program import to_last_sentence
 
     assert to_last_sentence("OCR noise hurts RAG [1]. Semantic noise hurts mo") == "OCR noise hurts RAG [1]."
     assert to_last_sentence("It does [1].") == "It does [1]." and to_last_sentence("10x-50x fewer") == "10x-50x fewer"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from rag.metrics import fact_found, normalize, retrieval_scores, score_row, summarize, token_f1
+from rag.evaluation.metrics import fact_found, normalize, retrieval_scores, score_row, summarize, token_f1
 from rag.pipeline import Answer
 
 

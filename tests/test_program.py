@@ -6,9 +6,9 @@ import dspy
 import pytest
 from dspy.utils import DummyLM
 
+from rag.answer.program import ABSTAIN_TEXT, CitedRAG, format_passages, map_citations, recover_fields
 from rag.errors import RagError
 from rag.pipeline import MAX_QUESTION_CHARS, Pipeline, validate_question
-from rag.program import ABSTAIN_TEXT, CitedRAG, format_passages, map_citations, recover_fields
 
 # --- citation mapping ------------------------------------------------------------
 
@@ -193,7 +193,7 @@ def test_program_has_one_predictor_per_question_shape_to_optimise():
 
 from fakes import JudgedEngine  # noqa: E402
 
-from rag.program import p_answerable  # noqa: E402
+from rag.answer.program import p_answerable  # noqa: E402
 
 
 def judged(tiny_settings, embedder, p_true, reply, **changes):

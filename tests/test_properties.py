@@ -20,11 +20,12 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from rag import batch
-from rag.corpus import Paper, load_corpus, parse_page
+from rag.answer.program import ABSTAIN_TEXT, map_citations
+from rag.batch import inputs
+from rag.batch import run as batch
 from rag.errors import CorpusError, RagError, SettingsError
+from rag.index.corpus import Paper, load_corpus, parse_page
 from rag.pipeline import MAX_QUESTION_CHARS, validate_question
-from rag.program import ABSTAIN_TEXT, map_citations
 from rag.settings import Settings
 from rag.text import MAX_SENTENCE_CHARS, split_sentences, strip_control
 
@@ -114,10 +115,10 @@ def test_csv_corpus_of_any_cells_loads_or_names_the_row(scratch, cells):
 
 @SETTINGS
 @given(st.binary(max_size=600) | any_text.map(lambda t: t.encode("utf-8", "surrogatepass")),
-       st.sampled_from(batch.FORMATS))
+       st.sampled_from(inputs.FORMATS))
 def test_batch_readers_stream_any_bytes_as_rows(data, fmt):
     try:
-        rows = list(batch.read_rows(io.BytesIO(data), fmt, "q"))
+        rows = list(inputs.read_rows(io.BytesIO(data), fmt, "q"))
     except RagError:  # only a CSV with no question column, or not UTF-8, stops a batch
         assert fmt == "csv"
         return
@@ -134,7 +135,7 @@ def test_batch_readers_stream_any_bytes_as_rows(data, fmt):
                                 max_size=4), max_size=6))
 def test_jsonl_batch_rows_of_any_json_shape_are_rows_or_row_errors(rows):
     data = "".join(json.dumps(r) + "\n" for r in rows).encode()
-    out = list(batch.read_rows(io.BytesIO(data), "jsonl", "q.jsonl"))
+    out = list(inputs.read_rows(io.BytesIO(data), "jsonl", "q.jsonl"))
     assert len(out) == len(rows)
     for row, raw in zip(out, rows, strict=True):
         assert (row.error is None) == isinstance(raw.get("question"), str)

@@ -11,11 +11,12 @@ from pathlib import Path
 import pytest
 from dspy.utils.dummies import DummyLM
 
-from rag import pubmedqa
-from rag.cli import main
-from rag.corpus import load_corpus
-from rag.metrics import classification_scores
-from rag.program import ABSTAIN_TEXT
+from rag.answer.program import ABSTAIN_TEXT
+from rag.cli.main import main
+from rag.errors import EvalError
+from rag.evaluation import pubmedqa
+from rag.evaluation.metrics import classification_scores
+from rag.index.corpus import load_corpus
 from rag.text import sentences
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -114,16 +115,16 @@ def test_splits_and_the_fixed_subset(questions):
     assert len(train) == 7 and {q["split"] for q in train} == {"train"}
     assert "first 7 only" in pubmedqa.describe(selection) and "tuning half" in pubmedqa.describe(selection)
     assert pubmedqa.selection_tag(selection) == "train200-first7"
-    with pytest.raises(pubmedqa.EvalError, match="--limit must be at least 1"):
+    with pytest.raises(EvalError, match="--limit must be at least 1"):
         pubmedqa.select(questions, "test", limit=0)
 
 
 def test_bad_questions_file_names_the_line(tmp_path):
     path = tmp_path / "q.jsonl"
     path.write_text('{"id": "1", "split": "dev", "question": "q?", "final_decision": "yes", "gold_paper_id": "pmid1"}\n')
-    with pytest.raises(pubmedqa.EvalError, match=r"q\.jsonl:1: split must be one of"):
+    with pytest.raises(EvalError, match=r"q\.jsonl:1: split must be one of"):
         pubmedqa.load_questions(path)
-    with pytest.raises(pubmedqa.EvalError, match="does not exist"):
+    with pytest.raises(EvalError, match="does not exist"):
         pubmedqa.load_questions(tmp_path / "none.jsonl")
 
 
@@ -249,7 +250,7 @@ def test_eval_pubmedqa_end_to_end(pqa_env, capsys, monkeypatch):
     assert [r["id"] for r in results] == [r["id"] for r in rows]
     assert [r["predicted"] for r in results] == [
         rows[0]["final_decision"], _other(rows[1]["final_decision"]), None, None, rows[4]["final_decision"]]
-    # the program itself gives a verdict field for an answered yes/no question (rag.program.with_verdict)
+    # the program itself gives a verdict field for an answered yes/no question (rag.answer.program.with_verdict)
     assert [r["verdict_source"] for r in results] == ["field", "field", None, None, "field"]
     assert [r["metrics"]["correct"] for r in results] == [1.0, 0.0, 0.0, 0.0, 1.0]
     assert [r["metrics"]["headline"] for r in results] == [1.0, 0.0, 0.0, 0.0, 1.0]  # the paired score

@@ -28,7 +28,7 @@ def server():
     """llama.cpp's OpenAI-compatible server on 127.0.0.1:<random>, with an API key; stopped after the module."""
     import xllamacpp
 
-    from rag.model_file import local_model_path
+    from rag.lm.gguf import local_model_path
     from rag.settings import Settings
 
     key = secrets.token_urlsafe(16)

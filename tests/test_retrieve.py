@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
+from rag.answer.retrieve import Retriever, _rrf
 from rag.errors import RagError
-from rag.index import open_index
-from rag.retrieve import Retriever, _rrf
+from rag.index.open import open_index
 
 
 @pytest.fixture

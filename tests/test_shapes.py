@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from rag.shapes import parse_verdict, question_shape
+from rag.answer.shapes import parse_verdict, question_shape
 
 ROOT = Path(__file__).resolve().parent.parent
 

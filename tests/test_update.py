@@ -9,12 +9,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from rag.cli import main
-from rag.corpus import load_corpus
+from rag.answer.retrieve import Retriever
+from rag.cli.main import main
 from rag.errors import CorpusError
-from rag.index import build_index, expected_index_path, load_index, open_index
-from rag.retrieve import Retriever
-from rag.update import add_papers, previous_index
+from rag.index.add import add_papers, previous_index
+from rag.index.corpus import load_corpus
+from rag.index.open import expected_index_path, open_index
+from rag.index.store import build_index, load_index
 
 DATA = Path(__file__).parent / "data"
 QUERIES = ("state space models for long sequences", "sourdough fermentation acidity", "late interaction retrieval",

@@ -7,12 +7,12 @@ import json
 import numpy as np
 import pytest
 
-from rag.corpus import load_corpus
+from rag.answer.retrieve import Retriever
 from rag.errors import IndexStoreError
-from rag.index import build_index, load_index
-from rag.retrieve import Retriever
+from rag.index.corpus import load_corpus
+from rag.index.store import build_index, load_index
+from rag.index.vectors import build_dense, open_dense, plan, set_nprobe, write_dense
 from rag.settings import Settings
-from rag.vectors import build_dense, open_dense, plan, set_nprobe, write_dense
 
 
 def clustered(n: int, dim: int = 64, centres: int = 50, seed: int = 0) -> np.ndarray:

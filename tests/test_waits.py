@@ -6,8 +6,8 @@ import threading
 
 import pytest
 
+from rag.chat.waiting import AnswerQueue, Place, QueueFull
 from rag.errors import RagError
-from rag.waits import AnswerQueue, Place, QueueFull
 
 
 class Clock:

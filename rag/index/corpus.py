@@ -33,6 +33,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from rag.errors import CorpusError
+from rag.files import JSONLineError, jsonl_objects
 
 log = logging.getLogger(__name__)
 
@@ -218,19 +219,13 @@ def _read_text(path: Path) -> str:
 
 
 def _jsonl_rows(text: str, name: str) -> list[tuple[int, dict]]:
-    rows = []
-    for line_no, line in enumerate(text.splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except (ValueError, RecursionError) as e:  # RecursionError: nesting thousands of levels deep
-            msg = getattr(e, "msg", None) or str(e).split(":")[0] or type(e).__name__
-            raise CorpusError(f"{name}:{line_no}: invalid JSON ({msg}); each line must be one JSON object") from None
-        if not isinstance(row, dict):
-            raise CorpusError(f"{name}:{line_no}: expected a JSON object with title and abstract")
-        rows.append((line_no, row))
-    return rows
+    try:
+        return list(jsonl_objects(text))
+    except JSONLineError as e:
+        if e.problem == "not a JSON object":
+            raise CorpusError(f"{name}:{e.line}: expected a JSON object with title and abstract") from None
+        msg = e.problem.removeprefix("not valid JSON (").removesuffix(")")
+        raise CorpusError(f"{name}:{e.line}: invalid JSON ({msg}); each line must be one JSON object") from None
 
 
 def _csv_rows(text: str, name: str) -> list[tuple[int, dict]]:

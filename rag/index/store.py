@@ -1,4 +1,4 @@
-"""Build, save, load and validate the on-disk index.
+"""The on-disk index: the `Index` type, and building, writing, loading and validating it.
 
 An index lives in `indexes/<name>/`, where `<name>` hashes the corpus content and
 the settings that shape the index (embedding model, chunking). A change of
@@ -9,7 +9,7 @@ is never reused. The directory holds:
     papers.jsonl   the papers, in corpus order
     chunks.jsonl   the chunks, row i is vector i and BM25 document i
     dense.faiss    inner-product index over normalised vectors (cosine): exact, or IVF above
-                   `ivf_threshold` chunks (rag/vectors.py chooses; meta.json "dense" says which)
+                   `ivf_threshold` chunks (rag/index/vectors.py chooses; meta.json "dense" says which)
     chunks.npy     the chunk vectors as float32, only beside an approximate index (whose codes
                    cannot give them back), so updates and re-indexing never re-embed
     bm25/          bm25s sparse index over title + chunk tokens
@@ -27,10 +27,10 @@ checksums in meta.json (a file missing from the list, or listed and missing, is
 corruption too), then that the BM25 index agrees with the chunks, so a damaged
 or hand-edited index is a "rebuild it" error, never a traceback at query time.
 
-Updates: `open_index` (rebuild "auto") hands a build the vectors of the previous
-index of this corpus file, so only new or changed texts are embedded (rag/update.py).
+Opening the index for the current settings, building it when missing or stale, is
+rag/index/open.py; reusing an earlier index's vectors is rag/index/reuse.py.
 
-Left out: HNSW search (see rag/vectors.py).
+Left out: HNSW search (see rag/index/vectors.py).
 """
 
 from __future__ import annotations
@@ -43,26 +43,69 @@ import re
 import shutil
 import tempfile
 import time
-from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 
 import numpy as np
 
-from rag.chunking import Chunk, chunk_corpus, embedding_text, sentence_units
-from rag.corpus import Paper, corpus_hash, load_corpus
-from rag.embed import Embedder
 from rag.errors import IndexStoreError
-from rag.retrieve import Index
+from rag.files import fsync_dir, pid_alive, sha256_file, write_durably
+from rag.index.chunking import Chunk, chunk_corpus, embedding_text, sentence_units
+from rag.index.corpus import Paper, corpus_hash, load_corpus
+from rag.index.embed import Embedder
+from rag.index.vectors import DEFAULT_NPROBE, build_dense, describe, open_dense, plan, write_dense
 from rag.settings import Settings
 from rag.text import tokenize
-from rag.vectors import DEFAULT_NPROBE, build_dense, describe, open_dense, plan, write_dense
 
 log = logging.getLogger(__name__)
 
 FORMAT = 3  # 2: the sentence store; 3: checksums over every file (bm25/ included), the 1,000-character sentence cap
 META = "meta.json"
 CHUNK_VECTORS = "chunks.npy"  # written beside an approximate dense index only
+
+
+@dataclass
+class Index:
+    """A loaded index: papers, chunks with their FAISS and BM25 indexes, and the sentence store
+    (every abstract sentence and its vector, for evidence selection)."""
+
+    path: Path
+    meta: dict
+    papers: dict[str, Paper]
+    chunks: list[Chunk]
+    dense: object  # faiss.Index
+    bm25: object  # bm25s.BM25
+    sentences: list[Chunk] = field(default_factory=list)  # one-sentence chunks, grouped by paper
+    sentence_vectors: np.ndarray | None = None  # row i is sentences[i], normalised float32
+
+    @property
+    def name(self) -> str:
+        return self.path.name
+
+    def __len__(self) -> int:
+        return len(self.chunks)
+
+    @cached_property
+    def sentences_of(self) -> dict[str, range]:
+        """Paper id -> the rows of its sentences (stored contiguously, in abstract order)."""
+        return _runs(self.sentences)
+
+    @cached_property
+    def chunks_of(self) -> dict[str, range]:
+        """Paper id -> the rows of its chunks (stored contiguously, in abstract order)."""
+        return _runs(self.chunks)
+
+
+def _runs(units: list[Chunk]) -> dict[str, range]:
+    """Paper id -> the range of rows its units occupy (units of one paper are contiguous)."""
+    spans: dict[str, range] = {}
+    start = 0
+    for i in range(1, len(units) + 1):
+        if i == len(units) or units[i].paper_id != units[start].paper_id:
+            spans[units[start].paper_id] = range(start, i)
+            start = i
+    return spans
 
 
 def _bm25s():
@@ -163,7 +206,7 @@ def write_index(root: Path, papers: list[Paper], units: Units, vectors: np.ndarr
             "format": FORMAT,
             "corpus": str(settings.corpus),
             "corpus_hash": digest,
-            "shape": settings.index_shape(),
+            "shape": settings.index_fields(),
             "embed_dim": int(vectors.shape[1]),
             "dense": describe(dense, spec),
             "n_papers": len(papers),
@@ -174,7 +217,7 @@ def write_index(root: Path, papers: list[Paper], units: Units, vectors: np.ndarr
             "files": checksums(tmp),
         }
         _write_text(tmp / META, json.dumps(meta, indent=2))
-        _fsync_dir(tmp)
+        fsync_dir(tmp)
         _swap_into_place(tmp, final)
     except OSError as e:  # a full disk, a quota: the temporary directory goes, the old index stays
         shutil.rmtree(tmp, ignore_errors=True)
@@ -193,16 +236,16 @@ def load_index(path: str | Path, *, settings: Settings | None = None, digest: st
     path = Path(path)
     fix = f"rebuild it with `rag index --rebuild` (or delete {path})"
     meta_path = path / META
-    if not _exists(meta_path):
+    if not file_exists(meta_path):
         raise IndexStoreError(f"no index at {path} (meta.json missing); build one with `rag index`")
     try:
         meta = json.loads(meta_path.read_text(encoding="utf-8"))
         if meta.get("format") != FORMAT:
             raise IndexStoreError(f"index {path} has format {meta.get('format')}, expected {FORMAT}; {fix}")
         _verify_checksums(path, meta["files"], fix)
-        if settings is not None and meta["shape"] != settings.index_shape():
+        if settings is not None and meta["shape"] != settings.index_fields():
             raise IndexStoreError(f"index {path} was built with {meta['shape']}, settings ask for "
-                                  f"{settings.index_shape()}; {fix}")
+                                  f"{settings.index_fields()}; {fix}")
         if digest is not None and meta["corpus_hash"] != digest:
             raise IndexStoreError(f"index {path} is stale: the corpus changed since it was built; {fix}")
         papers = [Paper(d["paper_id"], d["title"], d["abstract"], tuple(d["sources"]))
@@ -238,58 +281,12 @@ def locate_index(settings: Settings) -> tuple[list[Paper], Path]:
     return papers, Path(settings.index_dir) / index_name(corpus_hash(papers), settings)
 
 
-def expected_index_path(settings: Settings) -> Path:
-    """Where the index for the current corpus and settings lives (built or not)."""
-    return locate_index(settings)[1]
-
-
-def open_index(settings: Settings, embedder_factory: Callable[[], Embedder], *, rebuild: str = "auto",
-               progress: bool = False, on_build: Callable[[Path], None] | None = None) -> Index:
-    """The index for the current corpus and settings; the corpus is read once.
-
-    rebuild: "auto" builds it when missing or stale, "never" raises instead,
-    "always" rebuilds even when a valid index exists. `on_build(path)` is called
-    before a build starts (the CLI uses it to say that a build takes a minute).
-    """
-    papers, path = locate_index(settings)
-    found = _format_of(path)
-    if rebuild == "always" or (rebuild == "auto" and (found is None or found < FORMAT)):
-        if on_build is not None:
-            on_build(path)
-        embedder = embedder_factory()
-        if rebuild == "auto":  # "always" (--rebuild) means from scratch: every text embedded again
-            from rag.update import with_previous_vectors
-
-            embedder = with_previous_vectors(embedder, settings, skip=path)
-        build_index(papers, embedder, settings, progress=progress)
-    elif found is None:
-        others = _other_indexes(Path(settings.index_dir))
-        state = f"the index is stale (found {', '.join(others)}, built for another corpus or settings)" if others \
-            else "no index has been built"
-        raise IndexStoreError(f"{state}; run `rag index` to build {path.name}")
-    return load_index(path, settings=settings, digest=corpus_hash(papers))
-
-
-def _format_of(path: Path) -> int | None:
-    """The format of the index at `path` (None: none there). An index of an older format (built by an
-    earlier version) is rebuilt by `open_index(rebuild="auto")`; a newer or unreadable one is left to
-    `load_index` to refuse, with the fix."""
-    meta = path / META
-    if not _exists(meta):  # an unreadable directory is an error that says so
-        return None
-    try:
-        found = json.loads(meta.read_text(encoding="utf-8")).get("format")
-        return found if isinstance(found, int) else FORMAT
-    except (OSError, ValueError, AttributeError):
-        return FORMAT
-
-
 # --- checks -------------------------------------------------------------------
 
 def checksums(directory: Path) -> dict[str, str]:
     """sha256 of every file under `directory`, recursively, by POSIX path relative to it; meta.json
     (which holds them) aside. Files a later format adds are covered without naming them here."""
-    return {p.relative_to(directory).as_posix(): _sha256(p)
+    return {p.relative_to(directory).as_posix(): sha256_file(p)
             for p in sorted(directory.rglob("*")) if p.is_file() and p.relative_to(directory).as_posix() != META}
 
 
@@ -301,7 +298,7 @@ def _verify_checksums(path: Path, listed: dict[str, str], fix: str) -> None:
     for name, want in listed.items():
         if name not in present:
             raise IndexStoreError(f"index {path} is corrupt ({name} is missing); {fix}")
-        if _sha256(path / name) != want:
+        if sha256_file(path / name) != want:
             raise IndexStoreError(f"index {path} is corrupt ({name} does not match its checksum); {fix}")
 
 
@@ -327,7 +324,7 @@ def _check_bm25(bm25, n_chunks: int, path: Path, fix: str) -> None:
                               f"{'; '.join(problems)}); {fix}")
 
 
-def _exists(path: Path) -> bool:
+def file_exists(path: Path) -> bool:
     """Whether `path` exists; an unreadable parent is an IndexStoreError, not a PermissionError traceback."""
     try:
         return path.exists()
@@ -336,40 +333,22 @@ def _exists(path: Path) -> bool:
                               f"or set RAG_INDEX_DIR to a readable directory") from None
 
 
-def _other_indexes(root: Path) -> list[str]:
-    try:
-        return sorted(p.name for p in root.glob("idx-*")) if root.is_dir() else []
-    except PermissionError:
-        return []
-
-
 # --- file helpers -------------------------------------------------------------
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def _write_text(path: Path, text: str) -> None:
-    with open(path, "w", encoding="utf-8") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
+    write_durably(path, lambda f: f.write(text))
 
 
 def _write_npy(path: Path, array: np.ndarray) -> None:
     """`array` as a float32 .npy file (the bytes `np.save` writes), durably; a memory-mapped
     array is copied in blocks, never loaded whole."""
-    with open(path, "wb") as f:
+    def write(f) -> None:
         np.lib.format.write_array_header_1_0(f, {"descr": np.lib.format.dtype_to_descr(np.dtype(np.float32)),
                                                  "fortran_order": False, "shape": tuple(array.shape)})
         for start in range(0, array.shape[0], 100_000):
             f.write(np.ascontiguousarray(array[start:start + 100_000], dtype=np.float32).tobytes())
-        f.flush()
-        os.fsync(f.fileno())
+
+    write_durably(path, write, "wb")
 
 
 def _write_jsonl(path: Path, rows) -> None:
@@ -381,14 +360,6 @@ def _read_jsonl(path: Path) -> list[dict]:
         return [json.loads(line) for line in f if line.strip()]
 
 
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def _swap_into_place(tmp: Path, final: Path) -> None:
     """Rename `tmp` to `final`; an existing `final` stays whole until the new one is in place."""
     if final.exists():
@@ -398,7 +369,7 @@ def _swap_into_place(tmp: Path, final: Path) -> None:
         shutil.rmtree(old, ignore_errors=True)
     else:
         os.rename(tmp, final)
-    _fsync_dir(final.parent)
+    fsync_dir(final.parent)
 
 
 def _check_writable(root: Path) -> None:
@@ -428,15 +399,5 @@ def _remove_abandoned_builds(root: Path) -> None:
     """Delete temporary directories of builds whose process is gone (killed mid-build)."""
     for d in list(root.glob(".tmp-*")) + list(root.glob(".old-*")):
         m = re.match(r"\.(?:tmp|old)-(\d+)-", d.name)
-        if not m or not _alive(int(m.group(1))):
+        if not m or not pid_alive(int(m.group(1))):
             shutil.rmtree(d, ignore_errors=True)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True

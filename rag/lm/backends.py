@@ -1,7 +1,7 @@
 """How language models are reached: a table of backends, chosen by RAG_LM.
 
 - `local` (the default): the embedded Qwen2.5-Coder-1.5B GGUF, joined and
-  verified by `rag.model_file`, run in-process by `rag.llama`. Nothing touches
+  verified by `rag.lm.gguf`, run in-process by `rag.lm.llama`. Nothing touches
   the network.
 - anything else: a LiteLLM model string (`openai/gpt-4o-mini`,
   `ollama_chat/llama3.2`, `openai/<name>` with RAG_API_BASE for vLLM or a
@@ -36,7 +36,7 @@ class Backend:
 
 
 def _local_label(settings: Settings) -> str:
-    from rag.model_file import LOCAL_MODEL_NAME
+    from rag.lm.gguf import LOCAL_MODEL_NAME
 
     return f"local/{LOCAL_MODEL_NAME}"
 
@@ -44,12 +44,12 @@ def _local_label(settings: Settings) -> str:
 def _local_lm(settings: Settings, disk_cache: bool) -> Any:
     import dspy
 
-    from rag.llama import local_engine
-    from rag.model_file import LOCAL_MODEL_NAME, LOCAL_MODEL_SHA256
+    from rag.lm.gguf import LOCAL_MODEL_NAME, LOCAL_MODEL_SHA256
+    from rag.lm.llama import local_engine
 
     engine: Any = local_engine(settings)
     if disk_cache:
-        from rag.lm_cache import DiskCachedEngine
+        from rag.lm.cache import DiskCachedEngine
 
         engine = DiskCachedEngine(engine, Path(settings.cache_dir) / "lm-cache.sqlite", LOCAL_MODEL_SHA256)
     return dspy.LM(f"local/{LOCAL_MODEL_NAME}", engine=engine, cache=False,

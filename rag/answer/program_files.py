@@ -18,8 +18,9 @@ import os
 from pathlib import Path
 from typing import Any
 
+from rag.answer.program import SIGNATURES
 from rag.errors import ProgramError
-from rag.program import SIGNATURES
+from rag.files import atomic_write
 from rag.settings import ROOT
 
 FORMAT = "papers-rag-program/1"
@@ -92,8 +93,8 @@ def save_program_file(program: Any, path: str | Path, provenance: dict) -> Path:
     program.save(str(tmp))
     state = json.loads(tmp.read_text(encoding="utf-8"))
     state["provenance"] = {"format": FORMAT, **provenance}
-    tmp.write_text(json.dumps(state, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
+    tmp.unlink()
+    atomic_write(path, json.dumps(state, indent=2, ensure_ascii=False) + "\n")
     return path
 
 

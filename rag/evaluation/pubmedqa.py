@@ -3,7 +3,7 @@
 The 1,000 abstracts of PQA-L are a user's corpus (`data/pubmedqa/corpus.jsonl`, indexed with the
 normal `rag index --corpus` path) and its questions (`data/pubmedqa/questions.jsonl`) are asked
 with `Pipeline.ask`, as a user asks them: retrieval over all 1,000 abstracts, then the answer
-program. `rag eval --set pubmedqa` runs them through the shared eval harness (`rag.evaluate`) with
+program. `rag eval --set pubmedqa` runs them through the shared eval harness (`rag.evaluation.harness`) with
 the `PubMedQA` kind defined here, which scores the answer's verdict against the expert label.
 
 - Splits: `test` is the official 500-question test split, for reporting only; `train` is the other
@@ -12,9 +12,9 @@ the `PubMedQA` kind defined here, which scores the answer's verdict against the 
   chosen split (500 take over an hour on the local model); `full=True` takes all 500. Every report
   table names the selection (`describe`).
 - Verdict: the answer's `verdict` field when it holds yes / no / maybe, else
-  `rag.shapes.parse_verdict` on the answer text. An abstention, a failed call or an answer without
+  `rag.answer.shapes.parse_verdict` on the answer text. An abstention, a failed call or an answer without
   a verdict has none, and counts as wrong (every PubMedQA question is answerable).
-- Official metrics: accuracy and macro-F1 over yes / no / maybe (`rag.metrics.classification_scores`,
+- Official metrics: accuracy and macro-F1 over yes / no / maybe (`rag.evaluation.metrics.classification_scores`,
   scikit-learn's definitions; a missing verdict is wrong and belongs to no label). Also: how often
   retrieval ranks the question's own abstract first (R@1) or in the top 5 (R@5), how often the
   answer cites it, abstention and verdict rates, and latency (p50, p95).
@@ -32,10 +32,11 @@ import statistics
 from pathlib import Path
 from typing import Any
 
-from rag.evaluate import EvalError, jsonl_rows
-from rag.metrics import bootstrap_ci, classification_scores, percentile
+from rag.answer.shapes import parse_verdict
+from rag.errors import EvalError
+from rag.evaluation.common import cell, fmt, jsonl_rows, retrieval_lines
+from rag.evaluation.metrics import bootstrap_ci, classification_scores, percentile
 from rag.settings import ROOT
-from rag.shapes import parse_verdict
 
 SET_NAME = "pubmedqa"  # `rag eval --set pubmedqa`
 DATA_DIR = ROOT / "data" / "pubmedqa"
@@ -169,7 +170,7 @@ def _id_key(pmid: str) -> tuple[int, str]:
 # --- the eval kind --------------------------------------------------------------------
 
 class PubMedQA:
-    """The `rag.evaluate.EvalKind` of PubMedQA: scores, summary, report and plot (see the module doc)."""
+    """The `rag.evaluation.kinds.EvalKind` of PubMedQA: scores, summary, report and plot (see the module doc)."""
 
     name = SET_NAME
     score_name = "accuracy"
@@ -246,6 +247,28 @@ class PubMedQA:
               for x in (a, b)]
         return {"macro_f1": {"a": f1[0], "b": f1[1], "n": len(a)}}
 
+    # --- what `rag eval --set pubmedqa` needs of it -------------------------------------------
+
+    corpus = CORPUS  # its own 1,000 abstracts
+
+    def select(self, spec: str | None, *, split: str | None = None, full: bool = False,
+               limit: int | None = None) -> tuple[list[dict], Path]:
+        """The questions to run (see `select`); this kind remembers the selection for its report."""
+        rows, self.selection = select(load_questions(), split or "test", full=full, limit=limit)
+        return rows, QUESTIONS
+
+    def check(self, rows: list[dict], path: Path, paper_ids: set[str]) -> None:
+        check_corpus(rows, paper_ids)
+
+    def label(self, program: str, retrieval: str) -> str:
+        return f"pubmedqa-{selection_tag(self.selection)}-{program.removesuffix('.json')}-{retrieval}"
+
+    def describe(self, n: int) -> str:
+        return f"PubMedQA, {describe(self.selection)}: {n} questions"
+
+    def summary_lines(self, summary: dict) -> list[str]:
+        return summary_lines(summary)
+
 
 def _rates(results: list[dict]) -> dict[str, float]:
     return {m: round(statistics.fmean(r["metrics"][m] for r in results), 4) for m in RATES} | {"n": len(results)}
@@ -259,14 +282,6 @@ def _majority(results: list[dict]) -> dict:
 
 
 # --- the report -----------------------------------------------------------------------
-
-def _fmt(v: Any) -> str:
-    return "–" if v is None else (f"{v:.3f}" if isinstance(v, float) else str(v))
-
-
-def _cell(text: str | None, n: int) -> str:
-    return (text or "").replace("|", "\\|").replace("\n", " ")[:n]
-
 
 def render_report(summary: dict, results: list[dict], wrong: int = 15) -> str:
     s = summary
@@ -295,9 +310,9 @@ def render_report(summary: dict, results: list[dict], wrong: int = 15) -> str:
               f"## The product's behaviour ({where})", "",
               "| | " + " | ".join(RATE_NAMES[m] for m in RATES) + " | n |",
               "|---|" + "---|" * (len(RATES) + 1),
-              "| all | " + " | ".join(_fmt(rates[m]) for m in RATES) + f" | {rates['n']} |"]
+              "| all | " + " | ".join(fmt(rates[m]) for m in RATES) + f" | {rates['n']} |"]
     for label, r in s["by_label"].items():
-        lines.append(f"| gold {label} | " + " | ".join(_fmt(r[m]) for m in RATES) + f" | {r['n']} |")
+        lines.append(f"| gold {label} | " + " | ".join(fmt(r[m]) for m in RATES) + f" | {r['n']} |")
     src = s["verdict_source"]
     lines += ["", f"Verdicts read from the answer's `verdict` field: {src['field']}; parsed from the answer "
                   f"text: {src['answer']}. Every question is answerable: any abstention is wrong.", "",
@@ -311,10 +326,7 @@ def render_report(summary: dict, results: list[dict], wrong: int = 15) -> str:
     for label, row in c["confusion"].items():
         lines.append(f"| {label} | " + " | ".join(str(row[p]) for p in [*LABELS, "none"]) + " |")
     lines += ["", f"## Retrieval of the question's own abstract among 1,000 ({where}; k=10 papers)", "",
-              "| mode | recall@1 | recall@5 | recall@10 | MRR@10 | nDCG@10 |", "|---|---|---|---|---|---|"]
-    for mode, r in s["retrieval"].items():
-        lines.append(f"| {mode} | " + " | ".join(_fmt(r.get(m)) for m in
-                                                 ("recall@1", "recall@5", "recall@10", "mrr@10", "ndcg@10")) + " |")
+              *retrieval_lines(s["retrieval"])]
     tok = s["tokens"]
     lines += ["", "## Cost", "",
               f"LM time per question: p50 {lat['lm_p50_s']}s, p95 {lat['lm_p95_s']}s (mean {lat['lm_mean_s']}s); "
@@ -326,7 +338,7 @@ def render_report(summary: dict, results: list[dict], wrong: int = 15) -> str:
               "| id | gold | verdict | own abstract rank | question | answer |", "|---|---|---|---|---|---|"]
     for r in sorted(misses, key=lambda r: _id_key(r["id"]))[:wrong]:
         lines.append(f"| {r['id']} | {r['gold']} | {r['predicted'] or 'none'} | {r['gold_rank'] or '>10'} | "
-                     f"{_cell(r['question'], 100)} | {_cell(r['error'] or r['answer'], 160)} |")
+                     f"{cell(r['question'], 100)} | {cell(r['error'] or r['answer'], 160)} |")
     return "\n".join(lines) + "\n"
 
 

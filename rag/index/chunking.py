@@ -7,7 +7,7 @@ in the abstract (so the UI can highlight it) and is embedded with the paper
 title in front, because abstracts rarely repeat their title's key terms.
 
 `sentence_units` cuts an abstract into single sentences for the evidence store:
-the model reads chosen sentences, not whole windows (see rag/evidence.py).
+the model reads chosen sentences, not whole windows (see rag/answer/evidence.py).
 
 Left out: token-based windows and cross-paper chunks. Abstracts are short
 (~150-300 words), so sentence windows are both cheap and readable.
@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from rag.corpus import Paper
+from rag.index.corpus import Paper
 from rag.text import split_sentences
 
 

@@ -6,10 +6,10 @@
    even close to the question (best dense cosine below `min_score`, calibrated on
    train) it abstains there, without calling the LM; unless a retrieved passage
    has a coined name the question asks about (LoReFT, UniMat: the embedder only
-   sees their word pieces, so cosine undersells the match; rag/claims.py);
+   sees their word pieces, so cosine undersells the match; rag/answer/claims.py);
 2. **select_evidence**: the sentences of those papers that bear on the question,
-   under a token budget (rag/evidence.py), numbered [1]..[m] per paper;
-3. **answer** in the question's shape (rag/shapes.py), with the predictor of that
+   under a token budget (rag/answer/evidence.py), numbered [1]..[m] per paper;
+3. **answer** in the question's shape (rag/answer/shapes.py), with the predictor of that
    shape: `answer` (a specific question: the fact, cited), `yesno` ("Yes: ...",
    "No: ...", "Maybe: ...", with a `verdict`), `list` (the model picks the relevant
    passages; each becomes one line, its paper's title and the evidence that shows
@@ -19,7 +19,7 @@
 4. **check and decide**: citations outside 1..m are dropped; an answer with no
    valid citation, or one that says the evidence does not hold the answer, is an
    abstention; every sentence's names and numbers are checked against the
-   passages it cites (rag/claims.py), and an answer naming something its evidence
+   passages it cites (rag/answer/claims.py), and an answer naming something its evidence
    does not contain is declined (`decline_unsupported`). `threshold` can also
    decline on a low P(answerable); it is off by default, because on this model it
    does not separate answerable from unanswerable questions (eval/README.md has
@@ -44,9 +44,9 @@ from typing import Any, Literal
 import dspy
 from dspy.utils.exceptions import AdapterParseError
 
-from rag.claims import check_claims, names_found, off_question
-from rag.retrieve import Hit, SearchResult
-from rag.shapes import parse_verdict, question_shape
+from rag.answer.claims import check_claims, names_found, off_question
+from rag.answer.retrieve import Hit, SearchResult
+from rag.answer.shapes import parse_verdict, question_shape
 from rag.text import content_words, json_string_so_far, sentences, word_set
 
 ABSTAIN_TEXT = "The papers here do not answer this question."

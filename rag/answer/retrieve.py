@@ -12,7 +12,7 @@ model. Each hit also carries the
 best dense cosine similarity of the query to any chunk, which the program uses
 to abstain early when nothing in the corpus is close.
 
-`Index` is a loaded index (papers, chunks, FAISS and BM25); `rag.index` builds,
+`Index` is a loaded index (papers, chunks, FAISS and BM25); `rag.index.store` builds,
 saves and loads it.
 
 Left out: re-ranking with a cross-encoder (no packaged offline model) and query
@@ -23,52 +23,19 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from functools import cached_property
-from pathlib import Path
 
 import numpy as np
 
-from rag.chunking import Chunk
-from rag.corpus import Paper
-from rag.embed import Embedder
 from rag.errors import RagError
+from rag.index.chunking import Chunk
+from rag.index.corpus import Paper
+from rag.index.embed import Embedder
+from rag.index.store import Index
 from rag.text import tokenize
 
 RRF_K = 60
 # Candidates taken from each ranking before fusion and per-paper diversification.
 CANDIDATES = 100
-
-
-@dataclass
-class Index:
-    """A loaded index: papers, chunks with their FAISS and BM25 indexes, and the sentence store
-    (every abstract sentence and its vector, for evidence selection)."""
-
-    path: Path
-    meta: dict
-    papers: dict[str, Paper]
-    chunks: list[Chunk]
-    dense: object  # faiss.Index
-    bm25: object  # bm25s.BM25
-    sentences: list[Chunk] = field(default_factory=list)  # one-sentence chunks, grouped by paper
-    sentence_vectors: np.ndarray | None = None  # row i is sentences[i], normalised float32
-
-    @property
-    def name(self) -> str:
-        return self.path.name
-
-    def __len__(self) -> int:
-        return len(self.chunks)
-
-    @cached_property
-    def sentences_of(self) -> dict[str, range]:
-        """Paper id -> the rows of its sentences (stored contiguously, in abstract order)."""
-        return _runs(self.sentences)
-
-    @cached_property
-    def chunks_of(self) -> dict[str, range]:
-        """Paper id -> the rows of its chunks (stored contiguously, in abstract order)."""
-        return _runs(self.chunks)
 
 
 @dataclass(frozen=True)
@@ -183,17 +150,6 @@ class Retriever:
         return [Hit(rank, tuple(sorted((self.index.chunks[i] for i in idxs), key=lambda c: c.start)),
                     self.index.papers[pid], best[pid])
                 for rank, (pid, idxs) in enumerate(picked.items(), 1)]
-
-
-def _runs(units: list[Chunk]) -> dict[str, range]:
-    """Paper id -> the range of rows its units occupy (units of one paper are contiguous)."""
-    spans: dict[str, range] = {}
-    start = 0
-    for i in range(1, len(units) + 1):
-        if i == len(units) or units[i].paper_id != units[start].paper_id:
-            spans[units[start].paper_id] = range(start, i)
-            start = i
-    return spans
 
 
 def _firsts(ranking: list[int], chunks: list[Chunk], papers: dict) -> list[int]:

@@ -5,8 +5,8 @@ interface the rest of the project depends on, so tests pass a tiny fake and the
 index and retriever never build a model themselves.
 
 Vectors are float32 and L2-normalised, so inner product is cosine similarity.
-`get_embedder(name, backend)` picks how the model runs: torch (sentence-transformers)
-or ONNX Runtime, fp32 or int8 (rag/embed_onnx.py); the backend is an index-shaping
+`get_embedder(name, backend, cache_dir)` picks how the model runs: torch (sentence-transformers)
+or ONNX Runtime, fp32 or int8 (rag/index/embed_onnx.py; its `BACKENDS` table); the backend is an index-shaping
 setting, so vectors of different backends never share an index.
 
 Left out: GPU selection, remote embedding APIs, quantised vectors.
@@ -22,6 +22,7 @@ from typing import Protocol
 import numpy as np
 
 from rag.errors import RagError
+from rag.index.embed_onnx import OnnxEmbedder
 
 log = logging.getLogger(__name__)
 
@@ -84,21 +85,25 @@ def model_dir(name: str) -> Path:
     return Path(pkg.get_model_path())
 
 
+def _torch(name: str, backend: str, cache_dir: str | Path) -> Embedder:
+    return SentenceTransformerEmbedder(name)
+
+
+def _onnx(name: str, backend: str, cache_dir: str | Path) -> Embedder:
+    return OnnxEmbedder(model_dir(name), name, backend, cache_dir)
+
+
+# How the model runs, by name (the RAG_EMBED_BACKEND choices): name -> (model, backend, cache_dir) -> Embedder.
+BACKENDS = {"torch": _torch, "onnx": _onnx, "onnx-int8": _onnx}
+
 _CACHE: dict[tuple[str, str], Embedder] = {}
 
 
-def get_embedder(name: str, backend: str = "torch", cache_dir: str | Path | None = None) -> Embedder:
+def get_embedder(name: str, backend: str, cache_dir: str | Path) -> Embedder:
     """One loaded model per process and backend: loading costs seconds, encoding a query milliseconds.
-    `cache_dir` holds the exported ONNX files (the onnx backends; default: the settings' cache_dir)."""
+    `cache_dir` holds the exported ONNX files of the onnx backends (RAG_CACHE_DIR)."""
+    if backend not in BACKENDS:
+        raise RagError(f"unknown embedding backend {backend!r}; set RAG_EMBED_BACKEND to one of {', '.join(BACKENDS)}")
     if (name, backend) not in _CACHE:
-        if backend == "torch":
-            _CACHE[name, backend] = SentenceTransformerEmbedder(name)
-        else:
-            from rag.embed_onnx import OnnxEmbedder
-
-            if cache_dir is None:
-                from rag.settings import Settings
-
-                cache_dir = Settings.load().cache_dir
-            _CACHE[name, backend] = OnnxEmbedder(model_dir(name), name, backend, cache_dir)
+        _CACHE[name, backend] = BACKENDS[backend](name, backend, cache_dir)
     return _CACHE[name, backend]

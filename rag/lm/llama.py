@@ -51,7 +51,8 @@ from pathlib import Path
 from typing import Any
 
 from rag.errors import LMError
-from rag.model_file import LOCAL_MODEL_NAME, local_model_path
+from rag.files import pid_alive
+from rag.lm.gguf import LOCAL_MODEL_NAME, local_model_path
 from rag.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -288,19 +289,9 @@ def _private_dir(base: str | None = None) -> str:
         base = "/tmp"
     for d in Path(base).glob(f"{_SOCKET_DIR_PREFIX}*"):
         m = re.match(rf"{_SOCKET_DIR_PREFIX}(\d+)-", d.name)
-        if m and d.is_dir() and not _alive(int(m.group(1))):
+        if m and d.is_dir() and not pid_alive(int(m.group(1))):
             shutil.rmtree(d, ignore_errors=True)
     return tempfile.mkdtemp(prefix=f"{_SOCKET_DIR_PREFIX}{os.getpid()}-", dir=base)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # another user's process: alive, and its directory is not ours to remove
-        return True
-    return True
 
 
 def to_response(out: dict, model: str) -> Any:

@@ -11,7 +11,7 @@ quantised to int8 per channel (onnxruntime's dynamic quantisation).
 Files live in `<cache_dir>/onnx/<model>-<sha of the weights>/` beside a `.sha256`
 marker written after the export: the file is checked against it before every load
 (90 MB hash, ~0.1 s) and re-exported if it does not match. The export happens on
-first use (or `python -m rag.embed_onnx` at install), never at import; concurrent
+first use (the first `rag index` or question), never at import; concurrent
 first uses each write a temporary file and rename it, so the last one wins whole.
 
 Texts are sorted by length before batching (as sentence-transformers does), so a
@@ -22,7 +22,6 @@ Left out: GPU execution providers, and graph optimisation beyond ONNX Runtime's 
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -33,6 +32,7 @@ from pathlib import Path
 import numpy as np
 
 from rag.errors import RagError
+from rag.files import atomic_write, sha256_file
 
 log = logging.getLogger(__name__)
 
@@ -40,26 +40,18 @@ EXPORT_VERSION = 1  # bump when the exported graph changes; part of the cache pa
 OPSET = 18
 INPUTS = ("input_ids", "attention_mask", "token_type_ids")
 OUTPUT = "sentence_embedding"
-BACKENDS = {"onnx": "model.onnx", "onnx-int8": "model-int8.onnx"}
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 22), b""):
-            h.update(block)
-    return h.hexdigest()
+ONNX_FILES = {"onnx": "model.onnx", "onnx-int8": "model-int8.onnx"}
 
 
 def onnx_model_path(model_dir: Path, name: str, backend: str, cache_dir: str | Path) -> Path:
     """The verified ONNX file of the packaged model in `model_dir` for `backend` (onnx or onnx-int8),
     exported (and quantised) into the cache first if it is missing or does not match its checksum."""
-    if backend not in BACKENDS:
-        raise RagError(f"unknown ONNX backend {backend!r}; use one of {', '.join(BACKENDS)}")
+    if backend not in ONNX_FILES:
+        raise RagError(f"unknown ONNX backend {backend!r}; use one of {', '.join(ONNX_FILES)}")
     weights = model_dir / "model.safetensors"
-    source = _sha256(weights)[:12] if weights.is_file() else "noweights"
+    source = sha256_file(weights)[:12] if weights.is_file() else "noweights"
     folder = Path(cache_dir) / "onnx" / f"{name}-{source}-v{EXPORT_VERSION}"
-    target = folder / BACKENDS[backend]
+    target = folder / ONNX_FILES[backend]
     if _verified(target):
         return target
     try:
@@ -79,7 +71,7 @@ def _verified(path: Path) -> bool:
     marker = path.with_suffix(".sha256")
     if not (path.is_file() and marker.is_file()):
         return False
-    if _sha256(path) == marker.read_text().strip():
+    if sha256_file(path) == marker.read_text().strip():
         return True
     log.warning("%s does not match its checksum; exporting it again", path)
     return False
@@ -90,11 +82,9 @@ def _publish(target: Path, make) -> None:
     tmp = target.with_name(f".{target.stem}.{os.getpid()}.tmp.onnx")
     try:
         make(tmp)
-        digest = _sha256(tmp)
+        digest = sha256_file(tmp)
         os.replace(tmp, target)
-        marker_tmp = target.with_name(f".{target.stem}.{os.getpid()}.sha256.tmp")
-        marker_tmp.write_text(digest + "\n")
-        os.replace(marker_tmp, target.with_suffix(".sha256"))
+        atomic_write(target.with_suffix(".sha256"), digest + "\n")
     except OSError as e:
         raise RagError(f"cannot write {target}: {e.strerror}; free disk space or set RAG_CACHE_DIR") from None
     finally:
@@ -153,7 +143,7 @@ def _quantize(fp32: Path, out: Path) -> None:
 
 
 class OnnxEmbedder:
-    """The packaged model on ONNX Runtime (CPU); the `Embedder` interface of rag/embed.py."""
+    """The packaged model on ONNX Runtime (CPU); the `Embedder` interface of rag/index/embed.py."""
 
     def __init__(self, model_dir: Path, name: str, backend: str, cache_dir: str | Path, batch_size: int = 64) -> None:
         import onnxruntime as ort
@@ -200,12 +190,3 @@ class OnnxEmbedder:
         if bar is not None:
             bar.close()
         return out if out is not None else np.empty((0, self.dim), dtype=np.float32)
-
-
-if __name__ == "__main__":  # `python -m rag.embed_onnx`: export (and quantise) now, e.g. at install
-    from rag.embed import model_dir
-    from rag.settings import Settings
-
-    s = Settings.load()
-    for b in BACKENDS:
-        print(onnx_model_path(model_dir(s.embed_model), s.embed_model, b, s.cache_dir))

@@ -13,7 +13,7 @@ The one module that decides which FAISS index a corpus gets:
 
 Training is deterministic (a fixed-seed sample of the vectors, and FAISS's fixed
 k-means seed), so two builds over the same vectors give the same index: an index
-updated in place (rag/update.py) answers like a full rebuild.
+updated in place (rag/index/add.py) answers like a full rebuild.
 
 Threads: training and adding use every core; searching uses `search_threads`
 (default 1). A query is one vector, and on a machine whose cores are busy (2 cores

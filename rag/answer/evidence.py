@@ -15,7 +15,7 @@ reads after the title and `Hit.spans` is what the chat highlights.
 Sentences that only point at code or data ("available at https://...") are
 never evidence.
 
-Shapes choose differently (`rag.shapes`): a list question gets each paper's best
+Shapes choose differently (`rag.answer.shapes`): a list question gets each paper's best
 sentence first (one line per paper), a yes/no or specific question the best
 sentences wherever they are.
 
@@ -32,7 +32,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from rag.retrieve import Hit, Index, SearchResult
+from rag.answer.retrieve import Hit, SearchResult
+from rag.index.store import Index
 from rag.text import tokenize
 
 # Chosen on train (bench/bench_evidence.py): the share of answer facts the evidence keeps, per token.

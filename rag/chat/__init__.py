@@ -1,0 +1,1 @@
+"""The Gradio chat (app) and its waiting line for the one local model (waiting)."""

@@ -1,0 +1,85 @@
+"""`rag eval` (a labelled set, PubMedQA, or --compare of two reports) and `rag optimize`.
+
+What differs between kinds of set (how rows are chosen and checked, the corpus they run over, how a
+run is labelled and summed up) is the kind's own (rag/evaluation/kinds.py); this module only wires
+flags to it.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from rag.cli.common import open_pipeline, progress_shown, say
+from rag.errors import RagError
+from rag.settings import ROOT
+
+
+def _eval_path(given: str | None, default: str) -> str:
+    return given or str(ROOT / default)
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from rag.evaluation import harness
+    from rag.evaluation.kinds import kind_for_set
+
+    out_root = _eval_path(args.out, "eval/reports")
+    if args.compare:
+        from rag.evaluation.compare import compare_reports, verdict
+
+        path, result = compare_reports(*args.compare, out_root)
+        print(verdict(result))
+        for name, v in result["metrics"].items():
+            print(f"  {name:<20} A {v['a']:.3f}  B {v['b']:.3f}  ({v['b'] - v['a']:+.3f})")
+        print(f"report: {path}")
+        return 0
+    kind = kind_for_set(args.set)
+    if args.judge and kind.name != "seed":
+        raise RagError(f"--judge scores free-text answers of a labelled set; {args.set} is scored by the "
+                       f"answer's verdict, drop --judge")
+    if kind.corpus is not None and args.corpus and Path(args.corpus).resolve() != kind.corpus.resolve():
+        raise RagError(f"--set {args.set} runs over its own corpus {kind.corpus}; drop --corpus")
+    # a bad set, --split or --limit fails before anything loads
+    rows, set_path = kind.select(args.set, split=args.split, full=args.full, limit=args.limit)
+    overrides = {"corpus": str(kind.corpus)} if kind.corpus is not None else {}
+    pipe = open_pipeline(args, need_lm=True, disk_cache=not args.no_cache, **overrides)
+    kind.check(rows, set_path, set(pipe.index.papers))  # gold ids must be in this corpus
+    if args.judge:
+        from rag.lm.backends import make_lm
+
+        kind.judge = harness.semantic_judge(make_lm(pipe.settings.replace(lm=args.judge)))
+    label = args.label or kind.label(pipe.program_label, pipe.settings.retrieval)
+    say(f"Evaluating {kind.describe(len(rows))} with program {pipe.program_label} on {pipe.lm_label} ...")
+    path = harness.run_eval(pipe, rows, label=label, set_path=set_path, out_root=out_root,
+                            progress=progress_shown(), kind=kind)
+    summary, _ = harness.read_report(path)
+    print("\n".join(kind.summary_lines(summary)))
+    print(f"report: {path}")
+    return 0
+
+
+def cmd_optimize(args: argparse.Namespace) -> int:
+    from rag import optimize
+    from rag.answer.program_files import new_program_path
+    from rag.evaluation.harness import read_report
+    from rag.evaluation.seed import SeedSet, load_set
+
+    train_path = _eval_path(args.train, "eval/train.jsonl")
+    dev_path = None if args.dev == "none" else _eval_path(args.dev, "eval/dev.jsonl")
+    train = load_set(train_path)
+    dev = load_set(dev_path) if dev_path else None
+    out = new_program_path(args.optimizer, args.out)  # an unwritable --out fails before any work
+    pipe = open_pipeline(args, need_lm=True, disk_cache=True, program="baseline")
+    ids = set(pipe.index.papers)
+    load_set(train_path, ids)
+    if dev is not None:
+        load_set(dev_path, ids)
+    out, report = optimize.optimize_and_save(pipe, args.optimizer, train, train_path, out, dev=dev, dev_path=dev_path,
+                                             reports=_eval_path(args.reports, "eval/reports"), seed=args.seed,
+                                             progress=progress_shown(), say=say)
+    if report is not None:
+        summary, _ = read_report(report)
+        print("\n".join(SeedSet().summary_lines(summary)))
+        print(f"report: {report}")
+    print(f"program: {out}")
+    return 0
