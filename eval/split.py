@@ -8,6 +8,11 @@ to dev and train, so each group is split in half (dev gets the odd one).
 Deterministic: the same questions always give the same split. Run it
 only when questions are added, and never move a question between the halves
 after looking at dev results.
+
+Third-round questions (rows with "round": 3) are not dealt at all: every one of them goes to
+train, appended after the rows dealt to train, ordered by id. They are left out before the
+dealing, so every other row lands exactly where it did before they were added, and dev stays
+as it was (the third round was written to grow train only; see eval/README.md).
 """
 
 from __future__ import annotations
@@ -24,9 +29,16 @@ HERE = Path(__file__).resolve().parent
 SEED = 20261123
 
 
+# Rounds of questions that go to train whole instead of being split.
+TRAIN_ONLY_ROUNDS = frozenset({3})
+
+
 def split(rows: list[dict]) -> tuple[list[dict], list[dict]]:
     """Stratified by type, and by shape for the rows that carry one (the second round of questions,
-    added after the first split: grouping them apart leaves every first-round question where it was)."""
+    added after the first split: grouping them apart leaves every first-round question where it was).
+    Rows of a train-only round are set aside first and appended to train, ordered by id."""
+    train_only = sorted((r for r in rows if r.get("round") in TRAIN_ONLY_ROUNDS), key=lambda r: r["id"])
+    rows = [r for r in rows if r.get("round") not in TRAIN_ONLY_ROUNDS]
     train, dev = [], []
     shapes = sorted({r.get("shape") for r in rows if r.get("shape")})
     for kind in TYPES:
@@ -35,7 +47,7 @@ def split(rows: list[dict]) -> tuple[list[dict], list[dict]]:
             random.Random(f"{SEED}-{kind}" if shape is None else f"{SEED}-{kind}-{shape}").shuffle(group)
             for i, row in enumerate(group):
                 (dev if i % 2 == 0 else train).append(row)
-    return train, dev
+    return train + train_only, dev
 
 
 def main() -> None:
