@@ -11,7 +11,7 @@ Checks, per row (each problem is printed with the row's line and id):
   one of the gold abstracts by the metric's own matcher (`fact_found`, see below);
   unanswerable rows: no gold papers and no facts;
 - every gold id (and every `about_paper_ids` id, the paper an unanswerable in-domain question is about)
-  is a paper of the corpus (`rag.corpus.load_seed_pages("data/corpus")`, the ids `rag papers` prints);
+  is a paper of the corpus (`rag.index.corpus.load_seed_pages("data/corpus")`, the ids `rag papers` prints);
 - no question shares a run of six words (after the metric's normalisation) with one of its gold abstracts;
   checked for rows with a `shape` (second round on). First-round rows were written from the abstracts
   before this rule existed; the four of them that share a run are listed as a note, not a failure;
@@ -20,8 +20,8 @@ Checks, per row (each problem is printed with the row's line and id):
 
 Then it prints counts by shape, type and verdict.
 
-The fact matcher is `rag.metrics.fact_found` with its `normalize`. rag/metrics.py imports numpy at module
-level, so this script carries an exact copy of the two functions (keep them in step); when rag.metrics can
+The fact matcher is `rag.evaluation.metrics.fact_found` with its `normalize`. rag/evaluation/metrics.py imports numpy at module
+level, so this script carries an exact copy of the two functions (keep them in step); when rag.evaluation.metrics can
 be imported (numpy installed), the copy is also compared with the real functions on every fact and
 question of the set, and any disagreement is a problem.
 """
@@ -37,7 +37,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-from rag.corpus import load_seed_pages  # noqa: E402  (stdlib only)
+from rag.index.corpus import load_seed_pages  # noqa: E402  (stdlib only)
 
 QUESTIONS = ROOT / "eval" / "questions.jsonl"
 CORPUS = ROOT / "data" / "corpus"
@@ -49,7 +49,7 @@ FIRST_ROUND_RUNS = frozenset({"s1-03", "s1-11", "s1-15", "s1-18"})
 _VERDICT_WORD = re.compile(r"^\s*(yes|no)\b\.", re.IGNORECASE)
 
 
-# --- exact copies of rag.metrics.normalize and rag.metrics.fact_found ------------------------
+# --- exact copies of rag.evaluation.metrics.normalize and rag.evaluation.metrics.fact_found ------------------------
 
 def normalize(text: str) -> str:
     """Lower-case, accents and punctuation removed, whitespace collapsed; '10x-50x' -> '10x 50x'."""
@@ -158,7 +158,7 @@ def check(rows: list[tuple[int, dict]], abstracts: dict[str, str]) -> tuple[list
 
 
 def compare_with_metric(rows: list[tuple[int, dict]], abstracts: dict[str, str]) -> list[str] | None:
-    """Where rag.metrics imports, check the copies above agree with it on this set's facts and questions
+    """Where rag.evaluation.metrics imports, check the copies above agree with it on this set's facts and questions
     (None when it does not import)."""
     try:
         from rag import metrics
@@ -169,10 +169,10 @@ def compare_with_metric(rows: list[tuple[int, dict]], abstracts: dict[str, str])
         texts = [abstracts[g] for g in row.get("gold_paper_ids") or [] if g in abstracts]
         for text in [row.get("question", ""), *texts]:
             if normalize(text) != metrics.normalize(text):
-                out.append(f"{row.get('id')}: normalize disagrees with rag.metrics.normalize")
+                out.append(f"{row.get('id')}: normalize disagrees with rag.evaluation.metrics.normalize")
             for fact in row.get("facts") or []:
                 if fact_found(fact, text) != metrics.fact_found(fact, text):
-                    out.append(f"{row.get('id')}: fact_found({fact!r}) disagrees with rag.metrics.fact_found")
+                    out.append(f"{row.get('id')}: fact_found({fact!r}) disagrees with rag.evaluation.metrics.fact_found")
     return out
 
 
@@ -211,9 +211,9 @@ def main() -> int:
           f" (yesno rows without one: {sum(r.get('shape') == 'yesno' and not r.get('verdict') for r in data)})")
     gold = {g for r in data for g in r.get("gold_paper_ids") or []}
     print(f"distinct gold papers: {len(gold)}")
-    print("matcher: " + ("the copy agrees with rag.metrics on every fact and question" if compared == [] else
-                         "rag.metrics not importable here (no numpy); the copy of its matcher was used"
-                         if compared is None else "the copy DISAGREES with rag.metrics (see problems)"))
+    print("matcher: " + ("the copy agrees with rag.evaluation.metrics on every fact and question" if compared == [] else
+                         "rag.evaluation.metrics not importable here (no numpy); the copy of its matcher was used"
+                         if compared is None else "the copy DISAGREES with rag.evaluation.metrics (see problems)"))
     for note in notes:
         print(f"note: {note}")
     for problem in problems:

@@ -168,9 +168,16 @@ def test_shipped_eval_sets_are_valid_and_split_by_type(real_search_pipe):
     assert len(full) >= 80 and counts["single"] >= 45 and counts["multi"] >= 12 and counts["unanswerable"] >= 15
     assert {r["id"] for r in train} | {r["id"] for r in dev} == {r["id"] for r in full}
     assert not {r["id"] for r in train} & {r["id"] for r in dev}
-    groups = {(r["type"], r.get("shape")) for r in full}
-    for group in groups:  # stratified by type (and, for second-round questions, shape): each group split in half
-        n_train, n_dev = (sum((r["type"], r.get("shape")) == group for r in s) for s in (train, dev))
+    # Third-round questions (written to grow train) are all in train; dev never gets one.
+    assert all(r.get("round") == 3 for r in full if r["id"] in {t["id"] for t in train} - {d["id"] for d in dev}
+               if r.get("round") == 3) and not any(r.get("round") == 3 for r in dev)
+    assert sum(r.get("round") == 3 for r in train) >= 180 and len(train) >= 250
+    assert sum(r.get("verdict") == "no" for r in train) >= 60
+    earlier = [r for r in full if r.get("round") != 3]
+    groups = {(r["type"], r.get("shape")) for r in earlier}
+    for group in groups:  # the rest stratified by type (and, for second-round questions, shape): split in half
+        n_train, n_dev = (sum((r["type"], r.get("shape")) == group and r.get("round") != 3 for r in s)
+                          for s in (train, dev))
         assert abs(n_train - n_dev) <= 1, group
     from rag.evaluation.metrics import fact_found
     from rag.index.corpus import load_corpus
