@@ -82,7 +82,7 @@ def check(rows: list[tuple[int, dict]], abstracts: dict[str, str]) -> tuple[list
         where = f"questions.jsonl:{no} ({rid})"
 
         def bad(msg: str) -> None:
-            problems.append(f"{where}: {msg}")
+            problems.append(f"{where}: {msg}")  # noqa: B023 - called within this iteration only
 
         for key in ("id", "question"):
             if not isinstance(row.get(key), str) or not row[key].strip():
@@ -161,7 +161,7 @@ def compare_with_metric(rows: list[tuple[int, dict]], abstracts: dict[str, str])
     """Where rag.evaluation.metrics imports, check the copies above agree with it on this set's facts and questions
     (None when it does not import)."""
     try:
-        from rag import metrics
+        from rag.evaluation import metrics
     except ImportError:
         return None
     out = []
