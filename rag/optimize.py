@@ -40,6 +40,7 @@ from typing import Any
 
 import dspy
 
+from rag import calibrate
 from rag.answer.program import CitedRAG, as_numbers, map_citations
 from rag.answer.program_files import save_program_file
 from rag.errors import ProgramError
@@ -230,9 +231,12 @@ def counted(metric: Any, bar: Any) -> Any:
 
 def compile_program(program: CitedRAG, optimizer: str, train_rows: list[dict], embed: Any, lm: Any,
                     *, seed: int = 0, progress: bool = False) -> CitedRAG:
-    """Compile `program` with `optimizer` on `train_rows`; demos come back shortened."""
-    if optimizer not in COMPILERS:
-        raise ProgramError(f"unknown optimizer {optimizer!r}; use one of {', '.join(COMPILERS)}")
+    """Compile `program` with `optimizer` on `train_rows`; demos come back shortened. `optimizer` may chain
+    steps with "+" ("bootstrap+calibrate": demos first, then the verdict's decisions on the result)."""
+    for step in optimizer.split("+"):
+        if step not in COMPILERS:
+            raise ProgramError(f"unknown optimizer {step!r}; use one of {', '.join(COMPILERS)}, or several joined "
+                               f"by + (e.g. bootstrap+calibrate)")
     from tqdm.auto import tqdm
 
     bar = tqdm(desc=f"{optimizer}: answers scored", unit="answer", disable=not progress, file=sys.stderr)
@@ -265,8 +269,54 @@ def _gepa(program: CitedRAG, rows: list[dict], embed: Any, lm: Any, seed: int, b
     return opt.compile(program, trainset=to_examples(train), valset=to_examples(val))
 
 
+def _calibrate(program: CitedRAG, rows: list[dict], embed: Any, lm: Any, seed: int, bar: Any) -> CitedRAG:
+    """The yes/no verdict's decisions: run `program` on the answerable yes/no train rows, read the label
+    probabilities at the reply's verdict and from the judge step, and keep the source, labels and biases
+    whose leave-one-out accuracy on these rows is best (rag/calibrate.py); the sampled verdict when neither
+    beats it."""
+    from rag.answer.program import strip_verdict
+    from rag.answer.shapes import parse_verdict, question_shape
+
+    program = program.deepcopy()
+    program.verdict_bias = None
+    reply, judged = [], []
+    for row in rows:
+        gold = row.get("verdict") or parse_verdict(row.get("answer"))
+        if row["type"] == "unanswerable" or gold is None or question_shape(row["question"]) != "yesno":
+            continue
+        pred = program(question=row["question"])
+        bar.update(1)
+        if pred.abstained:
+            continue
+        record = {"id": row["id"], "gold": gold, "sampled": pred.sampled_verdict}
+        if pred.verdict_probs:
+            reply.append({**record, "probs": pred.verdict_probs})
+        judge = program.judge_verdict(row["question"], strip_verdict(pred.answer))
+        if judge:
+            judged.append({**record, "probs": judge})
+    best = {"verdict_bias": None, "verdict_labels": ["yes", "no", "maybe"], "verdict_source": "reply"}
+    best_acc = calibrate.compare(reply or judged, loo=False)[0]["accuracy"] if (reply or judged) else 0.0
+    table = []
+    for source, records in (("reply", reply), ("judge", judged)):
+        if not records:
+            continue
+        for labels in (("yes", "no", "maybe"), ("yes", "no")):
+            acc = calibrate.accuracy_f1(records, calibrate.leave_one_out(records, labels))[0]
+            table.append({"source": source, "labels": labels, "loo_accuracy": acc, "n": len(records)})
+            if acc > best_acc:
+                best_acc = acc
+                best = {"verdict_bias": calibrate.fit_bias(records, labels), "verdict_labels": list(labels),
+                        "verdict_source": source}
+    log.info("verdict calibration on %d yes/no train rows: %s -> %s", len(reply), table, best)
+    program.set_decisions(best)
+    program.calibration = {"rows": len(reply), "judged": len(judged), "table": table, "chosen": best,
+                           "sampled_accuracy": calibrate.compare(reply, loo=False)[0]["accuracy"] if reply else None}
+    return program
+
+
 # The optimisers, by name (`rag optimize --optimizer`): (program, train rows, embed, lm, seed, bar) -> compiled.
-COMPILERS: dict[str, Callable[..., CitedRAG]] = {"bootstrap": _bootstrap, "mipro": _mipro, "gepa": _gepa}
+COMPILERS: dict[str, Callable[..., CitedRAG]] = {"bootstrap": _bootstrap, "mipro": _mipro, "gepa": _gepa,
+                                                 "calibrate": _calibrate}
 
 
 def _compile(program: CitedRAG, optimizer: str, train_rows: list[dict], embed: Any, lm: Any, seed: int,
@@ -275,8 +325,10 @@ def _compile(program: CitedRAG, optimizer: str, train_rows: list[dict], embed: A
     # DSPy's proposers print() their internals (program source, proposed instructions) to
     # stdout, which is the command's output: they go to stderr with --verbose, else nowhere.
     chatter = sys.stderr if log.isEnabledFor(logging.INFO) else io.StringIO()
+    compiled = program
     with dspy.context(lm=lm, max_history_size=20, max_trace_size=20), contextlib.redirect_stdout(chatter):
-        compiled = COMPILERS[optimizer](program, rows, embed, lm, seed, bar)
+        for step in optimizer.split("+"):
+            compiled = COMPILERS[step](compiled, rows, embed, lm, seed, bar)
     for predictor in compiled.predictors():
         demos = select_demos([d.toDict() if hasattr(d, "toDict") else dict(d) for d in predictor.demos])
         # A trace keeps everything the prediction had; the label and the reply's logprobs are not demo fields.
@@ -327,6 +379,8 @@ def optimize_and_save(pipe: Any, optimizer: str, train: list[dict], train_path: 
         "train": {"path": portable(train_path), "sha256": sha256_file(train_path), "n": len(train)},
         **describe(compiled),
     }
+    if getattr(compiled, "calibration", None):
+        provenance["calibration"] = compiled.calibration
     save_program_file(compiled, out, provenance)
     say(f"compiled in {seconds:.0f}s: {provenance['demos']} demos; saved {out}")
     if dev is None:

@@ -207,10 +207,13 @@ class Pipeline:
         if warm is None or self.program is None:
             return 0
         adapter = answer_adapter(self.lm)
+        predictors = [p for name, p in self.program.named_predictors()
+                      if name != "verdict_judge" or self.program.verdict_source == "judge"]
         with self._context():
-            for _, predictor in self.program.named_predictors():
-                warm(adapter.format(predictor.signature, predictor.demos, {"passages": "", "question": ""}))
-        return len(self.program.named_predictors())
+            for predictor in predictors:
+                warm(adapter.format(predictor.signature, predictor.demos,
+                                    dict.fromkeys(predictor.signature.input_fields, "")))
+        return len(predictors)
 
     def select_evidence(self, question: str, result: SearchResult, shape: str) -> list[Hit]:
         """The program's evidence step: the best sentences of the retrieved papers, under the token budget."""
@@ -335,12 +338,21 @@ class Pipeline:
             "completion_tokens": completion_tokens,
             "p_answerable": None if getattr(pred, "p_answerable", None) is None else round(pred.p_answerable, 4),
             "abstain_reason": getattr(pred, "abstain_reason", None),
+            # yes/no: the label probabilities read at the verdict (None without logprobs) and the model's
+            # sampled verdict; specific: whether a restated answer was replaced by a quoted evidence sentence
+            "verdict_probs": _rounded(getattr(pred, "verdict_probs", None)),
+            "sampled_verdict": getattr(pred, "sampled_verdict", None),
+            "restated": bool(getattr(pred, "restated", False)),
         }
         return Answer.from_prediction(q, pred, provenance).to_json()
 
     @property
     def lm_label(self) -> str:
         return lm_label(self.settings)
+
+
+def _rounded(probs: dict | None) -> dict | None:
+    return None if not probs else {k: round(float(v), 4) for k, v in probs.items()}
 
 
 def _trim_global_history() -> None:

@@ -200,6 +200,35 @@ class JudgedEngine(FakeEngine):
                         usage=Usage(input_tokens=100, output_tokens=30, total_tokens=130), logprobs=logprobs)
 
 
+class VerdictEngine(FakeEngine):
+    """A fake engine with logprobs for yes/no questions: it replies with `reply` (chat format) and reports
+    `probs` (label -> probability) as the alternatives where the `verdict` value goes."""
+
+    supported_params = frozenset({"temperature", "max_tokens", "logprobs", "top_logprobs"})
+
+    def __init__(self, reply: dict, probs: dict[str, float]) -> None:
+        super().__init__()
+        self.reply, self.probs = reply, probs
+
+    def complete(self, request):
+        import math
+
+        from dspy.lm15 import Message, Response, TextPart, TokenLogprob, TopLogprob, Usage
+
+        self.calls += 1
+        tokens = []
+        for k, v in self.reply.items():
+            tokens += [TokenLogprob(token=t, logprob=-0.01) for t in ["[[", " ##", f" {k}", " ##", " ]]", "\n"]]
+            top = ()
+            if k == "verdict" and request.config.logprobs is not None:
+                top = tuple(TopLogprob(token=label, logprob=math.log(p)) for label, p in self.probs.items())
+            tokens += [TokenLogprob(token=str(v), logprob=-0.1, top=top), TokenLogprob(token="\n\n", logprob=-0.01)]
+        text = "".join(t.token for t in tokens) + "[[ ## completed ## ]]"
+        return Response(id=None, model="fake", message=Message.assistant([TextPart(text)]), finish_reason="stop",
+                        usage=Usage(input_tokens=100, output_tokens=30, total_tokens=130),
+                        logprobs=tuple(tokens) if request.config.logprobs is not None else None)
+
+
 class JSONEngine(FakeEngine):
     """A fake engine that, like the local llama.cpp one, holds its reply to the JSON schema (so the program
     talks JSON to it) and streams the reply in small pieces."""

@@ -12,7 +12,7 @@ from rag.cli.main import main
 
 ROOT = Path(__file__).resolve().parent.parent
 DATA = Path(__file__).parent / "data"
-TYPES = {"string": str, "integer": int, "number": (int, float), "boolean": bool, "null": type(None)}
+TYPES = {"string": str, "integer": int, "number": (int, float), "boolean": bool, "null": type(None), "object": dict}
 
 
 def documented_shapes() -> dict[str, object]:

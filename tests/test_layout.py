@@ -17,7 +17,7 @@ LAYERS = {
     "rag.index": 1, "rag.lm": 1,
     "rag.answer": 2,
     "rag.pipeline": 3,
-    "rag.evaluation": 4, "rag.batch": 4, "rag.distributed": 4, "rag.optimize": 5,
+    "rag.evaluation": 4, "rag.batch": 4, "rag.distributed": 4, "rag.optimize": 5, "rag.calibrate": 5,
     "rag.chat": 6, "rag.cli": 6, "rag.__main__": 7,
 }
 

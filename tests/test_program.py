@@ -185,7 +185,8 @@ def test_module_without_search_fails_clearly():
 
 
 def test_program_has_one_predictor_per_question_shape_to_optimise():
-    assert [name for name, _ in CitedRAG().named_predictors()] == ["answer", "yesno", "list"]
+    # one per shape, and the yes/no verdict's judge step (used when a program file says so)
+    assert [name for name, _ in CitedRAG().named_predictors()] == ["answer", "yesno", "list", "verdict_judge"]
     assert all(isinstance(p, dspy.Predict) for _, p in CitedRAG().named_predictors())
 
 
@@ -314,3 +315,126 @@ def test_a_far_question_is_declined_before_the_model_unless_a_passage_has_its_co
     assert far["provenance"]["abstain_reason"] == "no_close_passage" and not lm.history
     named = p.ask("What initialises the HiPPO state matrix?")  # the embedder sees word pieces; the passage has it
     assert named["abstained"] is False and len(lm.history) == 1
+
+
+# --- verdicts scored from the label probabilities; answers that name what was asked --------------------
+
+from fakes import VerdictEngine  # noqa: E402
+
+from rag.answer.program import (  # noqa: E402
+    quote_named_evidence,
+    restates,
+    scored_verdict,
+    strip_verdict,
+    verdict_probs,
+)
+from rag.answer.retrieve import Hit  # noqa: E402
+from rag.index.corpus import Paper  # noqa: E402
+
+YESNO = {"answerable": "True", "finding": "Longer fermentation reduces loaf volume [1].", "verdict": "yes",
+         "sources": "[1]"}
+YESNO_Q = "Does longer sourdough fermentation give bigger loaves?"
+
+
+def verdict_pipe(tiny_settings, embedder, probs, reply=YESNO, bias=None):
+    lm = dspy.LM("local/verdict", engine=VerdictEngine(reply, probs), cache=False, num_retries=0)
+    pipe = Pipeline.open(tiny_settings, embedder=embedder, lm=lm)
+    pipe.program.set_decisions({"verdict_bias": bias})
+    return pipe
+
+
+def test_without_biases_the_sampled_verdict_stands_and_the_label_probabilities_are_reported(tiny_settings, embedder):
+    out = verdict_pipe(tiny_settings, embedder, {"yes": 0.6, "no": 0.3, "maybe": 0.1}).ask(YESNO_Q)
+    assert out["verdict"] == "yes" and out["answer"].startswith("Yes: Longer fermentation")
+    prov = out["provenance"]
+    assert prov["sampled_verdict"] == "yes" and prov["verdict_probs"] == pytest.approx(
+        {"yes": 0.6, "no": 0.3, "maybe": 0.1}, abs=1e-3)
+
+
+def test_a_bias_against_the_models_lean_turns_the_verdict(tiny_settings, embedder):
+    # The model leans to yes (0.6 vs 0.3); a fitted bias of +1 for no (log-space) makes no win: log .3 + 1 > log .6
+    out = verdict_pipe(tiny_settings, embedder, {"yes": 0.6, "no": 0.3, "maybe": 0.1},
+                       bias={"yes": 0.0, "no": 1.0, "maybe": -5.0}).ask(YESNO_Q)
+    assert out["verdict"] == "no" and out["answer"].startswith("No: Longer fermentation")
+    assert out["provenance"]["sampled_verdict"] == "yes"
+    # a finding that itself opens with the sampled verdict is not left contradicting the scored one
+    reply = {**YESNO, "finding": "Yes, longer fermentation reduces loaf volume [1]."}
+    out = verdict_pipe(tiny_settings, embedder, {"yes": 0.6, "no": 0.3, "maybe": 0.1}, reply=reply,
+                       bias={"no": 1.0}).ask(YESNO_Q)
+    assert out["verdict"] == "no" and out["answer"].startswith("No: Longer fermentation") and "Yes" not in out["answer"]
+
+
+def test_scored_verdict_and_its_labels():
+    probs = {"yes": 0.5, "no": 0.2, "maybe": 0.3}
+    assert scored_verdict(probs, {}) == "yes"
+    assert scored_verdict(probs, {"no": 1.0}) == "no"
+    assert scored_verdict(probs, {"yes": -2.0}, ("yes", "no")) == "no"  # maybe not allowed
+    assert strip_verdict("Yes, the paper finds X.") == "The paper finds X."
+    assert strip_verdict("Not really: it fails.") == "It fails."
+    assert strip_verdict("The paper finds X.") == "The paper finds X."
+
+
+@pytest.mark.parametrize("tokens,want", [
+    # JSON, the quote its own token, then the label ("maybe" split into pieces)
+    (['{"', "answerable", '":', "true", ',"', "finding", '":"', "X", '","', "verdict", '":"',
+      ("no", [("no", -0.2), ("yes", -1.8), ("may", -3.0)])], {"no": 0.7919, "yes": 0.1599, "maybe": 0.0482}),
+    # the label with its quote in one token, "null" no label
+    (['{"', "verdict", '":', ('"yes', [('"yes', -0.1), ("null", -2.0), ('"no', -2.5)])],
+     {"yes": 0.9167, "no": 0.0832, "maybe": 0.0}),
+    # DSPy's chat format
+    (["[[", " ##", " verdict", " ##", " ]]", "\n", ("Maybe", [("Maybe", -0.5), ("No", -1.0)])],
+     {"maybe": 0.6225, "no": 0.3775, "yes": 0.0}),
+    # the word "verdict" inside the finding's text is not the field
+    (['{"', "finding", '":"', "the", " verdict", " is", " unclear", '"}'], None),
+])
+def test_verdict_probabilities_are_read_at_the_fields_value(tokens, want):
+    content = []
+    for t in tokens:
+        word, top = (t, []) if isinstance(t, str) else t
+        content.append({"token": word, "logprob": top[0][1] if top else -0.01,
+                        "top_logprobs": [{"token": w, "logprob": lp} for w, lp in top]})
+    got = verdict_probs(content)
+    assert got is None if want is None else got == pytest.approx(want, abs=1e-3)
+
+
+def test_a_name_question_answered_without_a_name_is_caught():
+    q = "Which method edits a model's hidden representations instead of its weights?"
+    assert restates(q, "The approach described in [1] edits hidden representations instead of weights [1].")
+    assert not restates(q, "LoReFT edits hidden representations instead of weights [1].")
+    assert not restates("How does it edit representations?", "It edits hidden representations [1].")  # no name asked
+    assert restates("What is the benchmark called?", "The benchmark is described in the paper [2].")
+
+
+def test_a_restated_answer_is_replaced_by_the_evidence_sentence_that_names_it(pipe):
+    p, _ = pipe([{"answerable": "True", "answer": "The benchmark described in [1] measures long sequences [1].",
+                  "sources": "[1]"}])
+    out = p.ask("Which benchmark do the state space models reach strong accuracy on?")
+    assert out["provenance"]["restated"] is True and out["abstained"] is False
+    assert "Long Range Arena" in out["answer"] and out["answer"].startswith('"') and out["citations"]
+    # nothing to quote: the answer stays as it was
+    hits = [Hit(1, (), Paper("x", "T", "no names at all here."), 0.5)]  # a passage of no chunks: its text is empty
+    assert quote_named_evidence("Which method works?", hits, [1]) is None
+
+
+def test_decisions_travel_in_the_program_file(tmp_path, tiny_settings, embedder):
+    from rag.answer.program_files import load_program, read_program_file, save_program_file
+
+    pipe = verdict_pipe(tiny_settings, embedder, {"yes": 0.5, "no": 0.5}, bias={"yes": 0.0, "no": 0.7, "maybe": -9.0})
+    pipe.program.verdict_labels = ("yes", "no")
+    path = save_program_file(pipe.program, tmp_path / "p.json", {"optimizer": "calibrate"})
+    assert read_program_file(path)["decisions"] == {"verdict_bias": {"yes": 0.0, "no": 0.7, "maybe": -9.0},
+                                                    "verdict_labels": ["yes", "no"], "verdict_source": "reply"}
+    fresh = verdict_pipe(tiny_settings, embedder, {"yes": 0.5, "no": 0.5})
+    assert fresh.program.verdict_bias is None
+    load_program(fresh.program, path)
+    assert fresh.program.verdict_bias == {"yes": 0.0, "no": 0.7, "maybe": -9.0}
+    assert fresh.program.verdict_labels == ("yes", "no")
+
+
+def test_the_judge_step_reads_the_finding_when_the_program_says_so(tiny_settings, embedder):
+    # The answer's own verdict field leans yes; the judge call (same fake engine: its verdict alternatives) says
+    # what `probs` say. With verdict_source "judge" two calls are made and the judge's probabilities decide.
+    pipe = verdict_pipe(tiny_settings, embedder, {"yes": 0.2, "no": 0.8}, bias={})
+    pipe.program.set_decisions({"verdict_source": "judge"})
+    out = pipe.ask(YESNO_Q)
+    assert pipe.lm.engine.calls == 2 and out["verdict"] == "no" and out["answer"].startswith("No: ")

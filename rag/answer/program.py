@@ -44,7 +44,7 @@ from typing import Any, Literal
 import dspy
 from dspy.utils.exceptions import AdapterParseError
 
-from rag.answer.claims import check_claims, names_found, off_question
+from rag.answer.claims import check_claims, names_found, off_question, specific_terms
 from rag.answer.retrieve import Hit, SearchResult
 from rag.answer.shapes import parse_verdict, question_shape
 from rag.text import content_words, json_string_so_far, sentences, word_set
@@ -106,11 +106,20 @@ class ListAnswer(dspy.Signature):
     sources: list[int] = dspy.OutputField(desc="numbers of every paper that is about it")
 
 
+class VerdictJudge(dspy.Signature):
+    """Does the finding answer the question with yes, no or maybe? Answer no when the finding shows the opposite of
+    what the question suggests (another method wins, it fails, it does not help)."""
+
+    question: str = dspy.InputField()
+    finding: str = dspy.InputField(desc="what a paper found")
+    verdict: Literal["yes", "no", "maybe"] = dspy.OutputField()
+
+
 # The predictor that answers each question shape, by attribute name on CitedRAG, and the field each writes
 # its text in (what the chat streams; a list answer is rendered from the passages it picks).
 PREDICTORS = {"specific": "answer", "yesno": "yesno", "list": "list"}
 TEXT_FIELDS = {"answer": "answer", "yesno": "finding"}
-SIGNATURES = {"answer": CitedAnswer, "yesno": YesNoAnswer, "list": ListAnswer}
+SIGNATURES = {"answer": CitedAnswer, "yesno": YesNoAnswer, "list": ListAnswer, "verdict_judge": VerdictJudge}
 
 
 def recover_fields(reply: str) -> tuple[str, str]:
@@ -310,6 +319,41 @@ def p_answerable(tokens: list[dict] | None) -> float | None:
     return None
 
 
+# The reply's text just before the verdict's value: JSON ('"verdict": "') or DSPy's chat format ('## verdict ## ]]').
+_VERDICT_NEXT = re.compile(r'(?:"verdict"\s*:\s*"?|##\s*verdict\s*##\s*\]\]\s*)$', re.IGNORECASE)
+VERDICT_LABELS = ("yes", "no", "maybe")
+
+
+def verdict_probs(tokens: list[dict] | None) -> dict[str, float] | None:
+    """From OpenAI-style token logprobs: P(yes), P(no), P(maybe) at the `verdict` value, normalised over the
+    three (a label's mass is the sum over its alternatives at that position: "yes", " yes", '"yes'...).
+    None when the reply has no verdict value or its alternatives hold none of the labels."""
+    text = ""
+    for tok in tokens or []:
+        word = str(tok.get("token") or "")
+        if _VERDICT_NEXT.search(text) and re.search(r"\w", word):  # the first word after `"verdict":`
+            mass = dict.fromkeys(VERDICT_LABELS, 0.0)
+            alternatives = list(tok.get("top_logprobs") or [])
+            if not any(a.get("token") == word for a in alternatives):
+                alternatives.append({"token": word, "logprob": tok.get("logprob", -math.inf)})
+            for alt in alternatives:
+                value = str(alt.get("token") or "").strip(" \t\n\"'").lower()
+                # the token is the label or its first piece ("may" of "maybe"); "null", "not" are no label
+                label = next((lab for lab in VERDICT_LABELS if len(value) >= 2 and lab.startswith(value)), None)
+                if label is not None:
+                    mass[label] += math.exp(float(alt.get("logprob", -math.inf)))
+            total = sum(mass.values())
+            return {lab: m / total for lab, m in mass.items()} if total > 0 else None
+        text += word
+    return None
+
+
+def scored_verdict(probs: dict[str, float], bias: dict[str, float], labels: tuple[str, ...] = VERDICT_LABELS) -> str:
+    """The label with the highest log P(label) + bias[label] among `labels` (contextual calibration: the
+    biases undo the model's lean towards one label, fitted on train; eval/calibrate_verdict.py)."""
+    return max(labels, key=lambda lab: math.log(max(probs.get(lab, 0.0), 1e-12)) + bias.get(lab, 0.0))
+
+
 class CitedRAG(dspy.Module):
     """Retrieve, select evidence, decide, answer in the question's shape (see the module doc).
 
@@ -320,8 +364,13 @@ class CitedRAG(dspy.Module):
 
     def __init__(self, search: Callable[[str], SearchResult] | None = None, min_score: float = 0.0, *,
                  select: Callable[[str, SearchResult, str], list[Hit]] | None = None,
-                 threshold: float = 0.0, decline_unsupported: bool = True) -> None:
+                 threshold: float = 0.0, decline_unsupported: bool = True,
+                 verdict_bias: dict[str, float] | None = None, verdict_labels: tuple[str, ...] = VERDICT_LABELS) -> None:
         super().__init__()
+        # Decisions a program file may set (program_files): None keeps the model's sampled verdict.
+        self.verdict_bias = verdict_bias
+        self.verdict_labels = tuple(verdict_labels)
+        self.verdict_source = "reply"  # or "judge": a second, short call reads the finding against the question
         self.search = _Shared(search) if search is not None else None
         self.select = _Shared(select) if select is not None else None
         self.min_score = min_score
@@ -330,6 +379,7 @@ class CitedRAG(dspy.Module):
         self.answer = dspy.Predict(CitedAnswer)
         self.yesno = dspy.Predict(YesNoAnswer)
         self.list = dspy.Predict(ListAnswer)
+        self.verdict_judge = dspy.Predict(VerdictJudge)
 
     def forward(self, question: str, result: SearchResult | None = None) -> dspy.Prediction:
         """Answer `question`; `result` skips retrieval when the caller already searched."""
@@ -350,15 +400,17 @@ class CitedRAG(dspy.Module):
             try:
                 pred = predictor(passages=format_passages(evidence), question=question, config=config)
                 fields = {name: getattr(pred, name, None) for name in predictor.signature.output_fields}
-                p = p_answerable((getattr(pred, "logprobs", None) or {}).get("content"))
+                tokens = (getattr(pred, "logprobs", None) or {}).get("content")
+                p = p_answerable(tokens)
+                probs = verdict_probs(tokens) if shape == "yesno" else None
             except AdapterParseError as e:
                 answer, sources = recover_fields(str(e.lm_response or ""))
-                fields, p = {"answerable": True, "answer": answer, "sources": sources}, None
+                fields, p, probs = {"answerable": True, "answer": answer, "sources": sources}, None, None
         if p is not None and p < self.threshold:
             return _abstained(evidence, retrieved, shape, LOW_P, p_answerable=p)
         if p is None and fields.get("answerable") is False:  # no logprobs: the model's own word decides
             return _abstained(evidence, retrieved, shape, MODEL_DECLINED)
-        verdict = None
+        verdict, restated = None, False
         if shape == "list":
             numbers = [n for n in dict.fromkeys(as_numbers(fields.get("sources"))) if 1 <= n <= len(evidence)]
             lines = "\n".join(f"- {evidence[n - 1].paper.title}: {evidence[n - 1].text} [{n}]" for n in numbers)
@@ -367,7 +419,17 @@ class CitedRAG(dspy.Module):
             text = fields.get("finding") if shape == "yesno" and fields.get("finding") else fields.get("answer")
             cited = map_citations(to_last_sentence(str(text or "")), fields.get("sources"), [h.text for h in evidence])
             if shape == "yesno" and not cited.abstained:
-                cited.answer, verdict = with_verdict(cited.answer, fields.get("verdict"))
+                if self.verdict_source == "judge" and self.verdict_bias is not None:
+                    probs = self.judge_verdict(question, cited.answer, config) or probs
+                if probs is not None and self.verdict_bias is not None:
+                    chosen = scored_verdict(probs, self.verdict_bias, self.verdict_labels)
+                    cited.answer, verdict = with_verdict(strip_verdict(cited.answer), chosen)
+                else:
+                    cited.answer, verdict = with_verdict(cited.answer, fields.get("verdict"))
+            if shape == "specific" and not cited.abstained and restates(question, cited.answer):
+                quoted = quote_named_evidence(question, evidence, cited.numbers)
+                if quoted is not None:
+                    cited, restated = quoted, True
         if cited.abstained:
             return _abstained(evidence, retrieved, shape, NO_VALID_CITATION, p_answerable=p)
         claims = check_claims(cited.answer, {n: f"{h.paper.title}: {h.text}" for n, h in enumerate(evidence, 1)})
@@ -382,7 +444,82 @@ class CitedRAG(dspy.Module):
             return _abstained(evidence, retrieved, shape, OFF_QUESTION, p_answerable=p, draft=claims)
         return dspy.Prediction(answer=cited.answer, citations=cited.numbers, abstained=False, hits=evidence,
                                retrieved=retrieved, shape=shape, verdict=verdict, claims=claims, p_answerable=p,
-                               abstain_reason=None, lm_called=True)
+                               abstain_reason=None, lm_called=True, verdict_probs=probs,
+                               sampled_verdict=fields.get("verdict") if shape == "yesno" else None, restated=restated)
+
+    def judge_verdict(self, question: str, finding: str, config: dict | None = None) -> dict[str, float] | None:
+        """P(yes / no / maybe) that the judge step reads off `finding` for `question` (None without logprobs)."""
+        lm = dspy.settings.lm
+        config = config if config is not None else (
+            {"logprobs": True, "top_logprobs": LOGPROBS_TOP} if _supports(lm, "logprobs") else {})
+        with dspy.context(adapter=answer_adapter(lm)):
+            try:
+                pred = self.verdict_judge(question=question, finding=_CITE_GROUP.sub("", finding).strip(), config=config)
+            except AdapterParseError:
+                return None
+        return verdict_probs((getattr(pred, "logprobs", None) or {}).get("content"))
+
+    def decisions(self) -> dict:
+        """The decision parameters a program file stores beside the predictors' demos and instructions."""
+        return {"verdict_bias": self.verdict_bias, "verdict_labels": list(self.verdict_labels),
+                "verdict_source": self.verdict_source}
+
+    def set_decisions(self, decisions: dict) -> None:
+        """Apply a program file's decisions (missing keys keep their defaults)."""
+        if "verdict_bias" in decisions:
+            bias = decisions["verdict_bias"]
+            self.verdict_bias = None if bias is None else {k: float(v) for k, v in bias.items()}
+        if "verdict_labels" in decisions:
+            self.verdict_labels = tuple(decisions["verdict_labels"])
+        if "verdict_source" in decisions:
+            self.verdict_source = str(decisions["verdict_source"])
+
+
+def strip_verdict(answer: str) -> str:
+    """`answer` without a yes / no / maybe opening it ("Yes: the paper finds ..." -> "the paper finds ..."),
+    so a scored verdict replaces a sampled one instead of contradicting it."""
+    if parse_verdict(answer) is None:
+        return answer
+    rest = re.sub(r"^\W*\w+(?:\s+(?:really|depends))?\W*", "", answer, count=1)
+    return rest[:1].upper() + rest[1:] if rest else answer
+
+
+# "Which method / what approach / which paper ... ?": a question that asks for a name.
+_ASKS_NAME = re.compile(
+    r"\b(?:which|what)\s+(?:\w+\s+){0,2}?(?:method|approach|technique|model|framework|benchmark|dataset|paper|system|"
+    r"tool|algorithm|architecture|metric|library|package|strategy|procedure|task|language|name)s?\b"
+    r"|\bwhat\s+(?:is|are|was|were)\s+(?:it|they|this|that|the\s+\w+)\s+called\b|\bthe\s+name\s+of\b",
+    re.IGNORECASE)
+
+
+def restates(question: str, answer: str) -> bool:
+    """A name question ("which method ...?") answered without any name beyond the question's own words: the
+    1.5B model's restate-the-question failure ("The approach described in [1] edits hidden activations")."""
+    if not _ASKS_NAME.search(question):
+        return False
+    asked = {t.lower() for t in specific_terms(question)}
+    return not [t for t in specific_terms(answer) if t.lower() not in asked and not re.fullmatch(r"[\d.,]+%?", t)]
+
+
+def quote_named_evidence(question: str, evidence: list[Hit], cited: list[int]) -> Cited | None:
+    """The evidence sentence that holds a name the question does not and shares most of the question's words,
+    quoted and cited: from the passages the answer cited, else from the rest. None when no sentence names
+    anything new."""
+    asked = {t.lower() for t in specific_terms(question)}
+    words = content_words(question)
+    for group in (cited, [n for n in range(1, len(evidence) + 1) if n not in cited]):
+        best: tuple[float, int, str] | None = None
+        for n in group:
+            for sentence in sentences(evidence[n - 1].text):
+                if not [t for t in specific_terms(sentence) if t.lower() not in asked and not re.fullmatch(r"[\d.,]+%?", t)]:
+                    continue
+                bag = word_set(sentence)
+                score = sum(w in bag for w in words) / max(len(words), 1)
+                if best is None or score > best[0]:
+                    best = (score, n, sentence.strip())
+        if best is not None:
+            return Cited(f"\"{best[2]}\" [{best[1]}]", [best[1]], False)
+    return None
 
 
 def with_verdict(answer: str, verdict: str | None) -> tuple[str, str | None]:

@@ -1,6 +1,7 @@
 """Optimised program files: find, read, check, load and save them.
 
-A program file is DSPy's saved state of the answer program plus a `provenance`
+A program file is DSPy's saved state of the answer program, its `decisions` (the
+yes/no verdict's calibration biases and labels; see CitedRAG.decisions) and a `provenance`
 block (optimizer, settings, train set hash, LM, date, dev score). `programs/`
 holds the shipped ones, named `<YYYYmmdd-HHMMSS>-<optimizer>.json`; `auto`
 means the newest of them (by name: a clone resets mtimes), `baseline` means
@@ -78,7 +79,8 @@ def load_program(program: Any, path: Path | None) -> str:
         return "baseline"
     state = read_program_file(path)
     try:
-        program.load_state(state)
+        program.load_state({k: v for k, v in state.items() if k not in ("provenance", "decisions")})
+        program.set_decisions(state.get("decisions") or {})
     except Exception as e:  # noqa: BLE001 - dspy raises many kinds on a bad file
         raise ProgramError(f"program file {path} could not be loaded ({type(e).__name__}: "
                            f"{str(e).splitlines()[0][:120] if str(e) else ''}); {_FIX}") from None
@@ -93,6 +95,8 @@ def save_program_file(program: Any, path: str | Path, provenance: dict) -> Path:
     program.save(str(tmp))
     state = json.loads(tmp.read_text(encoding="utf-8"))
     state["provenance"] = {"format": FORMAT, **provenance}
+    if hasattr(program, "decisions"):
+        state["decisions"] = program.decisions()
     tmp.unlink()
     atomic_write(path, json.dumps(state, indent=2, ensure_ascii=False) + "\n")
     return path

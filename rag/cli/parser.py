@@ -47,7 +47,8 @@ EXAMPLES = {
     "optimize": """examples:
   rag optimize                                        BootstrapFewShot on eval/train.jsonl, scored on dev
   rag optimize --optimizer mipro --dev none           MIPROv2 (small budget), skip the dev run
-  rag optimize --optimizer gepa --out programs/my.json""",
+  rag optimize --optimizer gepa --out programs/my.json
+  rag optimize --optimizer bootstrap+calibrate        demos, then the yes/no verdict's calibration biases""",
     "chat": """examples:
   rag chat                               ask questions one after another; Ctrl-D or 'exit' quits""",
     "settings": """examples:
@@ -136,8 +137,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = add("optimize", "Prompt-optimise the program with DSPy on the train set; save a program file.",
             [common, retrieval, model])
-    p.add_argument("--optimizer", choices=("bootstrap", "mipro", "gepa"), default="bootstrap",
-                   help="BootstrapFewShot (default), MIPROv2 or GEPA")
+    p.add_argument("--optimizer", default="bootstrap", metavar="bootstrap|mipro|gepa|calibrate[+...]",
+                   help="BootstrapFewShot (default), MIPROv2, GEPA, or calibrate (the yes/no verdict's biases); "
+                        "steps chain with + (bootstrap+calibrate)")
     p.add_argument("--train", help="labelled JSONL to optimise on (default eval/train.jsonl)")
     p.add_argument("--dev", help="labelled JSONL to score the result on (default eval/dev.jsonl; 'none' skips)")
     p.add_argument("--out", help="program file (default programs/<timestamp>-<optimizer>.json)")

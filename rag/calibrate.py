@@ -1,0 +1,109 @@
+"""Calibrating the yes/no verdict: per-label biases fitted on train, scored against sampling.
+
+A 1.5B model's sampled verdict leans to one label whatever the evidence says. The answer program can
+instead read the probabilities of the three labels where its verdict goes (or, with `verdict_source`
+"judge", from a second short call that reads the finding against the question) and take the label with
+the highest log P + bias: contextual calibration (Zhao et al. 2021, "Calibrate Before Use"), the biases
+fitted here on labelled train rows and stored in the program file's `decisions`.
+
+- `verdict_records(results)`: (gold, sampled verdict, label probabilities) of each answered yes/no
+  question in an eval report's results (the seed set's reference answers open with Yes. / No.; PubMedQA
+  rows carry their gold label).
+- `fit_bias(records, labels)`: the biases (yes fixed at 0) that maximise accuracy on `records`, ties
+  broken by macro-F1 and then by the smallest biases; a coarse grid, so a handful of rows cannot be fitted
+  to the last decimal.
+- `compare(records)`: accuracy and macro-F1 of the sampled verdict, the raw argmax, the fitted biases
+  (on all rows, and leave-one-out, an honest estimate on unseen rows), with and without maybe.
+
+Left out: temperature scaling and per-shape or per-corpus biases (one set of biases per program).
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from collections.abc import Iterable, Sequence
+
+import numpy as np
+
+from rag.answer.program import VERDICT_LABELS, scored_verdict
+from rag.answer.shapes import parse_verdict
+from rag.evaluation.metrics import classification_scores
+
+GRID = [x / 4 for x in range(-32, 33)]  # -8 .. 8 in steps of 0.25 (log-space)
+NO_MAYBE = -50.0  # a bias that rules "maybe" out
+
+
+def verdict_records(results: Iterable[dict], probs_key: str = "verdict_probs") -> list[dict]:
+    """{"id", "gold", "sampled", "probs"} for each answered yes/no result with a gold yes/no/maybe label
+    and label probabilities (`probs_key` in the prediction's provenance, or a key of the result itself)."""
+    out = []
+    for r in results:
+        pred = r.get("prediction") or {}
+        prov = pred.get("provenance") or {}
+        gold = r.get("gold") or parse_verdict(r.get("reference"))
+        probs = r.get(probs_key) or prov.get(probs_key)
+        if gold not in VERDICT_LABELS or pred.get("abstained") or not probs:
+            continue
+        out.append({"id": r["id"], "gold": gold, "sampled": prov.get("sampled_verdict"), "probs": probs})
+    return out
+
+
+def accuracy_f1(records: Sequence[dict], predicted: Sequence[str | None]) -> tuple[float, float]:
+    s = classification_scores([r["gold"] for r in records], list(predicted), VERDICT_LABELS)
+    return s["accuracy"], s["macro_f1"]
+
+
+def fit_bias(records: Sequence[dict], labels: tuple[str, ...] = VERDICT_LABELS) -> dict[str, float]:
+    """Biases (yes = 0) that maximise accuracy on `records`, then macro-F1, then closeness to no bias."""
+    maybes = GRID if "maybe" in labels else [NO_MAYBE]
+    if not records:
+        return {"yes": 0.0, "no": 0.0, "maybe": 0.0 if "maybe" in labels else NO_MAYBE}
+    logp = np.log(np.maximum(np.array([[r["probs"].get(lab, 0.0) for lab in VERDICT_LABELS] for r in records]), 1e-12))
+    gold = np.array([VERDICT_LABELS.index(r["gold"]) for r in records])
+    combos = np.array(list(itertools.product(GRID, maybes)))  # (b_no, b_maybe)
+    bias = np.column_stack([np.zeros(len(combos)), combos])  # yes, no, maybe
+    pred = np.argmax(logp[None, :, :] + bias[:, None, :], axis=2)  # combos x records
+    correct = pred == gold[None, :]
+    acc = correct.mean(axis=1)
+    f1s = []
+    for k in range(len(VERDICT_LABELS)):
+        tp = (correct & (gold[None, :] == k)).sum(axis=1)
+        n_pred, n_gold = (pred == k).sum(axis=1), (gold == k).sum()
+        f1s.append(np.where(n_pred + n_gold > 0, 2 * tp / np.maximum(n_pred + n_gold, 1), 0.0))
+    f1 = np.mean(f1s, axis=0)
+    size = np.abs(combos[:, 0]) + (np.abs(combos[:, 1]) if "maybe" in labels else 0)
+    best = int(np.lexsort((size, -f1, -acc))[0])  # the last key sorts first: accuracy, then F1, then size
+    return {"yes": 0.0, "no": float(combos[best, 0]), "maybe": float(combos[best, 1])}
+
+
+def leave_one_out(records: Sequence[dict], labels: tuple[str, ...] = VERDICT_LABELS) -> list[str]:
+    """Each record's verdict under biases fitted on all the others."""
+    return [scored_verdict(r["probs"], fit_bias([x for j, x in enumerate(records) if j != i], labels), labels)
+            for i, r in enumerate(records)]
+
+
+def compare(records: Sequence[dict], loo: bool = True) -> list[dict]:
+    """One row per decision rule: {"rule", "accuracy", "macro_f1", "bias"}."""
+    rows = [{"rule": "sampled (the model's own verdict)",
+             **dict(zip(("accuracy", "macro_f1"), accuracy_f1(records, [r["sampled"] for r in records]), strict=True)),
+             "bias": None}]
+    for labels, name in ((VERDICT_LABELS, "yes/no/maybe"), (("yes", "no"), "yes/no")):
+        raw = [scored_verdict(r["probs"], {}, labels) for r in records]
+        rows.append({"rule": f"argmax P, {name}",
+                     **dict(zip(("accuracy", "macro_f1"), accuracy_f1(records, raw), strict=True)), "bias": {}})
+        bias = fit_bias(records, labels)
+        fitted = [scored_verdict(r["probs"], bias, labels) for r in records]
+        rows.append({"rule": f"argmax P + bias fitted on these rows, {name}",
+                     **dict(zip(("accuracy", "macro_f1"), accuracy_f1(records, fitted), strict=True)), "bias": bias})
+        if loo:
+            rows.append({"rule": f"argmax P + bias, leave-one-out, {name}",
+                         **dict(zip(("accuracy", "macro_f1"), accuracy_f1(records, leave_one_out(records, labels)),
+                                    strict=True)), "bias": None})
+    return rows
+
+
+def lean(records: Sequence[dict]) -> dict[str, float]:
+    """Mean log-probability of each label over `records`: how far the model leans (for notes)."""
+    return {lab: round(sum(math.log(max(r["probs"].get(lab, 0.0), 1e-12)) for r in records) / max(len(records), 1), 3)
+            for lab in VERDICT_LABELS}
