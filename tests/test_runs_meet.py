@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from rag.batch.output import Output
 from rag.cli.main import main
 from rag.index.add import add_papers
 from rag.index.corpus import load_corpus
@@ -165,3 +166,13 @@ def test_index_removes_only_its_own_leftovers(tiny_settings, embedder):
         (d / "keep.txt").write_text("someone else's")
     build_index(load_corpus(DATA / "tiny.jsonl"), embedder, tiny_settings)
     assert all((d / "keep.txt").exists() for d in theirs)
+
+
+def test_a_batch_that_fails_after_taking_the_lock_lets_it_go(env, fake_models, monkeypatch, tmp_path, capsys):
+    q = tmp_path / "q.txt"
+    q.write_text("What are state space models?\n")
+    out = tmp_path / "out.jsonl"
+    monkeypatch.setenv("RAG_CORPUS", str(tmp_path / "missing.jsonl"))  # fails when the pipeline opens
+    assert main(["batch", str(q), "-o", str(out)]) == 1
+    assert "does not exist" in capsys.readouterr().err
+    Output(out).close()  # the same process takes the lock again: the failed run let it go

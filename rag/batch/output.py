@@ -131,8 +131,10 @@ class Output:
                                f"this one are kept: free space and re-run the same command to resume") from None
 
     def close(self) -> None:
-        """Close the file and let the next run on it in."""
-        os.close(self.fd)
+        """Close the file and let the next run on it in (idempotent)."""
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
         self._lock.release()
 
 

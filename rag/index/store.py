@@ -368,7 +368,7 @@ def _read_jsonl(path: Path) -> list[dict]:
 
 def _swap_into_place(tmp: Path, final: Path) -> None:
     """Rename `tmp` to `final`; an existing `final` stays whole until the new one is in place."""
-    (tmp / LEFTOVER_MARK).unlink()  # the index itself carries no mark (other versions read it too)
+    (tmp / LEFTOVER_MARK).unlink(missing_ok=True)  # the index itself carries no mark (other versions read it too)
     if final.exists():
         old = final.with_name(f".old-{os.getpid()}-{final.name}")
         os.rename(final, old)
