@@ -9,16 +9,26 @@
 - `jsonl_objects(text)`: (line, object) for each non-blank line of JSONL text, the same checks for
   every reader of corpora, labelled sets and questions (bad JSON, nesting too deep, not an object),
   lines split on "\n" only; each reader words the error for its users.
+- `open_regular(path)` / `read_text(path)`: open a file that must be a regular file; a FIFO, a device
+  (`/dev/zero`), a socket, through any link, is `NotRegularFile` (an OSError whose strerror says so)
+  at once, never a hang or gigabytes read.
+- `hold_lock(path)` / `LockHeld`: an exclusive OS lock (flock) on the sidecar `.<name>.lock` of `path`,
+  which records the holder's pid for the refusal; `wait=True` waits for the holder instead.
+- `csv_header(names)`: a CSV header as every reader matches it (byte-order mark and spaces stripped,
+  lower case).
 
-Left out: locking (each writer that needs one says so) and compression.
+Left out: compression, and locks across machines (flock on NFS is only as good as the server's).
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
+import fcntl
 import hashlib
 import json
 import os
+import stat
 import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -102,6 +112,105 @@ class JSONLineError(ValueError):
     def __init__(self, line: int, problem: str, value: object = None) -> None:
         super().__init__(f"line {line}: {problem}")
         self.line, self.problem, self.value = line, problem, value
+
+
+class NotRegularFile(OSError):
+    """`path` is a FIFO, a device, a socket or a directory: something that is not read as a file."""
+
+    def __init__(self, path: str | Path, kind: str) -> None:
+        super().__init__(errno.EINVAL, f"not a regular file ({kind})", str(path))
+
+
+_KINDS = ((stat.S_ISFIFO, "a FIFO"), (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"),
+          (stat.S_ISSOCK, "a socket"), (stat.S_ISDIR, "a directory"))
+
+
+def open_regular(path: str | Path, mode: str = "rb", *, encoding: str | None = None,
+                 errors: str | None = None, newline: str | None = None) -> IO[Any]:
+    """Open `path` for reading, refusing anything but a regular file (NotRegularFile) before a byte is
+    read: the open does not block on a FIFO without a writer, and a device is refused, not read."""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+    try:
+        mode_bits = os.fstat(fd).st_mode
+        if not stat.S_ISREG(mode_bits):
+            raise NotRegularFile(path, next((k for test, k in _KINDS if test(mode_bits)), "not a file"))
+        os.set_blocking(fd, True)
+        text = "b" not in mode
+        return open(fd, mode, encoding=encoding if text else None, errors=errors if text else None,
+                    newline=newline if text else None)
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+def read_text(path: str | Path, encoding: str = "utf-8") -> str:
+    """The text of the regular file `path` (see `open_regular`); UnicodeDecodeError as `open` gives it."""
+    with open_regular(path, "r", encoding=encoding) as f:
+        return f.read()
+
+
+def csv_header(names: list[str] | None) -> list[str]:
+    """Header cells as every CSV reader matches them: a UTF-8 byte-order mark, spaces and case dropped."""
+    return [str(n).lstrip("\ufeff").strip().lower() for n in (names or [])]
+
+
+class LockHeld(OSError):
+    """Another process holds the lock on `path`; `pid` is its pid when it recorded one."""
+
+    def __init__(self, path: str | Path, pid: int | None) -> None:
+        super().__init__(errno.EWOULDBLOCK, f"locked by pid {pid}" if pid else "locked", str(path))
+        self.path, self.pid = Path(path), pid
+
+
+class Lock:
+    """An exclusive flock held on the sidecar `.<name>.lock` of a path, released by `release()` (or at
+    exit: the OS drops a dead process's locks, so a `kill -9` never leaves one behind). The sidecar is
+    never removed: removing a lock file lets two processes lock two different files."""
+
+    def __init__(self, path: str | Path, *, wait: bool = False,
+                 waiting: Callable[[int | None], None] | None = None) -> None:
+        path = Path(path)
+        self.path = path.with_name(f".{path.name}.lock")
+        self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT | getattr(os, "O_CLOEXEC", 0), 0o644)
+        try:
+            try:
+                fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                holder = self._holder()
+                if not wait:
+                    raise LockHeld(path, holder) from None
+                if waiting is not None:
+                    waiting(holder)
+                fcntl.flock(self.fd, fcntl.LOCK_EX)
+            os.ftruncate(self.fd, 0)
+            os.pwrite(self.fd, f"{os.getpid()}\n".encode(), 0)
+        except BaseException:
+            os.close(self.fd)
+            raise
+
+    def _holder(self) -> int | None:
+        try:
+            return int(os.pread(self.fd, 32, 0).split()[0])
+        except (OSError, ValueError, IndexError):
+            return None
+
+    def release(self) -> None:
+        """Let the next process in (idempotent)."""
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+
+    def __enter__(self) -> Lock:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
+
+
+def hold_lock(path: str | Path, *, wait: bool = False, waiting: Callable[[int | None], None] | None = None) -> Lock:
+    """Lock `path` for this process (see `Lock`); LockHeld if another holds it and not `wait`, else wait
+    for it, calling `waiting(pid of the holder)` first."""
+    return Lock(path, wait=wait, waiting=waiting)
 
 
 def jsonl_objects(text: str) -> Iterator[tuple[int, dict]]:

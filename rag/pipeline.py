@@ -57,7 +57,10 @@ def validate_question(question: Any) -> str:
     if raw:
         raise RagError(f"the question is not valid UTF-8 (byte {', '.join(raw[:3])}); type it again or re-save "
                        f"the text as UTF-8")
-    bad = sorted({f"U+{ord(c):04X}" for c in q if unicodedata.category(c) in ("Cc", "Cs", "Co", "Cn") and c not in "\t\n\r"})
+    # Controls, surrogates, private use and the 66 noncharacters are refused; a code point merely unassigned
+    # in this Python's Unicode tables (Cn: a newer emoji such as U+1FAE8) is someone's text.
+    bad = sorted({f"U+{ord(c):04X}" for c in q if (unicodedata.category(c) in ("Cc", "Cs", "Co") and c not in "\t\n\r")
+                  or _noncharacter(c)})
     if bad:
         raise RagError(f"the question contains control characters ({', '.join(bad[:5])}); remove them")
     # Zero-width and other format characters (Cf) and separators show nothing: a question of only
@@ -65,6 +68,12 @@ def validate_question(question: Any) -> str:
     if not any(unicodedata.category(c)[0] not in "ZC" for c in q):
         raise RagError("the question is empty; ask something, e.g. rag ask \"What is ReFT?\"")
     return " ".join(q.split())
+
+
+def _noncharacter(c: str) -> bool:
+    """U+FDD0..U+FDEF and the last two code points of every plane: never assigned, by Unicode's promise."""
+    n = ord(c)
+    return 0xFDD0 <= n <= 0xFDEF or (n & 0xFFFE) == 0xFFFE
 
 
 # Prompt tokens besides the evidence and the answer: instructions, field markers, an optimised program's

@@ -184,19 +184,22 @@ def _check_field(f: dataclasses.Field, value: Any) -> None:
     var = f"{ENV_PREFIX}{f.name.upper()}"
     want = {"int": int, "float": (int, float), "str": str}[f.type]
     if isinstance(value, bool) or not isinstance(value, want):
-        raise SettingsError(f"setting {f.name} must be {f.type}, got {value!r}; set {var}")
+        raise SettingsError(f"setting {f.name} must be {f.type}, got {_shown(value)}; set {var}")
     rng = f.metadata.get("range")
     if rng is not None:
         lo, hi = rng
         if not math.isfinite(value):
-            raise SettingsError(f"{f.name} must be a finite number, got {value}; set {var} to a value from {lo} to {hi}")
+            raise SettingsError(f"{f.name} must be a finite number, got {_shown(value, plain=True)}; "
+                                f"set {var} to a value from {lo} to {hi}")
         if value < lo:
-            raise SettingsError(f"{f.name} must be at least {lo}, got {value}; set {var} to a value from {lo} to {hi}")
+            raise SettingsError(f"{f.name} must be at least {lo}, got {_shown(value, plain=True)}; "
+                                f"set {var} to a value from {lo} to {hi}")
         if value > hi:
-            raise SettingsError(f"{f.name} must be at most {hi}, got {value}; set {var} to a value from {lo} to {hi}")
+            raise SettingsError(f"{f.name} must be at most {hi}, got {_shown(value, plain=True)}; "
+                                f"set {var} to a value from {lo} to {hi}")
     choices = f.metadata.get("choices")
     if choices and value not in choices:
-        raise SettingsError(f"{f.name} must be {', '.join(choices[:-1])} or {choices[-1]}, got {value!r}; set {var}")
+        raise SettingsError(f"{f.name} must be {', '.join(choices[:-1])} or {choices[-1]}, got {_shown(value)}; set {var}")
     if f.metadata.get("nonempty") and not value.strip():
         raise SettingsError(f"{f.name} must not be empty; set {var} or leave it unset for the default")
 
@@ -215,4 +218,17 @@ def _coerce(cls: type, name: str, value: Any) -> Any:
             return float(value)
         return str(value)
     except (TypeError, ValueError):
-        raise SettingsError(f"setting {name} must be {typ}, got {value!r}") from None
+        raise SettingsError(f"setting {name} must be {typ}, got {_shown(value)}; set {ENV_PREFIX}{name.upper()}") from None
+
+
+SHOWN_CHARS = 60  # of a value echoed in an error: a 5,000-digit one is cut
+
+
+def _shown(value: Any, *, plain: bool = False) -> str:
+    """`value` as an error message shows it (repr, or str when `plain`), cut to SHOWN_CHARS with its length."""
+    if isinstance(value, int) and not isinstance(value, bool) and value.bit_length() > 3 * SHOWN_CHARS:
+        return f"a number of about {int(value.bit_length() * 0.30103) + 1:,} digits"
+    text = str(value) if plain else repr(value)
+    if len(text) <= SHOWN_CHARS:
+        return text
+    return f"{text[:SHOWN_CHARS]}... ({len(str(value)):,} characters)"

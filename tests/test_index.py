@@ -13,7 +13,7 @@ import pytest
 from rag.errors import IndexStoreError
 from rag.index.corpus import load_corpus
 from rag.index.open import expected_index_path, open_index
-from rag.index.store import FORMAT, build_index, load_index
+from rag.index.store import FORMAT, LEFTOVER_MARK, build_index, load_index
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -91,6 +91,7 @@ def test_killed_build_leftovers_never_load_and_are_cleaned(tiny_settings, embedd
     leftover = root / ".tmp-999999-idx-abc-xyz"
     leftover.mkdir()
     (leftover / "dense.faiss").write_bytes(b"half")
+    (leftover / LEFTOVER_MARK).write_text("")  # what marks it as ours (issue 23: nothing else is removed)
     with pytest.raises(IndexStoreError, match="no index has been built"):
         open_index(tiny_settings, lambda: embedder, rebuild="never")
     open_index(tiny_settings, lambda: embedder)

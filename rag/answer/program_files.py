@@ -6,7 +6,8 @@ block (optimizer, settings, train set hash, LM, date, dev score). `programs/`
 holds the shipped ones, named `<YYYYmmdd-HHMMSS>-<optimizer>.json`; `auto`
 means the newest of them (by name: a clone resets mtimes), `baseline` means
 none. A file is checked before the index or the model loads: a corrupt or
-mismatched one is an error that says how to fix it, never silently ignored.
+mismatched one is an error that says how to fix it, never silently ignored;
+so is one that is not a regular file (a FIFO, a device), before a byte is read.
 
 Left out: compiling programs (`rag.optimize` does that).
 """
@@ -21,7 +22,7 @@ from typing import Any
 
 from rag.answer.program import SIGNATURES
 from rag.errors import ProgramError
-from rag.files import atomic_write
+from rag.files import NotRegularFile, atomic_write, read_text
 from rag.settings import ROOT
 
 FORMAT = "papers-rag-program/1"
@@ -38,7 +39,7 @@ def resolve_program(spec: str) -> Path | None:
         found = sorted(PROGRAMS_DIR.glob("*.json")) if PROGRAMS_DIR.is_dir() else []
         return found[-1] if found else None
     path = Path(spec)
-    if not path.is_file():
+    if not path.exists():  # a FIFO or a device: read_program_file refuses it
         raise ProgramError(f"program file {spec} does not exist; use --program baseline, auto, or a saved program path")
     return path
 
@@ -47,7 +48,9 @@ def read_program_file(path: str | Path) -> dict:
     """The parsed program file, checked against this program's shape; ProgramError if it does not fit."""
     path = Path(path)
     try:
-        state = json.loads(path.read_text(encoding="utf-8"))
+        state = json.loads(read_text(path))
+    except NotRegularFile as e:  # a FIFO would hang the read, a device never end it
+        raise ProgramError(f"program file {path} is {e.strerror}; {_FIX}") from None
     except OSError as e:
         raise ProgramError(f"program file {path} cannot be read ({e.strerror}); {_FIX}") from None
     except (json.JSONDecodeError, UnicodeDecodeError) as e:

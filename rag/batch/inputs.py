@@ -2,7 +2,9 @@
 line; `-` is stdin), streamed as `Row`s so memory stays flat however long the file is.
 
 A line longer than MAX_LINE_BYTES is a row error (and is never read whole into memory); so is a line
-that cannot be read. The output must not be the input (nor the flat CSV the input): `check_paths`
+that cannot be read. The input must be a regular file (or stdin): a FIFO or a device is refused before a byte is read. A CSV
+header is matched as the corpus reader matches one (rag/files.py `csv_header`: byte-order mark, spaces
+and case dropped). The output must not be the input (nor the flat CSV the input): `check_paths`
 compares files by device and inode, stdin included, before any work.
 
 Left out: remote inputs (URLs, object stores).
@@ -23,6 +25,7 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 from rag.errors import RagError
+from rag.files import NotRegularFile, csv_header, open_regular
 
 log = logging.getLogger(__name__)
 
@@ -57,12 +60,17 @@ def detect_format(path: str, explicit: str | None = None, first_line: bytes = b"
 
 def check_paths(input_path: str, output: Path, csv_output: Path | None = None) -> None:
     """Refuse an output that is the input (the same file by device and inode, through any link, or
-    stdin redirected from it), or that is not a regular file; before any model work."""
+    stdin redirected from it), that is not a regular file, or that is the flat CSV itself (`-o x.csv
+    --format csv`); before any model work."""
     try:
         src = os.fstat(sys.stdin.fileno()) if input_path == "-" else os.stat(input_path)
     except (OSError, ValueError):  # a missing input is open_input's to report; no stdin fd (tests)
         src = None
     name = "stdin" if input_path == "-" else f"input {input_path}"
+    if csv_output is not None and Path(csv_output).resolve() == Path(output).resolve():
+        raise RagError(f"-o {output} and the flat CSV that --format csv writes beside it are the same file; the CSV "
+                       f"would overwrite the JSONL answers (and the next run would ask everything again). Name the "
+                       f"JSONL output, e.g. -o {Path(output).with_suffix('.jsonl')}: the CSV goes to {csv_output}")
     for out, what in ((output, "-o"), (csv_output, "--format csv")):
         if out is None:
             continue
@@ -83,11 +91,11 @@ def open_input(path: str) -> BinaryIO:
     if path == "-":
         return sys.stdin.buffer
     try:
-        return open(path, "rb")
+        return open_regular(path)
     except FileNotFoundError:
         raise RagError(f"input file {path} does not exist") from None
-    except IsADirectoryError:
-        raise RagError(f"input {path} is a directory; pass a .jsonl, .csv or .txt file") from None
+    except NotRegularFile as e:  # a FIFO would hang the read, a device never end it
+        raise RagError(f"input {path} is {e.strerror}; pass a .jsonl, .csv or .txt file (or - for stdin)") from None
     except OSError as e:
         raise RagError(f"cannot read input {path}: {e.strerror}") from None
 
@@ -102,6 +110,8 @@ def read_rows(stream: BinaryIO, fmt: str, name: str = "input") -> Iterator[Row]:
             yield Row(str(line_no), None, line_no, error=f"{name}:{line_no}: line longer than {MAX_LINE_BYTES:,} bytes; "
                                                           f"split or shorten it")
             continue
+        if line_no == 1:
+            raw = raw.removeprefix(b"\xef\xbb\xbf")  # a byte-order mark is not part of the first question
         try:
             text = raw.decode("utf-8").strip()
         except UnicodeDecodeError:
@@ -143,7 +153,7 @@ def _lines(stream: BinaryIO) -> Iterator[tuple[int, bytes | None]]:
 
 
 def _csv_rows(stream: BinaryIO, name: str) -> Iterator[Row]:
-    text = io.TextIOWrapper(stream, encoding="utf-8", newline="")
+    text = io.TextIOWrapper(stream, encoding="utf-8-sig", newline="")  # a byte-order mark is not in the header
     too_long: list[int] = []
     read = [0]  # physical lines handed to the csv reader so far
 
@@ -168,7 +178,7 @@ def _csv_rows(stream: BinaryIO, name: str) -> Iterator[Row]:
     reader = csv.DictReader(bounded())
     try:
         try:
-            header = [h.strip() for h in (reader.fieldnames or [])]
+            header = csv_header(reader.fieldnames)  # as the corpus reader matches it
         except csv.Error as e:
             raise RagError(f"{name}: the CSV header is not valid CSV ({e}); check its first line") from None
         if "question" not in header:

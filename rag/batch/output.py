@@ -5,6 +5,10 @@ computed, never a finished one, and never leaves a half line that a resumed run 
 last line is cut off before appending). A failed write (a full disk) removes what it wrote of its
 line and raises an error naming the file; every line before it stays, and a re-run resumes.
 
+One run writes an output at a time: `Output` holds an OS lock on it (rag/files.py `hold_lock`) from
+before the resume read to `close()`, and a second `rag batch` on the same file is refused before any
+work, naming the pid of the first; two runs never append the same ids.
+
 Left out: ordering the lines (with several workers they are written in completion order).
 """
 
@@ -18,7 +22,7 @@ import threading
 from pathlib import Path
 
 from rag.errors import RagError
-from rag.files import atomic_writer
+from rag.files import LockHeld, atomic_writer, hold_lock
 
 log = logging.getLogger(__name__)
 
@@ -29,15 +33,24 @@ class Output:
     def __init__(self, path: str | Path, *, overwrite: bool = False) -> None:
         self.path = Path(path)
         self.lock = threading.Lock()
+        self._lock = None
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             if self.path.exists() and not self.path.is_file():  # a FIFO or a terminal would block the resume read
                 raise RagError(f"output {self.path} is not a regular file; -o needs a file path")
+            try:
+                self._lock = hold_lock(self.path.resolve())  # through any link: one lock per file
+            except LockHeld as e:
+                pid = f" (pid {e.pid})" if e.pid else ""
+                raise RagError(f"another rag batch is writing {self.path}{pid}; wait for it to finish (then run this "
+                               f"again to resume), or write to another file with -o") from None
             if overwrite:
                 self.path.unlink(missing_ok=True)
             self._repair_torn_tail()
             self.fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
         except OSError as e:
+            if self._lock is not None:
+                self._lock.release()
             raise RagError(f"cannot write output {self.path}: {e.strerror}; choose a writable path with -o") from None
 
     def _repair_torn_tail(self) -> None:
@@ -118,7 +131,11 @@ class Output:
                                f"this one are kept: free space and re-run the same command to resume") from None
 
     def close(self) -> None:
-        os.close(self.fd)
+        """Close the file and let the next run on it in (idempotent)."""
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+        self._lock.release()
 
 
 def write_csv(jsonl_path: Path, csv_path: Path) -> None:

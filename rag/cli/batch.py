@@ -25,15 +25,18 @@ def cmd_batch(args: argparse.Namespace) -> int:
     rows = inputs.read_rows(stream, fmt, Path(args.input).name if args.input != "-" else "stdin")
     first = next(rows, None)  # a CSV without a question column fails here, before any model work
     rows = itertools.chain([first] if first else [], rows)
-    out = Output(args.output, overwrite=args.overwrite)  # an unwritable path fails here too
-    if settings_from(args).engine == "ray":
-        return _batch_ray(args, rows, out, fmt)
-    pipe = open_pipeline(args, need_lm=True)
-    workers = args.workers or 1
-    if workers > 1 and pipe.settings.lm == "local":
-        say("note: the local model answers one question at a time; --workers applies to remote backends")
-        workers = 1
-    return _run_batch(args, rows, out, fmt, pipe.ask, workers)
+    out = Output(args.output, overwrite=args.overwrite)  # an unwritable path, or another run on it, fails here too
+    try:
+        if settings_from(args).engine == "ray":
+            return _batch_ray(args, rows, out, fmt)
+        pipe = open_pipeline(args, need_lm=True)
+        workers = args.workers or 1
+        if workers > 1 and pipe.settings.lm == "local":
+            say("note: the local model answers one question at a time; --workers applies to remote backends")
+            workers = 1
+        return _run_batch(args, rows, out, fmt, pipe.ask, workers)
+    finally:
+        out.close()  # the lock goes with it, whatever failed
 
 
 def _csv_output(args: argparse.Namespace) -> Path:
@@ -76,8 +79,7 @@ def _run_batch(args: argparse.Namespace, rows, out, fmt: str, ask, workers: int)
             bar.close()
         say(f"interrupted: {summary.line()}; re-run the same command to resume")
         return 130
-    finally:
-        out.close()
+    # `out` (and its lock) is closed by cmd_batch, after the flat CSV is written
     if bar is not None:
         bar.close()
     for w in summary.warnings:

@@ -1,5 +1,8 @@
 """What every eval kind shares: reading a JSONL set of labelled rows, and the report cells.
 
+A set must be a regular file (a FIFO or a device is refused before a byte is read); its lines end at
+"\n" only (rag/files.py `jsonl_objects`).
+
 Left out: the kinds themselves (rag/evaluation/seed.py, rag/evaluation/pubmedqa.py).
 """
 
@@ -10,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from rag.errors import EvalError
-from rag.files import JSONLineError, jsonl_objects
+from rag.files import JSONLineError, NotRegularFile, jsonl_objects, read_text
 
 RETRIEVAL_METRICS = ("recall@1", "recall@5", "recall@10", "mrr@10", "ndcg@10")
 
@@ -19,9 +22,13 @@ def jsonl_rows(path: Path, required: tuple[str, ...], fix: str) -> Iterator[tupl
     """("file:line", row) for each non-blank line of a JSONL file, each row a JSON object whose `required`
     keys are non-empty strings; a problem is an EvalError naming its line (`fix` says what to do about bad JSON)."""
     try:
-        text = path.read_text(encoding="utf-8")
+        text = read_text(path, encoding="utf-8-sig")
     except UnicodeDecodeError as e:
         raise EvalError(f"{path} is not UTF-8 ({e.reason} at byte {e.start}); re-save it as UTF-8") from None
+    except NotRegularFile as e:  # a FIFO would hang the read, a device never end it
+        raise EvalError(f"eval set {path} is {e.strerror}; pass a .jsonl file") from None
+    except OSError as e:
+        raise EvalError(f"cannot read eval set {path}: {e.strerror}") from None
     try:
         for no, row in jsonl_objects(text):
             where = f"{path}:{no}"

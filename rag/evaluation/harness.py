@@ -43,7 +43,7 @@ from typing import Any
 from rag.errors import EvalError, RagError
 from rag.evaluation.metrics import retrieval_scores
 from rag.evaluation.seed import SeedSet
-from rag.files import sha256_file
+from rag.files import JSONLineError, jsonl_objects, sha256_file
 from rag.pipeline import Answer
 from rag.settings import RETRIEVAL_MODES
 
@@ -144,8 +144,10 @@ def read_report(path: str | Path) -> tuple[dict, list[dict]]:
     path = Path(path)
     try:
         summary = json.loads((path / "summary.json").read_text(encoding="utf-8"))
-        results = [json.loads(line) for line in (path / "results.jsonl").read_text(encoding="utf-8").splitlines()
-                   if line.strip()]
+        # Lines end at "\n" only: an answer may hold U+2028 and the like, as json.dumps(ensure_ascii=False) writes it.
+        results = [row for _, row in jsonl_objects((path / "results.jsonl").read_text(encoding="utf-8"))]
+    except JSONLineError as e:
+        raise EvalError(f"report {path} is corrupt (results.jsonl line {e.line}: {e.problem}); re-run `rag eval`") from None
     except FileNotFoundError as e:
         raise EvalError(f"{path} is not a report directory ({Path(e.filename).name} missing); "
                         f"pass a directory written by `rag eval`") from None

@@ -70,7 +70,7 @@ def load_questions(path: str | Path | None = None) -> list[dict]:
     """The PubMedQA questions file (default `QUESTIONS`; eval/pubmedqa_convert.py writes it), checked;
     each row also gets `gold_paper_ids` (its own abstract) for the shared retrieval table."""
     path = Path(path or QUESTIONS)
-    if not path.is_file():
+    if not path.exists():  # a FIFO or a device is jsonl_rows's to refuse
         raise EvalError(f"{path} does not exist; it ships with the repository (re-derive it with "
                         f"`python eval/pubmedqa_convert.py`, see data/pubmedqa/README.md)")
     rows, seen = [], set()

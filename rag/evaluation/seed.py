@@ -118,7 +118,7 @@ class SeedSet:
 def load_set(path: str | Path, paper_ids: set[str] | None = None) -> list[dict]:
     """Read and check a labelled JSONL set; every problem names its line."""
     path = Path(path)
-    if not path.is_file():
+    if not path.exists():  # a FIFO or a device is jsonl_rows's to refuse
         raise EvalError(f"eval set {path} does not exist; see eval/README.md (e.g. --set eval/dev.jsonl)")
     rows: list[dict] = []
     seen: set[str] = set()

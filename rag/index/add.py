@@ -7,6 +7,11 @@
   then is the corpus file replaced (temp file + rename). The next `rag ask` reads
   the merged corpus and finds that index; an interrupted `--add` leaves the old
   corpus and index as they were, and re-running it finishes the job.
+- Two `--add`s on one corpus run in turn: each holds an OS lock on the corpus file (rag/files.py
+  `hold_lock`, a `.<name>.lock` sidecar) and reads the corpus under it, so the second merges into
+  what the first wrote and no paper is lost. A temporary corpus file left by a killed `--add`
+  (`.<stem>.<pid>.tmp<suffix>`, its pid gone) is removed by the next one.
+- A corpus that is a symbolic link: the file it points at is rewritten, the link is kept.
 
 The vectors of the corpus's current index are reused (rag/index/reuse.py). Left out:
 deleting superseded index directories (they stay until
@@ -23,11 +28,12 @@ import io
 import json
 import logging
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
 from rag.errors import CorpusError, IndexStoreError
-from rag.files import fsync_dir, write_durably
+from rag.files import csv_header, fsync_dir, hold_lock, pid_alive, read_text, write_durably
 from rag.index.corpus import Paper, load_corpus, load_table, paper_id
 from rag.index.embed import Embedder
 from rag.index.reuse import Reuse, ReusingEmbedder, StoredVectors, previous_index, stored_vectors
@@ -70,6 +76,20 @@ def add_papers(settings: Settings, path: str | Path, embedder: Embedder) -> Adde
         raise CorpusError(f"--add rewrites the corpus file, and {corpus} is not a .jsonl or .csv file; add the papers "
                           f"to the corpus yourself and run `rag index` (papers already indexed are not embedded again)")
     incoming = load_table(path)
+    target = corpus.resolve()  # a linked corpus: its target is rewritten and the link kept
+    try:
+        lock = hold_lock(target, wait=True, waiting=lambda pid: log.warning(
+            "another rag index --add is updating %s%s; waiting for it", target, f" (pid {pid})" if pid else ""))
+    except OSError as e:
+        raise CorpusError(f"cannot lock the corpus {target}: {e.strerror}; the corpus must be in a writable "
+                          f"directory for --add") from None
+    with lock:  # the corpus is read under the lock: a concurrent --add's papers are in what this one merges into
+        _remove_dead_temps(target)
+        return _add_locked(settings, path, embedder, corpus, target, incoming)
+
+
+def _add_locked(settings: Settings, path: str | Path, embedder: Embedder, corpus: Path, target: Path,
+                incoming: list[Paper]) -> Added:
     old, old_index = locate_index(settings)
     merged, new, changed = merge(old, incoming)
     if not new and not changed:
@@ -86,14 +106,14 @@ def add_papers(settings: Settings, path: str | Path, embedder: Embedder) -> Adde
     if stored.dim != embedder.dim:  # another model's vectors: nothing to reuse
         stored = StoredVectors.empty(embedder.dim)
     reusing = ReusingEmbedder(embedder, stored, source or corpus)
-    tmp = _write_temp(corpus, _rewrite(corpus, old, new, changed))
+    tmp = _write_temp(target, _rewrite(target, old, new, changed))
     try:
         # What the next `rag ask` reads must be what gets indexed: check before anything is replaced.
         if [(p.id, p.title, p.abstract) for p in load_corpus(tmp)] != [(p.id, p.title, p.abstract) for p in merged]:
             raise CorpusError(f"merging {path} into {corpus} would not read back as the merged papers; the corpus "
                               f"and its index are unchanged (please report this)")
         built = build_index(merged, reusing, settings)
-        _commit(tmp, corpus)
+        _commit(tmp, target)
     finally:
         tmp.unlink(missing_ok=True)
     return Added(built, len(new), len(changed), len(incoming) - len(new) - len(changed), reusing.last)
@@ -102,11 +122,12 @@ def add_papers(settings: Settings, path: str | Path, embedder: Embedder) -> Adde
 def _rewrite(corpus: Path, old: list[Paper], new: list[Paper], changed: list[Paper]) -> str:
     """The corpus file's text with `changed` rows replaced in place and `new` rows appended."""
     replace = {p.id: p for p in changed}
-    raw = corpus.read_text(encoding="utf-8")
+    raw = read_text(corpus, encoding="utf-8-sig")
     if corpus.suffix.lower() == ".csv":
         return _rewrite_csv(raw, old, new, replace)
     lines, i = [], 0
-    for line in raw.splitlines():
+    # Lines end at "\n" only, as load_table reads them: U+2028 and the like are text inside an abstract.
+    for line in raw.split("\n")[:-1] if raw.endswith("\n") else raw.split("\n"):
         if line.strip():
             paper = old[i]  # load_table keeps one paper per non-blank line, in order
             i += 1
@@ -120,7 +141,7 @@ def _rewrite(corpus: Path, old: list[Paper], new: list[Paper], changed: list[Pap
 def _rewrite_csv(raw: str, old: list[Paper], new: list[Paper], replace: dict[str, Paper]) -> str:
     reader = csv.DictReader(io.StringIO(raw))
     header = list(reader.fieldnames or [])
-    names = {h.strip().lower(): h for h in header}
+    names = dict(zip(csv_header(header), header, strict=True))
     need_id = "id" not in names and any(p.id != paper_id(p.title) for p in (*new, *replace.values()))
     if need_id:
         header = ["id", *header]
@@ -153,6 +174,16 @@ def _write_temp(path: Path, text: str) -> Path:
         raise CorpusError(f"cannot write next to the corpus {path}: {e.strerror}; the corpus must be in a writable "
                           f"directory for --add") from None
     return tmp
+
+
+def _remove_dead_temps(path: Path) -> None:
+    """Delete the temporary corpus files (`_write_temp`'s names) of --add runs whose process is gone."""
+    pattern = re.compile(rf"\.{re.escape(path.stem)}\.(\d+)\.tmp{re.escape(path.suffix)}")
+    for tmp in path.parent.glob(".*.tmp*"):
+        m = pattern.fullmatch(tmp.name)
+        if m and tmp.is_file() and not pid_alive(int(m.group(1))):
+            log.info("removing %s, left by an interrupted --add", tmp)
+            tmp.unlink(missing_ok=True)
 
 
 def _commit(tmp: Path, path: Path) -> None:

@@ -6,7 +6,14 @@ to a preceding "Subscribe"). The same paper appears on several pages, so papers
 are deduplicated by normalised title and keep every source file name.
 
 Paper ids are derived from the normalised title, so they are stable across runs
-and machines. User files may give their own `id`.
+and machines. Normalisation keeps the letters of every script (`normalize_title`): two
+Chinese or Russian titles, or "α-entmax" and "β-entmax", are two papers with two ids;
+a title in Latin letters keeps the id it always had. User files may give their own `id`.
+
+Every file read must be a regular file (rag/files.py `open_regular`): a FIFO or a device
+(`/dev/zero` behind a link) is a one-line error, never a hang or gigabytes read. A
+UTF-8 byte-order mark is dropped, and CSV headers are matched by `csv_header` (as the
+batch reader matches its own).
 
 Sizes are bounded: an abstract longer than `max_abstract_chars` (RAG_MAX_ABSTRACT_CHARS)
 and a title longer than MAX_TITLE_CHARS are cut at a word boundary, with a warning
@@ -33,7 +40,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from rag.errors import CorpusError
-from rag.files import JSONLineError, jsonl_objects
+from rag.files import JSONLineError, NotRegularFile, csv_header, jsonl_objects, open_regular, read_text
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +53,7 @@ CHROME = frozenset({
     "Daily Papers",
     "byAK and the research community",
 })
+_WORD = re.compile(r"\w")
 _DATE = re.compile(r"(Jan|Feb|Mar|Apr|May|Jun|Jul|Aug|Sep|Oct|Nov|Dec) \d{1,2}(, \d{4})?")
 # "SubscribeBase Models Beat..." -> "Base Models Beat..."
 _GLUED = re.compile(r"^Subscribe(?=[A-Z0-9\[\"'(])")
@@ -73,9 +81,18 @@ class Paper:
 
 
 def normalize_title(title: str) -> str:
-    """Case-, accent- and punctuation-insensitive key for deduplication."""
-    text = unicodedata.normalize("NFKD", title).encode("ascii", "ignore").decode()
-    return re.sub(r"[\W_]+", " ", text.lower()).strip()
+    """Case-, accent- and punctuation-insensitive key for deduplication, in any script.
+
+    A title written in Latin letters (ASCII once accents are taken off, punctuation aside) keeps the key
+    it always had, accents dropped, so the ids of such corpora never change. Any other title (Chinese,
+    Russian, "α-entmax") is NFKC-normalised and case-folded with every letter kept: two titles that
+    differ in more than case, width, spacing and punctuation get different keys."""
+    decomposed = unicodedata.normalize("NFKD", title)
+    if all(c.isascii() or unicodedata.category(c) == "Mn" or not _WORD.match(c) for c in decomposed):
+        text = decomposed.encode("ascii", "ignore").decode().lower()
+    else:
+        text = unicodedata.normalize("NFKC", title).casefold()
+    return re.sub(r"[\W_]+", " ", text).strip()
 
 
 def paper_id(title: str) -> str:
@@ -125,6 +142,7 @@ def load_table(path: str | Path, max_abstract_chars: int = MAX_ABSTRACT_CHARS) -
     elif suffix == ".csv":
         rows = _csv_rows(_read_text(path), path.name)
     elif suffix in PARQUET:
+        _read_check(path)
         rows = _parquet_rows(path)
     else:
         raise CorpusError(f"{path}: unknown corpus format {suffix or '(none)'}; use .jsonl, .csv, .parquet "
@@ -210,10 +228,26 @@ def _dedupe(entries: list[tuple[str, str, str]]) -> list[Paper]:
 
 
 def _read_text(path: Path) -> str:
+    """The text of a corpus file, a byte-order mark dropped; CorpusError for a FIFO, a device, bad UTF-8."""
     try:
-        return path.read_text(encoding="utf-8")
+        return read_text(path, encoding="utf-8-sig")
     except UnicodeDecodeError as e:
         raise CorpusError(f"{path}: not valid UTF-8 (byte {e.start}); re-save the file as UTF-8") from None
+    except NotRegularFile as e:
+        raise CorpusError(f"corpus {path} is {e.strerror}; pass a .jsonl, .csv or .parquet file or a directory "
+                          f"of pages") from None
+    except OSError as e:
+        raise CorpusError(f"cannot read {path}: {e.strerror}") from None
+
+
+def _read_check(path: Path) -> None:
+    """CorpusError unless `path` is a regular file that can be opened (for readers that open it themselves)."""
+    try:
+        with open_regular(path):
+            pass
+    except NotRegularFile as e:
+        raise CorpusError(f"corpus {path} is {e.strerror}; pass a .jsonl, .csv or .parquet file or a directory "
+                          f"of pages") from None
     except OSError as e:
         raise CorpusError(f"cannot read {path}: {e.strerror}") from None
 
@@ -234,7 +268,7 @@ def _csv_rows(text: str, name: str) -> list[tuple[int, dict]]:
     csv.field_size_limit(max(csv.field_size_limit(), len(text) + 1))
     reader = csv.DictReader(io.StringIO(text))
     try:
-        header = [h.strip().lower() for h in (reader.fieldnames or [])]
+        header = csv_header(reader.fieldnames)
         if not {"title", "abstract"} <= set(header):
             raise CorpusError(f"{name}: CSV header must have title and abstract columns (and optional id), got {header}")
         reader.fieldnames = header

@@ -20,7 +20,9 @@ Writes are atomic: everything is built in a temporary sibling directory and
 renamed into place, so an interrupted build never leaves a half index that
 loads, and the previous index stays usable until the new one is complete.
 Any failure of a build (the embedder, a full disk) is an IndexStoreError and
-leaves the previous index as it was.
+leaves the previous index as it was. What a killed build leaves (`.tmp-<pid>-*`,
+`.old-<pid>-*`) carries the file LEFTOVER_MARK and is removed by the next build once
+that pid is gone; nothing else in RAG_INDEX_DIR is ever removed.
 
 Loading checks every file under the directory, recursively, against the
 checksums in meta.json (a file missing from the list, or listed and missing, is
@@ -62,6 +64,9 @@ log = logging.getLogger(__name__)
 
 FORMAT = 3  # 2: the sentence store; 3: checksums over every file (bm25/ included), the 1,000-character sentence cap
 META = "meta.json"
+# In every temporary build directory and every superseded index on its way out: what marks a `.tmp-*` or
+# `.old-*` directory of RAG_INDEX_DIR as this project's, to be removed once its process is gone.
+LEFTOVER_MARK = ".papers-rag-leftover"
 CHUNK_VECTORS = "chunks.npy"  # written beside an approximate dense index only
 
 
@@ -287,7 +292,8 @@ def checksums(directory: Path) -> dict[str, str]:
     """sha256 of every file under `directory`, recursively, by POSIX path relative to it; meta.json
     (which holds them) aside. Files a later format adds are covered without naming them here."""
     return {p.relative_to(directory).as_posix(): sha256_file(p)
-            for p in sorted(directory.rglob("*")) if p.is_file() and p.relative_to(directory).as_posix() != META}
+            for p in sorted(directory.rglob("*"))
+            if p.is_file() and p.relative_to(directory).as_posix() not in (META, LEFTOVER_MARK)}
 
 
 def _verify_checksums(path: Path, listed: dict[str, str], fix: str) -> None:
@@ -362,14 +368,20 @@ def _read_jsonl(path: Path) -> list[dict]:
 
 def _swap_into_place(tmp: Path, final: Path) -> None:
     """Rename `tmp` to `final`; an existing `final` stays whole until the new one is in place."""
+    (tmp / LEFTOVER_MARK).unlink(missing_ok=True)  # the index itself carries no mark (other versions read it too)
     if final.exists():
         old = final.with_name(f".old-{os.getpid()}-{final.name}")
         os.rename(final, old)
+        _mark_leftover(old)  # a kill from here to the rmtree leaves a marked leftover, removed later
         os.rename(tmp, final)
         shutil.rmtree(old, ignore_errors=True)
     else:
         os.rename(tmp, final)
     fsync_dir(final.parent)
+
+
+def _mark_leftover(directory: Path) -> None:
+    write_durably(directory / LEFTOVER_MARK, lambda f: f.write("papers-rag: removed once the process in the name is gone\n"))
 
 
 def _check_writable(root: Path) -> None:
@@ -389,15 +401,19 @@ def _temp_dir(root: Path, name: str) -> Path:
     """A new temporary sibling of the final directory (the same file system, so the rename is atomic)."""
     _check_writable(root)
     try:
-        return Path(tempfile.mkdtemp(prefix=f".tmp-{os.getpid()}-{name}-", dir=root))
+        tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{os.getpid()}-{name}-", dir=root))
+        _mark_leftover(tmp)
+        return tmp
     except OSError as e:
         raise IndexStoreError(f"cannot write to index directory {root}: {e.strerror}; set RAG_INDEX_DIR "
                               f"to a writable directory") from None
 
 
 def _remove_abandoned_builds(root: Path) -> None:
-    """Delete temporary directories of builds whose process is gone (killed mid-build)."""
+    """Delete temporary directories of builds whose process is gone (killed mid-build): only those this
+    project wrote (`.tmp-<pid>-`/`.old-<pid>-` holding LEFTOVER_MARK); anything else in RAG_INDEX_DIR is
+    someone else's and stays."""
     for d in list(root.glob(".tmp-*")) + list(root.glob(".old-*")):
         m = re.match(r"\.(?:tmp|old)-(\d+)-", d.name)
-        if not m or not pid_alive(int(m.group(1))):
+        if m and not pid_alive(int(m.group(1))) and d.is_dir() and (d / LEFTOVER_MARK).is_file():
             shutil.rmtree(d, ignore_errors=True)
