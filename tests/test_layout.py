@@ -18,7 +18,7 @@ LAYERS = {
     "rag.answer": 2,
     "rag.pipeline": 3,
     "rag.evaluation": 4, "rag.batch": 4, "rag.distributed": 4, "rag.optimize": 5,
-    "rag.chat": 6, "rag.cli": 6, "rag.__main__": 7,
+    "rag.chat": 6, "rag.cli": 6, "rag.mcp_server": 6, "rag.__main__": 7,
 }
 
 

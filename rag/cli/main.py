@@ -1,6 +1,6 @@
 """The `rag` command: a thin layer over the library.
 
-Subcommands: index, papers, search, ask, batch, chat, eval, optimize, settings. Options fall back to
+Subcommands: index, papers, search, ask, batch, chat, mcp, eval, optimize, settings. Options fall back to
 `RAG_*` environment variables (see `rag settings`). Expected errors print one
 line on stderr and exit 1; bad usage exits 2. `--json` output shapes are the
 contracts in docs/json.md and only ever gain fields. Human-readable output shows
@@ -31,8 +31,8 @@ def cmd_settings(args: argparse.Namespace) -> int:
 
 # Command name -> what runs it.
 COMMANDS = {"index": index.cmd_index, "papers": index.cmd_papers, "search": ask.cmd_search, "ask": ask.cmd_ask,
-            "batch": batch.cmd_batch, "chat": ask.cmd_chat, "eval": eval.cmd_eval, "optimize": eval.cmd_optimize,
-            "settings": cmd_settings}
+            "batch": batch.cmd_batch, "chat": ask.cmd_chat, "mcp": ask.cmd_mcp, "eval": eval.cmd_eval,
+            "optimize": eval.cmd_optimize, "settings": cmd_settings}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -50,6 +50,10 @@ EXAMPLES = {
   rag optimize --optimizer gepa --out programs/my.json""",
     "chat": """examples:
   rag chat                               ask questions one after another; Ctrl-D or 'exit' quits""",
+    "mcp": """examples:
+  rag mcp                                an MCP server on stdio for Claude Desktop, Cursor or any MCP client
+  RAG_LM=openai/gpt-4o-mini rag mcp      its ask_papers answers with a remote model
+  (client config: see README, "The papers as tools for agents")""",
     "settings": """examples:
   rag settings                           every setting, its value and its environment variable""",
 }
@@ -145,5 +149,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
 
     add("chat", "Interactive question-answer loop in the terminal.", [common, retrieval, model])
+    add("mcp", "Serve search_papers, ask_papers and list_papers to an MCP client (stdio).", [common, retrieval, model])
     add("settings", "List every setting, its current value and its environment variable.", [])
     return parser
