@@ -5,20 +5,24 @@ chat serves the same ones over HTTP): `search_papers` (the `rag search --json` o
 (the `rag ask --json` object) and `list_papers` (the `rag papers --json` rows whose title matches).
 `build_server` wraps them in the official SDK's `MCPServer` with descriptions written for a model,
 and turns a `RagError` into an MCP tool error (`is_error`) carrying the same one-line message the
-CLI prints; `serve` runs it on stdio (`rag mcp`).
+CLI prints; `serve` runs it on stdio (`rag mcp`), `http_app` makes it an ASGI app (streamable HTTP,
+stateless, behind HTTP basic auth when given) that the chat mounts at /mcp/ with RAG_MCP=1.
 
 The pipeline (index, embedder, model) is opened lazily, once per server, on the first tool call, so
 the client's handshake is answered at once; calls then run one at a time (the local model has one
 slot). Nothing is printed on stdout: it is the protocol's wire.
 
-Left out: resources and prompts (three tools are the whole surface), the SDK's HTTP transports
-(`rag chat`'s Gradio app serves the tools over HTTP, behind RAG_AUTH), and conversation memory (an
-agent asks standalone questions).
+Left out: resources and prompts (three tools are the whole surface), OAuth (over HTTP, RAG_AUTH's one
+shared login is the gate), and conversation memory (an agent asks standalone questions).
 """
 
 from __future__ import annotations
 
+import base64
+import contextlib
+import hmac
 import threading
+from collections.abc import Callable
 from typing import Annotated, Any
 
 from pydantic import Field
@@ -60,10 +64,13 @@ DESCRIPTIONS = {
 class PaperTools:
     """The tools over one pipeline, opened on first use (`pipe` may be handed in: the chat, tests)."""
 
-    def __init__(self, settings: Settings | None = None, pipe: Pipeline | None = None) -> None:
+    def __init__(self, settings: Settings | None = None, pipe: Pipeline | None = None,
+                 gate: Callable[[], contextlib.AbstractContextManager] | None = None) -> None:
+        """`gate()` is entered around each answer: the chat passes its line for the model (rag/chat/waiting.py)."""
         self._settings = settings
         self._pipe = pipe
         self._lock = threading.Lock()
+        self._gate = gate or contextlib.nullcontext
 
     def pipeline(self) -> Pipeline:
         """The loaded pipeline; the first call opens it (settings from RAG_* unless given)."""
@@ -86,7 +93,7 @@ class PaperTools:
         """The `rag ask --json` object for `question`."""
         validate_question(question)  # before the model loads
         pipe = self.pipeline()
-        with self._lock:
+        with self._gate(), self._lock:
             return pipe.ask(question)
 
     def list_papers(self, filter: str = "") -> dict[str, Any]:
@@ -134,3 +141,30 @@ def build_server(tools: PaperTools):
 def serve(settings: Settings) -> None:
     """Run the MCP server on stdin/stdout until the client closes it."""
     build_server(PaperTools(settings)).run("stdio")
+
+
+def http_app(tools: PaperTools, auth: tuple[str, str] | None = None, host: str = "127.0.0.1"):
+    """(ASGI app, lifespan) serving the tools over streamable HTTP at the app's root; mount it (e.g. at /mcp) and
+    enter `lifespan()` in the host server's lifespan. With `auth`, a request without that basic-auth login gets 401."""
+    server = build_server(tools)
+    app = server.streamable_http_app(streamable_http_path="/", stateless_http=True, json_response=True, host=host)
+    return (app if auth is None else BasicAuth(app, *auth)), server.session_manager.run
+
+
+class BasicAuth:
+    """ASGI middleware: HTTP basic auth with one user and password, compared in constant time."""
+
+    def __init__(self, app, user: str, password: str) -> None:
+        self.app = app
+        self._expected = b"Basic " + base64.b64encode(f"{user}:{password}".encode())
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] == "http":
+            given = dict(scope.get("headers") or []).get(b"authorization", b"")
+            if not hmac.compare_digest(given, self._expected):
+                await send({"type": "http.response.start", "status": 401,
+                            "headers": [(b"www-authenticate", b'Basic realm="papers-rag"'),
+                                        (b"content-type", b"text/plain")]})
+                await send({"type": "http.response.body", "body": b"RAG_AUTH login required"})
+                return
+        await self.app(scope, receive, send)

@@ -106,3 +106,38 @@ def test_a_bad_setting_fails_at_start_with_the_cli_message(tmp_path):
                           capture_output=True, text=True, timeout=60)
     assert proc.returncode == 1 and proc.stderr.startswith("error: ") and "RAG_K" in proc.stderr.upper()
     assert proc.stdout == ""
+
+
+def test_the_chat_serves_the_tools_over_http_behind_rag_auth(tmp_path):
+    """RAG_MCP=1: `python app.py` (with the fakes) mounts the same tools at /mcp/; RAG_AUTH guards them."""
+    import httpx
+    import httpx2
+    from mcp import ClientSession
+    from mcp.client.streamable_http import streamable_http_client
+    from test_app import free_port, serve_in_subprocess
+
+    port = free_port()
+    proc = serve_in_subprocess(tmp_path, port, RAG_MCP="1", RAG_AUTH="ann:s3cret")
+    url = f"http://127.0.0.1:{port}/mcp/"
+    try:
+        for auth in (None, ("ann", "wrong")):
+            refused = httpx.post(url, json={"jsonrpc": "2.0", "id": 1, "method": "tools/list"}, auth=auth, timeout=30)
+            assert refused.status_code == 401
+
+        async def main():
+            async with httpx2.AsyncClient(auth=("ann", "s3cret"), timeout=60) as http:
+                async with streamable_http_client(url, http_client=http) as (read, write, *_):
+                    async with ClientSession(read, write) as session:
+                        await session.initialize()
+                        tools = {t.name for t in (await session.list_tools()).tools}
+                        answered = await session.call_tool("ask_papers", {"question": "What are state space models?"})
+                        bad = await session.call_tool("search_papers", {"query": "robots", "k": 99})
+                        return tools, answered, bad
+
+        tools, answered, bad = anyio.run(main)
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+    assert tools == {"search_papers", "ask_papers", "list_papers"}
+    assert payload(answered)["citations"][0]["paper_id"] == "tiny-ssm"
+    assert bad.is_error and "k must be between 1 and 20" in bad.content[0].text

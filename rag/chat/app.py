@@ -15,6 +15,7 @@ here touches the network.
 
 from __future__ import annotations
 
+import contextlib
 import html
 import logging
 import math
@@ -409,6 +410,43 @@ def feedback_panel(chatbot: gr.Chatbot, store: FeedbackStore, answers: AnswerLog
     send.click(on_correct, [rated, kind, text, n], [note], api_name="correct", queue=False)
 
 
+# --- the MCP tools over HTTP at /mcp/ (RAG_MCP=1): rag/mcp_server.py's, through the chat's line for the model ---
+
+MCP_PATH = "/mcp"
+
+
+@contextlib.contextmanager
+def in_line(waits: AnswerQueue) -> Iterator[None]:
+    """Wait in the chat's AnswerQueue like a chat question (one answer at a time on the local model)."""
+    try:
+        ticket = waits.enter()
+    except QueueFull as e:
+        raise RagError(f"the chat is busy: about {duration(e.place.wait_s)} of answering ahead; try again later") from None
+    ok = False
+    try:
+        for _ in ticket.wait():
+            pass
+        yield
+        ok = True
+    finally:
+        ticket.done(record=ok)
+
+
+def mcp_launch_kwargs(pipe: Pipeline, waits: AnswerQueue, auth: tuple[str, str] | None, host: str) -> dict:
+    """Blocks.launch keyword arguments that mount the MCP tools at /mcp/ (basic auth with RAG_AUTH when set)."""
+    from rag.mcp_server import PaperTools, http_app
+
+    mcp_app, mcp_lifespan = http_app(PaperTools(pipe=pipe, gate=lambda: in_line(waits)), auth, host)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(fastapi_app):
+        fastapi_app.mount(MCP_PATH, mcp_app)
+        async with mcp_lifespan():
+            yield
+
+    return {"app_kwargs": {"lifespan": lifespan}}
+
+
 def parse_auth(value: str) -> tuple[str, str] | None:
     if not value:
         return None
@@ -431,7 +469,11 @@ def main() -> int:
         print(f"error: {e}", file=sys.stderr)
         return 1
     print(f"papers-rag chat on http://{settings.host}:{settings.port}", file=sys.stderr, flush=True)
-    launch(build_app(pipe), settings.host, settings.port, auth=auth)
+    waits = make_queue(settings)
+    extra = mcp_launch_kwargs(pipe, waits, auth, settings.host) if settings.mcp else {}  # RAG_MCP=1
+    if extra:
+        print(f"MCP tools on http://{settings.host}:{settings.port}{MCP_PATH}/", file=sys.stderr, flush=True)
+    launch(build_app(pipe, waits=waits), settings.host, settings.port, auth=auth, **extra)
     return 0
 
 
