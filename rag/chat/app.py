@@ -10,6 +10,10 @@ exceed RAG_MAX_WAIT is refused at once with the estimate. Gradio's own queue onl
 caps the number of open requests (`QUEUE_MAX`). Gradio's analytics are off: nothing
 here touches the network.
 
+Every answer can be rated (👍 / 👎 on the message) and corrected in a box under the chat; the rating and
+the whole result it rates go to rag/feedback.py's store at once. With RAG_MCP=1 the MCP tools of
+rag/mcp_server.py are served at /mcp/ too (behind RAG_AUTH), their answers waiting in the same line.
+
     python app.py        # RAG_HOST / RAG_PORT / RAG_AUTH=user:password, see `rag settings`
 """
 
