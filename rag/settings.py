@@ -127,6 +127,8 @@ class Settings:
     host: str = _f("127.0.0.1", "Address the Gradio chat binds to.", nonempty=True)
     port: int = _f(7860, "Port of the Gradio chat.", range=(1, 65_535))
     auth: str = _f("", "Optional basic auth for the chat, 'user:password'.")
+    mcp: int = _f(0, "1: the chat also serves the MCP tools (search_papers, ask_papers, list_papers) over HTTP at "
+                     "/mcp/, behind RAG_AUTH when it is set; `rag mcp` serves them on stdio.", range=(0, 1))
     max_wait: float = _f(300.0, "Longest estimated wait, in seconds, the chat accepts a question with; beyond it "
                                 "the question is refused at once, with the estimate.", range=(1.0, 86_400.0))
 

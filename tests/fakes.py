@@ -7,6 +7,7 @@ FAKE_EMBEDDER=fail makes any embedding an error (to prove a command failed befor
 
     python tests/fakes.py batch questions.txt -o out.jsonl    # `rag` with the fakes
     python tests/fakes.py app                                 # the chat (app.py) with the fakes
+    python tests/fakes.py mcp                                 # `rag mcp` (stdio) with the fakes
 
 FAKE_NET_LOG=path records, through a Python audit hook, every connection or name
 lookup the process makes to anything but loopback (one line each), to prove that

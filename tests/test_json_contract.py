@@ -64,7 +64,8 @@ def cli(monkeypatch, tmp_path, fake_models, capsys):
 
 
 def test_every_documented_shape_is_checked():
-    assert set(documented_shapes()) == {"papers", "search", "search-evidence", "ask", "batch-row", "batch-error-row"}
+    assert set(documented_shapes()) == {"papers", "search", "search-evidence", "ask", "batch-row", "batch-error-row",
+                                          "mcp-list-papers", "feedback-export-row"}
 
 
 def test_papers_search_and_ask_output_match_docs(cli):

@@ -13,12 +13,12 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 # Lower numbers are lower layers; a module may import only its own layer or a lower one.
 LAYERS = {
-    "rag.errors": 0, "rag.settings": 0, "rag.text": 0, "rag.files": 0, "rag.logs": 0,
+    "rag.errors": 0, "rag.settings": 0, "rag.text": 0, "rag.files": 0, "rag.logs": 0, "rag.feedback": 0,
     "rag.index": 1, "rag.lm": 1,
     "rag.answer": 2,
     "rag.pipeline": 3,
     "rag.evaluation": 4, "rag.batch": 4, "rag.distributed": 4, "rag.optimize": 5, "rag.calibrate": 5,
-    "rag.chat": 6, "rag.cli": 6, "rag.__main__": 7,
+    "rag.chat": 6, "rag.cli": 6, "rag.mcp_server": 6, "rag.__main__": 7,
 }
 
 

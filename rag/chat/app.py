@@ -10,16 +10,22 @@ exceed RAG_MAX_WAIT is refused at once with the estimate. Gradio's own queue onl
 caps the number of open requests (`QUEUE_MAX`). Gradio's analytics are off: nothing
 here touches the network.
 
+Every answer can be rated (👍 / 👎 on the message) and corrected in a box under the chat; the rating and
+the whole result it rates go to rag/feedback.py's store at once. With RAG_MCP=1 the MCP tools of
+rag/mcp_server.py are served at /mcp/ too (behind RAG_AUTH), their answers waiting in the same line.
+
     python app.py        # RAG_HOST / RAG_PORT / RAG_AUTH=user:password, see `rag settings`
 """
 
 from __future__ import annotations
 
+import contextlib
 import html
 import logging
 import math
 import re
 import sys
+import threading
 from collections.abc import Iterator
 
 import rag  # noqa: F401 - first: it switches off gradio's analytics and the Hub's telemetry before gradio loads
@@ -30,6 +36,7 @@ import gradio as gr
 from rag import logs
 from rag.chat.waiting import AnswerQueue, Place, QueueFull
 from rag.errors import QuestionTooLong, RagError
+from rag.feedback import CORRECTIONS, FeedbackStore, db_path, question_key
 from rag.pipeline import Pipeline, validate_question
 from rag.settings import RETRIEVAL_MODES, Settings
 
@@ -236,8 +243,11 @@ def final_message(result: dict) -> str:
     return f"{body}\n\n<sub>{md_escape(stats)}</sub>"
 
 
-def build_app(pipe: Pipeline, queue_max: int = QUEUE_MAX, waits: AnswerQueue | None = None) -> gr.Blocks:
+def build_app(pipe: Pipeline, queue_max: int = QUEUE_MAX, waits: AnswerQueue | None = None,
+              feedback: FeedbackStore | None = None) -> gr.Blocks:
     settings = pipe.settings
+    feedback = feedback if feedback is not None else FeedbackStore(db_path(settings.cache_dir))
+    answers = AnswerLog()
     papers = list(pipe.index.papers.values())
 
     def paper_rows(query: str = "") -> list[list[str]]:
@@ -256,8 +266,8 @@ def build_app(pipe: Pipeline, queue_max: int = QUEUE_MAX, waits: AnswerQueue | N
                         mode = gr.Radio(list(RETRIEVAL_MODES), value=settings.retrieval, label="Retrieval")
                         gr.Markdown(f"LM: `{pipe.lm_label}` · program: `{pipe.program_label}` · "
                                     f"index: `{pipe.index.name}` (set with RAG_LM / RAG_PROGRAM)")
-                    gr.ChatInterface(
-                        make_respond(pipe, waits),
+                    chat = gr.ChatInterface(
+                        make_respond(recording(pipe, answers), waits),
                         chatbot=gr.Chatbot(height=520, sanitize_html=True, elem_id="chatbot",
                                            placeholder="Ask about the papers, or pick an example below."),
                         additional_inputs=[k, mode],
@@ -268,6 +278,7 @@ def build_app(pipe: Pipeline, queue_max: int = QUEUE_MAX, waits: AnswerQueue | N
                         cache_examples=False,
                         api_name="chat",
                     )
+                    feedback_panel(chat.chatbot, feedback, answers)
                 with gr.Column(scale=2):
                     gr.Markdown("### Sources")
                     sources.render()
@@ -279,6 +290,165 @@ def build_app(pipe: Pipeline, queue_max: int = QUEUE_MAX, waits: AnswerQueue | N
     # time on the local model and tells the others where they stand. Gradio refuses beyond queue_max.
     demo.queue(max_size=queue_max, default_concurrency_limit=queue_max)
     return demo
+
+
+# --- feedback: every answer can be rated and corrected; rag/feedback.py stores it ---------------------------------
+
+FEEDBACK_HELP = ("Rate an answer with 👍 / 👎 on the message; it is saved at once. To say what was wrong, pick it "
+                 "below and press Send: it applies to the answer you rated last.")
+
+
+class AnswerLog:
+    """The latest answers' `rag ask --json` results, by question, so a rating stores the whole result it rates."""
+
+    def __init__(self, keep: int = 2000) -> None:
+        self.keep = keep
+        self._by_question: dict[str, list[dict]] = {}
+        self._lock = threading.Lock()
+
+    def add(self, result: dict) -> None:
+        with self._lock:
+            key = question_key(result["question"])
+            earlier = self._by_question.pop(key, [])  # popped and put back: the dict stays in least-recent order
+            self._by_question[key] = [*earlier, result][-8:]
+            while len(self._by_question) > self.keep:
+                del self._by_question[next(iter(self._by_question))]
+
+    def find(self, question: str, message: str) -> dict | None:
+        """The result whose chat message is `message`, else the latest one for `question`."""
+        with self._lock:
+            results = list(self._by_question.get(question_key(question), []))
+        same = [r for r in results if r["answer"] and
+                render_answer(r["answer"], len(r["passages"])).split("\n")[0] in message]
+        return (same or results or [None])[-1]
+
+
+class _Recording:
+    """`pipe` whose streamed answers are also kept in an AnswerLog (the chat's handlers see the same pipeline)."""
+
+    def __init__(self, pipe: Pipeline, log: AnswerLog) -> None:
+        self._pipe, self._log = pipe, log
+
+    def __getattr__(self, name: str):
+        return getattr(self._pipe, name)
+
+    def ask_stream(self, *args, **kwargs) -> Iterator[dict]:
+        for ev in self._pipe.ask_stream(*args, **kwargs):
+            if ev["type"] == "done":
+                self._log.add(ev["result"])
+            yield ev
+
+
+def recording(pipe: Pipeline, log: AnswerLog) -> Pipeline:
+    return _Recording(pipe, log)  # type: ignore[return-value]
+
+
+def _text(content) -> str:
+    """A chat message's text, whatever shape Gradio gives it in (a string, a text part, a list of parts)."""
+    if isinstance(content, str):
+        return content
+    if isinstance(content, dict):
+        return str(content.get("text") or content.get("value") or "")
+    if isinstance(content, list | tuple):
+        return "\n".join(_text(c) for c in content)
+    return ""
+
+
+def rated_message(history: list, index) -> tuple[str, str] | None:
+    """(question, answer message) of the assistant message at `index` of the chat history."""
+    i = index[0] if isinstance(index, list | tuple) else index
+    if not isinstance(i, int) or not 0 <= i < len(history or []) or history[i].get("role") != "assistant":
+        return None
+    for msg in reversed(history[:i]):
+        if msg.get("role") == "user":
+            return _text(msg.get("content")), _text(history[i].get("content"))
+    return None
+
+
+def make_rating_handlers(store: FeedbackStore, answers: AnswerLog):
+    """The like/dislike and correction handlers: (history, LikeData) -> (row id, note); (row id, kind, text, n) -> note."""
+
+    def on_like(history: list, data: gr.LikeData) -> tuple[int | None, str]:
+        found = rated_message(history, data.index)
+        result = answers.find(*found) if found else None
+        if result is None:
+            return None, "_Only a finished answer can be rated._"
+        if data.liked not in (True, False):  # a thumb clicked again: the rating withdrawn in the page
+            return None, "_Rating cleared here; the saved one stays until you rate this answer again._"
+        liked = data.liked is True
+        try:
+            row = store.add(result, 1 if liked else -1)
+        except RagError as e:
+            return None, f"**Not saved:** {md_escape(str(e))}"
+        return row, f"_Saved: you {'liked' if liked else 'disliked'} the answer to “{md_escape(found[0][:80])}”._"
+
+    def on_correct(row: int | None, kind: str | None, text: str, n: float | None) -> str:
+        if row is None:
+            return "_Rate the answer first (👍 or 👎 on it), then say what was wrong._"
+        if kind not in CORRECTIONS:
+            return "_Pick what was wrong first._"
+        try:
+            store.correct(row, kind, text if kind == "right_answer" else None,
+                          int(n) if kind in ("unsupported_source", "right_answer") and n else None)
+        except RagError as e:
+            return f"**Not saved:** {md_escape(str(e))}"
+        return f"_Saved the correction: {md_escape(CORRECTIONS[kind])}. Thank you._"
+
+    return on_like, on_correct
+
+
+def feedback_panel(chatbot: gr.Chatbot, store: FeedbackStore, answers: AnswerLog) -> None:
+    """The correction box under the chat, and the chatbot's like event wired to the store."""
+    on_like, on_correct = make_rating_handlers(store, answers)
+    rated = gr.State(None)
+    with gr.Accordion("Correct an answer", open=False, elem_id="feedback"):
+        gr.Markdown(FEEDBACK_HELP)
+        with gr.Row():
+            kind = gr.Dropdown([(label, key) for key, label in CORRECTIONS.items()], value=None, label="What was wrong",
+                               elem_id="feedback-kind")
+            n = gr.Number(label="Source [n] (for a source)", precision=0, minimum=1, elem_id="feedback-n")
+        text = gr.Textbox(label="The right answer (its key facts, separated by ';')", elem_id="feedback-text")
+        send = gr.Button("Send correction", elem_id="feedback-send")
+    note = gr.Markdown(elem_id="feedback-note")
+    chatbot.like(on_like, [chatbot], [rated, note], api_name="rate", queue=False)
+    send.click(on_correct, [rated, kind, text, n], [note], api_name="correct", queue=False)
+
+
+# --- the MCP tools over HTTP at /mcp/ (RAG_MCP=1): rag/mcp_server.py's, through the chat's line for the model ---
+
+MCP_PATH = "/mcp"
+
+
+@contextlib.contextmanager
+def in_line(waits: AnswerQueue) -> Iterator[None]:
+    """Wait in the chat's AnswerQueue like a chat question (one answer at a time on the local model)."""
+    try:
+        ticket = waits.enter()
+    except QueueFull as e:
+        raise RagError(f"the chat is busy: about {duration(e.place.wait_s)} of answering ahead; try again later") from None
+    ok = False
+    try:
+        for _ in ticket.wait():
+            pass
+        yield
+        ok = True
+    finally:
+        ticket.done(record=ok)
+
+
+def mcp_launch_kwargs(pipe: Pipeline, waits: AnswerQueue, auth: tuple[str, str] | None, host: str) -> dict:
+    """Blocks.launch keyword arguments that mount the MCP tools at /mcp/ (basic auth with RAG_AUTH when set)."""
+    from rag.mcp_server import PaperTools, http_app
+
+    mcp_app, mcp_lifespan = http_app(PaperTools(pipe=pipe, gate=lambda: in_line(waits)), auth, host)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(fastapi_app):
+        fastapi_app.mount(MCP_PATH, mcp_app)
+        async with mcp_lifespan():
+            yield
+
+    return {"app_kwargs": {"lifespan": lifespan}}
 
 
 def parse_auth(value: str) -> tuple[str, str] | None:
@@ -303,7 +473,11 @@ def main() -> int:
         print(f"error: {e}", file=sys.stderr)
         return 1
     print(f"papers-rag chat on http://{settings.host}:{settings.port}", file=sys.stderr, flush=True)
-    launch(build_app(pipe), settings.host, settings.port, auth=auth)
+    waits = make_queue(settings)
+    extra = mcp_launch_kwargs(pipe, waits, auth, settings.host) if settings.mcp else {}  # RAG_MCP=1
+    if extra:
+        print(f"MCP tools on http://{settings.host}:{settings.port}{MCP_PATH}/", file=sys.stderr, flush=True)
+    launch(build_app(pipe, waits=waits), settings.host, settings.port, auth=auth, **extra)
     return 0
 
 

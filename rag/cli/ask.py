@@ -1,4 +1,4 @@
-"""`rag search`, `rag ask` and `rag chat`: a question in, passages or an answer out."""
+"""`rag search`, `rag ask`, `rag chat` and `rag mcp`: a question in, passages or an answer out."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import argparse
 import sys
 import textwrap
 
-from rag.cli.common import clean, format_answer, open_pipeline, print_json, say
+from rag.cli.common import clean, format_answer, open_pipeline, print_json, say, settings_from
 from rag.errors import RagError
 
 
@@ -72,3 +72,13 @@ def cmd_chat(args: argparse.Namespace) -> int:
             print(f"error: {clean(e)}", file=sys.stderr)
         except KeyboardInterrupt:
             print("\n(interrupted)", file=sys.stderr)
+
+
+def cmd_mcp(args: argparse.Namespace) -> int:
+    """Serve search_papers / ask_papers / list_papers to an MCP client on stdio (rag/mcp_server.py)."""
+    from rag.mcp_server import serve
+
+    settings = settings_from(args)  # a bad setting fails here, before the client is answered
+    say(f"papers-rag MCP server on stdio (index {settings.index_dir}); the model loads on the first tool call")
+    serve(settings)
+    return 0

@@ -1,6 +1,6 @@
 """The `rag` command: a thin layer over the library.
 
-Subcommands: index, papers, search, ask, batch, chat, eval, optimize, settings. Options fall back to
+Subcommands: index, papers, search, ask, batch, chat, mcp, eval, optimize, feedback, settings. Options fall back to
 `RAG_*` environment variables (see `rag settings`). Expected errors print one
 line on stderr and exit 1; bad usage exits 2. `--json` output shapes are the
 contracts in docs/json.md and only ever gain fields. Human-readable output shows
@@ -14,7 +14,7 @@ import argparse
 import sys
 
 from rag import logs
-from rag.cli import ask, batch, eval, index
+from rag.cli import ask, batch, eval, feedback, index
 from rag.cli.common import clean
 from rag.cli.parser import build_parser
 from rag.errors import RagError
@@ -31,7 +31,8 @@ def cmd_settings(args: argparse.Namespace) -> int:
 
 # Command name -> what runs it.
 COMMANDS = {"index": index.cmd_index, "papers": index.cmd_papers, "search": ask.cmd_search, "ask": ask.cmd_ask,
-            "batch": batch.cmd_batch, "chat": ask.cmd_chat, "eval": eval.cmd_eval, "optimize": eval.cmd_optimize,
+            "batch": batch.cmd_batch, "chat": ask.cmd_chat, "mcp": ask.cmd_mcp, "eval": eval.cmd_eval,
+            "optimize": eval.cmd_optimize, "feedback": feedback.cmd_feedback,
             "settings": cmd_settings}
 
 

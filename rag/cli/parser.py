@@ -51,6 +51,17 @@ EXAMPLES = {
   rag optimize --optimizer bootstrap+calibrate        demos, then the yes/no verdict's calibration biases""",
     "chat": """examples:
   rag chat                               ask questions one after another; Ctrl-D or 'exit' quits""",
+    "mcp": """examples:
+  rag mcp                                an MCP server on stdio for Claude Desktop, Cursor or any MCP client
+  RAG_LM=openai/gpt-4o-mini rag mcp      its ask_papers answers with a remote model
+  (client config: see README, "The papers as tools for agents")""",
+    "feedback": """examples:
+  rag feedback stats                     how many answers were liked, disliked, corrected
+  rag feedback list --limit 20           the latest ratings (--json: every field, the rated answer included)
+  rag feedback export -o eval/feedback.jsonl --merge eval/train.jsonl
+                                         the written train set plus the ratings as labelled rows (never dev)
+  rag optimize --train eval/feedback.jsonl
+  rag eval --set eval/feedback.jsonl""",
     "settings": """examples:
   rag settings                           every setting, its value and its environment variable""",
 }
@@ -147,5 +158,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
 
     add("chat", "Interactive question-answer loop in the terminal.", [common, retrieval, model])
+    add("mcp", "Serve search_papers, ask_papers and list_papers to an MCP client (stdio).", [common, retrieval, model])
+    p = add("feedback", "The chat's ratings: list, count, or export them as labelled rows for eval and optimize.",
+            [common])
+    p.add_argument("action", choices=("list", "stats", "export"))
+    p.add_argument("--db", help="ratings file (default RAG_CACHE_DIR/feedback.sqlite3)")
+    p.add_argument("--json", action="store_true", help="list, stats: print JSON")
+    p.add_argument("--limit", type=int, help="list: only the latest N")
+    p.add_argument("-o", "--output", help="export: the JSONL file to write (eval set format)")
+    p.add_argument("--merge", metavar="SET", help="export: write this labelled set's rows first (e.g. eval/train.jsonl)")
+    p.add_argument("--dev", help="export: questions of this set are never exported (default eval/dev.jsonl; 'none')")
     add("settings", "List every setting, its current value and its environment variable.", [])
     return parser
