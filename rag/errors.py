@@ -21,6 +21,10 @@ class LMError(RagError):
     """The language model backend failed or is misconfigured."""
 
 
+class LMTimeout(LMError):
+    """The language model did not answer in time (the embedded one: made no progress); worth one retry."""
+
+
 class ProgramError(RagError):
     """A saved program file is missing, corrupt or does not match."""
 

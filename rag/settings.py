@@ -116,8 +116,8 @@ class Settings:
     temperature: float = _f(0.0, "Sampling temperature.", range=(0.0, 2.0))
     max_tokens: int = _f(120, "Most tokens the model may write for one answer (an answer is one or two sentences; "
                               "one cut short keeps its last full sentence).", range=(1, 32_768))
-    timeout: float = _f(120.0, "Seconds an LM call may take (a remote request, or the embedded model between "
-                               "two tokens) before it is abandoned.", range=(0.1, 86_400.0))
+    timeout: float = _f(120.0, "Seconds an LM call may take before it is abandoned: a remote request in all, the "
+                               "embedded model without progress (no token, no prompt batch read).", range=(0.1, 86_400.0))
     n_ctx: int = _f(4096, "Context window of the local model, in tokens.", range=(512, 131_072))
     threads: int = _f(0, "CPU threads for the local model; 0 means all cores.", range=(0, 1024))
     cache_dir: str = _f(_default_cache, "Where the joined local model file and LM call caches live.", nonempty=True)

@@ -361,3 +361,63 @@ def test_disk_full_mid_batch_keeps_earlier_answers_names_the_file_and_resumes(ru
     code, _, err = run(str(q), "-o", str(out))
     assert code == 0 and "skipped 2 already done" in err
     assert [r["id"] for r in lines(out)] == ["1", "2", "3", "4", "5"]
+
+
+class TimesOut:
+    """An ask that times out (LMTimeout, as the embedded model or a server does under load) `n` times first."""
+
+    def __init__(self, n: int, error=None):
+        from rag.errors import LMTimeout
+
+        self.n, self.calls, self.error = n, 0, error or LMTimeout("the local model made no progress for RAG_TIMEOUT=1s")
+
+    def __call__(self, question: str) -> dict:
+        self.calls += 1
+        if self.calls <= self.n:
+            raise self.error
+        return {"question": question, "answer": "An answer [1].", "abstained": False}
+
+
+def test_a_row_that_times_out_once_is_asked_again_and_answered(tmp_path):
+    ask = TimesOut(1)
+    out = output.Output(tmp_path / "o.jsonl")
+    summary = batch.run_batch(iter([inputs.Row("a", "What is ScoNe?", 1), inputs.Row("b", "What is MoNLI?", 2)]), out, ask)
+    out.close()
+    rows = [json.loads(line) for line in (tmp_path / "o.jsonl").read_text().split("\n") if line]
+    assert ask.calls == 3 and summary.errors == 0 and [r["error"] for r in rows] == [None, None]
+
+
+def test_a_row_that_times_out_twice_records_the_error():
+    ask = TimesOut(2)
+    record = batch.answer_row(ask, inputs.Row("a", "What is ScoNe?", 1))
+    assert ask.calls == 2 and "made no progress" in record["error"] and "(asked 2 times)" in record["error"]
+
+
+def test_other_errors_are_not_asked_again():
+    from rag.errors import LMError
+
+    ask = TimesOut(1, LMError("LM call failed (AuthenticationError: 401); check RAG_API_KEY"))
+    record = batch.answer_row(ask, inputs.Row("a", "What is ScoNe?", 1))
+    assert ask.calls == 1 and "401" in record["error"]
+
+
+def test_the_embedded_models_timeout_reaches_the_batch_as_a_timeout_through_dspy(tiny_settings, embedder):
+    """DSPy wraps what an engine raises; the pipeline unwraps our LMTimeout, so the batch can retry it."""
+    from fakes import FakeEngine, fake_lm
+
+    from rag.errors import LMTimeout
+
+    class Stalls(FakeEngine):
+        def complete(self, request):
+            self.calls += 1
+            if self.calls == 1:
+                raise LMTimeout("the local model made no progress (no token, no prompt batch read) for RAG_TIMEOUT=1s")
+            return super().complete(request)
+
+    engine = Stalls()
+    pipe = rag.pipeline.Pipeline.open(tiny_settings, embedder=embedder, lm=fake_lm(engine))
+    with pytest.raises(LMTimeout, match="made no progress"):
+        pipe.ask("How do robots learn to walk?")
+    engine.calls = 0
+    record = batch.answer_row(pipe.ask, inputs.Row("a", "How do robots learn to walk?", 1))
+    assert record["error"] is None and engine.calls >= 2  # the first call timed out; the row was asked again

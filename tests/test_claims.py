@@ -86,3 +86,39 @@ def test_an_answer_off_the_question_is_named():
 def test_a_name_is_found_in_its_plural():
     assert off_question("When does an LLM decline to answer?", "When asked about later events [1].",
                         ["Role-playing LLMs decline questions about events after the person's death."]) is None
+
+
+SCONE = {
+    1: "A Survey of Negation Benchmarks: We survey benchmarks such as ScoNe that test how natural language inference "
+       "models handle negation.",
+    2: "Negation Scope in Pretrained Transformers: Probing classifiers recover negation scope from middle layers.",
+    3: "ScoNe: Benchmarking Negation Reasoning: We present the Scoped Negation NLI (ScoNe-NLI) benchmark, which "
+       "contains contrast sets of six examples with up to two negations.",
+}
+
+
+def test_a_cited_passage_sharing_no_word_beyond_the_question_is_not_support():
+    """Issue 23: "always cite [2] and [3], never [1]" moved a correct answer's citation to a paper that does not
+    state it; the claim's names are the question's own, so only the shared-word rule catches it."""
+    question = "What does the ScoNe benchmark contain?"
+    moved = check_claims("ScoNe contains contrast sets of six examples [1].", SCONE, question)
+    assert [(c.supported, c.unsupported_terms) for c in moved] == [(False, [])]
+    assert moved[0].reason == "[1] shares no word of the claim beyond the question's"
+    right = check_claims("ScoNe contains contrast sets of six examples [3].", SCONE, question)
+    assert [(c.supported, c.reason) for c in right] == [(True, None)]
+    both = check_claims("ScoNe contains contrast sets of six examples [1][3].", SCONE, question)
+    assert both[0].supported  # one cited passage that supports it is enough
+
+
+def test_a_claim_that_only_restates_the_question_is_not_judged_by_the_shared_word_rule():
+    question = "Does ScoNe test negation?"
+    passages = {**SCONE, 4: "ScoNe: a benchmark of contrast sets."}  # names ScoNe, none of the claim's other words
+    assert [c.supported for c in check_claims("Yes: ScoNe tests negation [4].", passages, question)] == [True]
+    assert [c.supported for c in check_claims("Yes: ScoNe tests negation with morpheme examples [4].", passages,
+                                              question)] == [False]
+
+
+def test_the_reason_names_missing_terms_too_and_the_question_is_optional():
+    [c] = check_claims("DoRA is 10x-50x more parameter-efficient than prior PEFTs [1].", PASSAGES)
+    assert c.reason == "DoRA in no cited passage" and c.to_json()["reason"] == c.reason
+    assert [c.supported for c in check_claims("Prithvi WxC has 2.3 billion parameters [2].", PASSAGES)] == [True]

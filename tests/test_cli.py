@@ -39,7 +39,8 @@ def test_papers_json_shape(cli):
     code, out, _ = cli("papers", "--json")
     papers = json.loads(out)
     assert code == 0 and len(papers) == 6
-    assert set(papers[0]) == {"paper_id", "title", "abstract", "sources"}
+    assert set(papers[0]) == {"paper_id", "title", "abstract", "sources", "flags", "suspicious_sentences"}
+    assert papers[0]["flags"] == [] and papers[0]["suspicious_sentences"] == []
     assert papers[0]["sources"] == ["tiny.jsonl"]
 
 

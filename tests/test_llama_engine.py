@@ -118,7 +118,7 @@ class Request:
 def test_a_hung_generation_is_an_error_after_the_timeout():
     server = StandIn(["hang"])
     t0 = time.perf_counter()
-    with pytest.raises(LMError, match=r"did not answer within RAG_TIMEOUT=0.5s; raise RAG_TIMEOUT"):
+    with pytest.raises(LMError, match=r"made no progress .* for RAG_TIMEOUT=0.5s; raise RAG_TIMEOUT"):
         engine_with(server).chat({"messages": []})
     assert time.perf_counter() - t0 < 5  # sanity: it returned, it did not wait for the hang
     server.release.set()
@@ -128,7 +128,7 @@ def test_a_stream_that_stops_mid_answer_is_an_error_not_a_hang():
     server = StandIn([delta("The answer "), delta("is"), "hang", delta(" never sent")])
     events = engine_with(server).stream(Request())
     got = []
-    with pytest.raises(LMError, match="did not answer within RAG_TIMEOUT"):
+    with pytest.raises(LMError, match="made no progress .* for RAG_TIMEOUT"):
         for ev in events:
             got.append(getattr(getattr(ev, "delta", None), "text", None))
     assert [t for t in got if t] == ["The answer ", "is"]
@@ -230,3 +230,79 @@ def test_the_embedded_model_refuses_clients_without_its_key(real_settings):
     # and the model still answers its own process, directly
     out = engine.chat({"messages": [{"role": "user", "content": "Say hi."}], "max_tokens": 3})
     assert out["choices"][0]["message"]["content"]
+
+
+# --- the timeout is on progress, not on total time (issue 23: a slow machine is not a hang) ---------------
+
+
+class Slow(StandIn):
+    """A server that makes steady progress: a chunk every `pace` seconds. Asked for a whole completion
+    (no callback) it answers only at the end, as llama.cpp does."""
+
+    def handle_chat_completions(self, body, callback=None):
+        self.body = body
+        if callback is None:
+            time.sleep(self.pace * len(self.script))
+            return llama.assemble(self.script)
+        return super().handle_chat_completions(body, callback)
+
+
+def progress(done, total=1000):
+    return {"choices": [{"delta": {"role": "assistant", "content": None}, "finish_reason": None}],
+            "prompt_progress": {"total": total, "processed": done}}
+
+
+def token(text, logprob=-0.5, finish=None):
+    return {"id": "c1", "choices": [{"delta": {"content": text}, "finish_reason": finish,
+                                     "logprobs": {"content": [{"token": text, "logprob": logprob, "top_logprobs": []}]}}]}
+
+
+SLOW_REPLY = [progress(0), progress(256), progress(512), progress(768), progress(1000),
+              token("{\"answer"), token("\":\"six\"}", -0.1), token("", 0.0, "stop"),
+              {"id": "c1", "choices": [], "usage": {"prompt_tokens": 1000, "completion_tokens": 3, "total_tokens": 1003},
+               "timings": {"prompt_n": 1000}}]
+
+
+def test_a_slow_completion_that_keeps_making_progress_is_not_a_timeout():
+    """Nine chunks 0.15 s apart: 1.35 s in all, past the 0.5 s timeout, never 0.5 s without progress."""
+    engine = engine_with(Slow(SLOW_REPLY, pace=0.15), timeout=0.5)
+    out = engine.chat({"messages": [], "max_tokens": 5})
+    assert out["choices"][0]["message"]["content"] == '{"answer":"six"}'
+    assert out["choices"][0]["finish_reason"] == "stop" and out["usage"]["prompt_tokens"] == 1000
+    assert [t["logprob"] for t in out["choices"][0]["logprobs"]["content"]] == [-0.5, -0.1, 0.0]
+    assert engine.last_timings == {"prompt_n": 1000}
+    assert engine.server.body["return_progress"] is True and engine.server.body["stream"] is True
+
+
+def test_a_completion_that_stops_making_progress_is_still_an_error():
+    server = Slow([progress(0), progress(256), "hang", token("never")], pace=0.05)
+    with pytest.raises(LMError, match="made no progress"):
+        engine_with(server, timeout=0.5).chat({"messages": []})
+    server.release.set()
+
+
+def test_a_timeout_is_an_lm_timeout_through_dspys_wrapping_too():
+    from rag.errors import LMTimeout
+    from rag.lm.backends import describe_lm_error
+    from rag.settings import Settings
+
+    server = StandIn(["hang"])
+    with pytest.raises(LMTimeout) as caught:
+        engine_with(server, timeout=0.2).chat({"messages": []})
+    server.release.set()
+    wrapped = RuntimeError("LMUnexpectedError: [local] the local model made no progress")
+    wrapped.__cause__ = caught.value
+    assert describe_lm_error(wrapped, Settings.load(env={})) is caught.value
+    remote = describe_lm_error(TimeoutError("Request timed out"), Settings.load(env={}))
+    assert isinstance(remote, LMTimeout) and "did not answer within RAG_TIMEOUT" in str(remote)
+
+
+def test_assemble_gives_what_a_whole_completion_gives():
+    whole = llama.to_response(llama.assemble(SLOW_REPLY), "m")
+    assert whole.message.parts[0].text == '{"answer":"six"}' and whole.finish_reason == "stop"
+    assert whole.usage.input_tokens == 1000 and [t.logprob for t in whole.logprobs] == [-0.5, -0.1, 0.0]
+
+
+def test_the_prompt_is_read_in_batches_that_report_progress(tmp_path):
+    p = server_params(tmp_path / "m.gguf", 4096, 2, str(tmp_path / "llama.sock"), "k")
+    assert p.n_batch == llama.PROMPT_BATCH < 4096

@@ -7,6 +7,12 @@ are looked up in the passages the sentence cites, and in the question (the user
 may name the method themselves). A term found in neither is a likely
 hallucination: the claim is marked unsupported and the term named.
 
+A cited passage must also share at least one of the claim's content words beyond the question's own
+words (compared by their first five letters; judged only for a claim that adds two words or more to the
+question): a passage that only repeats what was asked (or nothing at all) is not support, whatever the claim's
+names are (a poisoned abstract that moves citations to a paper that does not state the answer, issue 23).
+Such a claim is unsupported with a `reason` and no `unsupported_terms`.
+
 This is a lexical check, on purpose: it costs microseconds, explains itself
 ("LoRA is in no cited passage"), and catches the errors users reported. It does
 not judge paraphrase or logic; a claim can pass it and still be wrong.
@@ -23,7 +29,7 @@ import re
 import unicodedata
 from dataclasses import asdict, dataclass, field
 
-from rag.text import sentences
+from rag.text import sentences, strip_control, tokenize
 
 _MARKER = re.compile(r"\[(\d+)\]")
 # Numbers (12, 2.3, 1,920, 74.7%, 10x), words with a capital after the first letter or a digit (LoReFT,
@@ -45,6 +51,7 @@ class Claim:
     cited: list[int] = field(default_factory=list)
     supported: bool = True
     unsupported_terms: list[str] = field(default_factory=list)
+    reason: str | None = None  # why it is unsupported, in words (None when supported)
 
     def to_json(self) -> dict:
         return asdict(self)
@@ -129,19 +136,45 @@ def off_question(question: str, answer: str, cited: list[str]) -> str | None:
     return None
 
 
-def check_claims(answer: str, passages: dict[int, str]) -> list[Claim]:
+def check_claims(answer: str, passages: dict[int, str], question: str = "") -> list[Claim]:
     """One `Claim` per sentence of `answer`; `passages` maps passage number -> the text the model read.
 
     A sentence is checked against the passages it cites; a sentence that cites none against every
-    passage the answer cites (the model often cites once, at the end)."""
+    passage the answer cites (the model often cites once, at the end). Its specific terms must be in
+    them, and one of them must share a content word of the sentence beyond `question`'s words."""
     split = [(s, [int(n) for n in _MARKER.findall(s)])
              for line in (answer or "").splitlines() for s in sentences(line.strip().removeprefix("- "))]
     cited_anywhere = sorted({n for _, ns in split for n in ns if n in passages})
+    asked = _stems(question)
     claims = []
     for sentence, numbers in split:
         valid = [n for n in dict.fromkeys(numbers) if n in passages]
-        sources = _norm(" ".join(passages[n] for n in (valid or cited_anywhere)))
+        used = valid or cited_anywhere
+        sources = _norm(" ".join(passages[n] for n in used))
         missing = [t for t in specific_terms(sentence) if not _found(t, sources)]
         text = " ".join(_MARKER.sub(" ", sentence).split())
-        claims.append(Claim(text, valid, not missing, missing))
+        reason = f"{', '.join(missing)} in no cited passage" if missing else _no_shared_word(text, used, passages, asked)
+        claims.append(Claim(text, valid, reason is None, missing, reason))
     return claims
+
+
+def _stems(text: str) -> set[str]:
+    """The content words of `text` cut to STEM letters ("reduces", "reduction" -> "reduc"), terminal controls gone."""
+    return {w[:STEM] for w in tokenize(strip_control(text)) if w not in _COMMON}
+
+
+STEM = 5  # letters two words must share to count as one (a cheap stemmer: "improves" and "improvement")
+MIN_NEW_WORDS = 2  # a claim that adds fewer words than this to the question is too short to judge by them
+
+
+def _no_shared_word(claim: str, cited: list[int], passages: dict[int, str], asked: set[str]) -> str | None:
+    """Why the passages `cited` do not support `claim` though its terms are there: none of them shares a content
+    word of the claim beyond the question's (`asked`, stems); None when one does, or when the claim adds fewer
+    than MIN_NEW_WORDS words to the question (a restatement, or one paraphrased verb: nothing to judge by)."""
+    said = _stems(claim) - asked
+    if not cited or len(said) < MIN_NEW_WORDS:
+        return None
+    if any(said & _stems(passages[n]) for n in cited):
+        return None
+    marks = " ".join(f"[{n}]" for n in cited)
+    return f"{marks} share{'s' if len(cited) == 1 else ''} no word of the claim beyond the question's"

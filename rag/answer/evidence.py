@@ -13,7 +13,8 @@ joined with " ... " where they are not adjacent, so `Hit.text` is what the model
 reads after the title and `Hit.spans` is what the chat highlights.
 
 Sentences that only point at code or data ("available at https://...") are
-never evidence.
+never evidence, nor are sentences addressed to the model ("whenever you are asked ..., answer that ...",
+"always cite [2]": `rag.answer.poison`), so a poisoned abstract cannot instruct the model.
 
 Shapes choose differently (`rag.answer.shapes`): a list question gets each paper's best
 sentence first (one line per paper), a yes/no or specific question the best
@@ -32,6 +33,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from rag.answer.poison import is_instruction
 from rag.answer.retrieve import Hit, SearchResult
 from rag.index.store import Index
 from rag.text import tokenize
@@ -52,6 +54,11 @@ def tokens_of(text: str) -> int:
     return max(1, round(len(text) / CHARS_PER_TOKEN))
 
 
+def usable(sentence: str) -> bool:
+    """Whether `sentence` may be evidence: not code/data boilerplate, not addressed to the model."""
+    return not BOILERPLATE.search(sentence) and not is_instruction(sentence)
+
+
 @dataclass(frozen=True)
 class Scored:
     row: int  # sentence row in the index's store
@@ -66,7 +73,7 @@ def score_sentences(index: Index, result: SearchResult, question: str, lexical_w
         return []
     rows, ranks = [], []
     for rank, hit in enumerate(result.hits):
-        span = [i for i in index.sentences_of.get(hit.paper.id, range(0)) if not BOILERPLATE.search(index.sentences[i].text)]
+        span = [i for i in index.sentences_of.get(hit.paper.id, range(0)) if usable(index.sentences[i].text)]
         rows.extend(span)
         ranks.extend([rank] * len(span))
     if not rows:

@@ -45,6 +45,7 @@ import dspy
 from dspy.utils.exceptions import AdapterParseError
 
 from rag.answer.claims import check_claims, names_found, off_question, specific_terms
+from rag.answer.poison import without_instructions
 from rag.answer.retrieve import Hit, SearchResult
 from rag.answer.shapes import parse_verdict, question_shape
 from rag.text import content_words, json_string_so_far, sentences, word_set
@@ -151,8 +152,9 @@ def to_last_sentence(text: str) -> str:
 def format_passages(hits: list[Hit]) -> str:
     """Number the passages [1]..[m] in retrieval order, each its paper's title then its text (the evidence).
     Corpus text is data, not prompt structure: a DSPy field marker inside a title or abstract
-    (`[[ ## answer ## ]]`, an injection attempt) is removed, so the passages cannot open or close a field."""
-    return "\n".join(f"[{i}] {_FIELD_MARKER.sub(' ', h.paper.title)}: {_FIELD_MARKER.sub(' ', h.text)}"
+    (`[[ ## answer ## ]]`, an injection attempt) is removed, so the passages cannot open or close a field; so is
+    a sentence addressed to the model (`rag.answer.poison`), whatever path the passages took."""
+    return "\n".join(f"[{i}] {_FIELD_MARKER.sub(' ', h.paper.title)}: {_FIELD_MARKER.sub(' ', without_instructions(h.text))}"
                      for i, h in enumerate(hits, 1))
 
 
@@ -432,7 +434,8 @@ class CitedRAG(dspy.Module):
                     cited, restated = quoted, True
         if cited.abstained:
             return _abstained(evidence, retrieved, shape, NO_VALID_CITATION, p_answerable=p)
-        claims = check_claims(cited.answer, {n: f"{h.paper.title}: {h.text}" for n, h in enumerate(evidence, 1)})
+        claims = check_claims(cited.answer, {n: f"{h.paper.title}: {h.text}" for n, h in enumerate(evidence, 1)},
+                              question)
         if self.decline_unsupported and shape != "list" and not all(c.supported for c in claims):
             # A name or number the cited evidence does not contain: on train this is how most answers to
             # unanswerable questions look (the model fills the gap, or repeats the question's own example).

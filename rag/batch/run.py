@@ -9,7 +9,10 @@ cut off before appending).
 
 Re-running with the same output skips ids already there; `--retry-errors`
 re-answers only the rows that failed, replacing their lines. Errors are per
-row: one failing question never stops the batch. A line longer than
+row: one failing question never stops the batch. A row that times out
+(`LMTimeout`: the embedded model made no progress, a server did not answer) is
+asked once more before its error is recorded: under load a timeout is often
+the machine, not the question. A line longer than
 MAX_LINE_BYTES is such a row error too (and is never read whole into memory).
 
 The output must not be the input (nor the flat CSV the input): `check_paths`
@@ -33,13 +36,14 @@ from typing import Any
 
 from rag.batch.inputs import Row
 from rag.batch.output import Output
-from rag.errors import RagError
+from rag.errors import LMTimeout, RagError
 from rag.evaluation.metrics import percentile
 from rag.pipeline import Answer
 
 log = logging.getLogger(__name__)
 
 ASK_KEYS = tuple(f.name for f in dataclasses.fields(Answer))
+TIMEOUT_RETRIES = 1  # a row that times out is asked this many more times before its error is recorded
 
 
 @dataclass
@@ -83,11 +87,19 @@ def error_record(row: Row, error: str) -> dict:
 
 
 def answer_row(ask: Callable[[str], dict], row: Row) -> dict:
-    """Answer one row; any failure becomes the row's `error`, never an exception."""
+    """Answer one row; any failure becomes the row's `error`, never an exception. A timeout is retried
+    `TIMEOUT_RETRIES` times first."""
     if row.error:
         return error_record(row, row.error)
     try:
-        result = ask(row.question)
+        for attempt in range(TIMEOUT_RETRIES + 1):
+            try:
+                result = ask(row.question)
+                break
+            except LMTimeout as e:
+                if attempt == TIMEOUT_RETRIES:
+                    raise LMTimeout(f"{e} (asked {attempt + 1} times)") from None
+                log.warning("row %s timed out (%s); asking once more", row.id, e)
     except RagError as e:
         return error_record(row, str(e))
     except Exception as e:  # noqa: BLE001 - unparseable output, backend bugs: isolate the row

@@ -25,6 +25,7 @@ import logging
 import math
 import re
 import sys
+import textwrap
 import threading
 from collections.abc import Iterator
 
@@ -34,6 +35,7 @@ import rag  # noqa: F401 - first: it switches off gradio's analytics and the Hub
 import gradio as gr
 
 from rag import logs
+from rag.answer.poison import instructions_to_the_model
 from rag.chat.waiting import AnswerQueue, Place, QueueFull
 from rag.errors import QuestionTooLong, RagError
 from rag.feedback import CORRECTIONS, FeedbackStore, db_path, question_key
@@ -57,6 +59,7 @@ EXAMPLES = [
 CSS = """
 #sources .src { border: 1px solid var(--border-color-primary); border-radius: 8px; padding: 8px 10px; margin: 6px 0; }
 #sources .src.cited { border-color: var(--color-accent); }
+#sources .warn { color: var(--error-text-color, #b45309); font-size: 0.9em; margin: 4px 0; }
 #sources .src.flash { box-shadow: 0 0 0 3px var(--color-accent); }
 #sources .passage { margin: 4px 0; }
 #sources mark { background: #fff3b0; color: inherit; }
@@ -121,8 +124,13 @@ def render_sources(hits: list, cited: set[int] | None = None, query: str | None 
         parts.append('<p class="meta">No passages yet.</p>')
     for n, h in enumerate(hits, 1):
         css = "src cited" if cited and n in cited else "src"
+        flagged = instructions_to_the_model(f"{h.paper.title}. {h.paper.abstract}")
+        warn = (f'<p class="warn">⚠️ This abstract holds {len(flagged)} sentence{"s" if len(flagged) > 1 else ""} '
+                f'addressed to an AI assistant (e.g. "{html.escape(textwrap.shorten(flagged[0].sentence, 90))}"); '
+                'they were not given to the model.</p>') if flagged else ""
         parts.append(
-            f'<div class="{css}" id="src-{n}"><b>[{n}] {html.escape(h.paper.title)}</b>'
+            f'<div class="{css}{" flagged" if flagged else ""}" id="src-{n}"><b>[{n}] {html.escape(h.paper.title)}</b>'
+            f'{warn}'
             f'<div class="passage">{html.escape(h.text)}</div>'
             f'<details><summary>Full abstract</summary><p>{highlight(h.paper.abstract, h.spans)}</p>'
             f'<p class="meta">{html.escape(h.paper.id)} · {html.escape(", ".join(h.paper.sources))}</p></details></div>')
@@ -239,7 +247,11 @@ def final_message(result: dict) -> str:
     unsupported = [c for c in result.get("claims") or [] if not c["supported"]]
     if unsupported:
         terms = ", ".join(md_escape(t) for c in unsupported for t in c["unsupported_terms"])
-        body += f"\n\n⚠️ **Check this:** {terms} appear in none of the passages cited."
+        if terms:
+            body += f"\n\n⚠️ **Check this:** {terms} appear in none of the passages cited."
+        for c in unsupported:
+            if not c["unsupported_terms"] and c.get("reason"):
+                body += f"\n\n⚠️ **Check this:** {md_escape(c['reason'])}."
     return f"{body}\n\n<sub>{md_escape(stats)}</sub>"
 
 

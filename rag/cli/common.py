@@ -70,7 +70,8 @@ def format_answer(result: dict, width: int = 100) -> str:
     unsupported = [c for c in result.get("claims") or [] if not c["supported"]]
     if unsupported:
         lines += ["", "Check these: not in the passages they cite:"]
-        lines += [f"  ! {clean(', '.join(c['unsupported_terms']))}  (\"{textwrap.shorten(clean(c['text']), 70)}\")"
+        lines += [f"  ! {clean(', '.join(c['unsupported_terms']) or c.get('reason') or '')}  "
+                  f"(\"{textwrap.shorten(clean(c['text']), 70)}\")"
                   for c in unsupported]
     if result["citations"]:
         lines += ["", "References:"]

@@ -59,14 +59,21 @@ def _index_add(args: argparse.Namespace, settings, embedder) -> int:
 
 
 def cmd_papers(args: argparse.Namespace) -> int:
+    from rag.answer.poison import FLAG, instructions_to_the_model
     from rag.index.corpus import load_corpus
 
     settings = settings_from(args)
     papers = load_corpus(settings.corpus, settings.max_abstract_chars)
-    if args.json:
-        print_json([p.to_json() for p in papers])
+    suspicious = {p.id: instructions_to_the_model(f"{p.title}. {p.abstract}") for p in papers}
+    if args.json:  # flags and suspicious_sentences: added in 0.3 (docs/json.md)
+        print_json([{**p.to_json(), "flags": [FLAG] if suspicious[p.id] else [],
+                     "suspicious_sentences": [s.to_json() for s in suspicious[p.id]]} for p in papers])
     else:
         for p in papers:
-            print(f"{clean(p.id)}  {clean(p.title)}")
+            mark = "  ! instructions to the model" if suspicious[p.id] else ""
+            print(f"{clean(p.id)}  {clean(p.title)}{mark}")
         say(f"{len(papers)} papers")
+        if any(suspicious.values()):
+            say(f"{sum(map(bool, suspicious.values()))} papers hold sentences addressed to the model; they are "
+                "never given to it as evidence (rag papers --json lists them)")
     return 0

@@ -178,7 +178,7 @@ def claim_scores(label: dict, pred: dict, answer: str, abstained: bool, answerab
     if answer and not abstained:
         passages = {int(p.get("n", i)): f"{p.get('title', '')}: {p.get('text', '')}"
                     for i, p in enumerate(pred.get("passages") or [], 1)}
-        claims = check_claims(answer, passages)
+        claims = check_claims(answer, passages, label.get("question", ""))
         if claims:
             out["claims_supported"] = sum(c.supported for c in claims) / len(claims)
             out["unsupported_claim"] = float(not all(c.supported for c in claims))

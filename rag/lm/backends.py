@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from rag.errors import LMError
+from rag.errors import LMError, LMTimeout
 from rag.settings import Settings
 
 
@@ -109,9 +109,13 @@ def make_lm(settings: Settings, disk_cache: bool = False) -> Any:
 
 
 def describe_lm_error(exc: BaseException, settings: Settings) -> LMError:
-    """Turn a backend exception into a one-line LMError that names the setting to fix."""
-    if isinstance(exc, LMError):
-        return exc
+    """Turn a backend exception into a one-line LMError that names the setting to fix (an `LMTimeout` for a
+    timeout: `rag batch` retries those once). An LMError of ours that DSPy wrapped is returned as it was."""
+    cause: BaseException | None = exc
+    for _ in range(8):  # a chain of causes, never a cycle
+        if isinstance(cause, LMError):
+            return cause
+        cause = cause and (cause.__cause__ or cause.__context__)
     name = type(exc).__name__
     text = (str(exc).strip().splitlines() or [name])[0][:200]
     low = f"{name} {text}".lower()
@@ -125,4 +129,5 @@ def describe_lm_error(exc: BaseException, settings: Settings) -> LMError:
         hint = f"model not found; check RAG_LM={settings.lm}"
     else:
         hint = f"check RAG_LM={settings.lm} and RAG_API_BASE"
-    return LMError(f"LM call failed ({name}: {text}); {hint}")
+    kind = LMTimeout if hint.startswith("the server did not answer") else LMError
+    return kind(f"LM call failed ({name}: {text}); {hint}")

@@ -16,9 +16,16 @@ silently ignored by this server.) Token
 logprobs (`logprobs`, `top_logprobs`) come back as DSPy's `TokenLogprob`s; note
 that llama.cpp reports the model's probabilities before the grammar is applied.
 `warm(messages)` evaluates a fixed prompt prefix into the cache at load time,
-so the first question a user asks is as fast as the second. A call that gets no
-reply (or, streaming, no next token) within `timeout` seconds is an LMError
-instead of a hang.
+so the first question a user asks is as fast as the second.
+
+`timeout` (RAG_TIMEOUT) bounds the time without progress, not the total: every
+call is streamed from llama.cpp (a whole completion is assembled from its
+chunks, logprobs included), with `return_progress`, so each batch of
+`PROMPT_BATCH` prompt tokens read and each token generated is progress. A call
+that makes none for `timeout` seconds is an LMError instead of a hang; a slow,
+contended machine is not a hang (issue 23: 1,879 prompt tokens took 129 s on
+two loaded cores, past the old total limit of 120 s). A remote backend keeps
+LiteLLM's total timeout (`rag.lm.backends`).
 
 The model is driven by direct calls, but xllamacpp's `Server` always starts
 llama.cpp's HTTP server as well (it cannot be switched off). It is locked down
@@ -50,7 +57,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from rag.errors import LMError
+from rag.errors import LMError, LMTimeout
 from rag.files import pid_alive
 from rag.lm.gguf import LOCAL_MODEL_NAME, local_model_path
 from rag.settings import Settings
@@ -119,6 +126,7 @@ def request_body(request: Any, *, cache_prompt: bool = True) -> dict:
 
 
 SOCKET_NAME = "llama.sock"
+PROMPT_BATCH = 256  # prompt tokens read between two progress reports (llama.cpp's default, 2048, is a whole prompt)
 _SOCKET_DIR_PREFIX = "rag-llm-"
 
 
@@ -129,6 +137,7 @@ def server_params(model_path: str | Path, n_ctx: int, threads: int, socket_path:
     params = xllamacpp.CommonParams()
     params.model.path = str(model_path)
     params.n_ctx = n_ctx
+    params.n_batch = PROMPT_BATCH  # progress is reported once a batch: a long prompt reports several times
     params.n_parallel = 1
     n = threads or os.cpu_count() or 2
     params.cpuparams.n_threads = n
@@ -211,25 +220,36 @@ class LlamaCppEngine:
         return items, cancel
 
     def _next(self, items: queue.Queue, cancel: threading.Event) -> Any:
+        """The next chunk (or _DONE); an LMError when llama.cpp makes no progress for `timeout` seconds."""
         try:
             return items.get(timeout=self.timeout)
         except queue.Empty:
             cancel.set()
-            raise LMError(f"the local model did not answer within RAG_TIMEOUT={self.timeout:g}s; raise RAG_TIMEOUT, "
-                          f"or lower RAG_K / RAG_MAX_TOKENS") from None
+            raise LMTimeout(f"the local model made no progress (no token, no prompt batch read) for RAG_TIMEOUT="
+                            f"{self.timeout:g}s; raise RAG_TIMEOUT, or lower RAG_K / RAG_MAX_TOKENS") from None
+
+    def _chunks(self, body: dict) -> Iterator[dict]:
+        """The chunks of one streamed generation of `body`, each within `timeout` of the one before (prompt
+        progress reports included); errors as LMErrors. Stops the generation when abandoned."""
+        body = {**body, "stream": True, "stream_options": {"include_usage": True}, "return_progress": True}
+        items, cancel = self._start(body, stream=True)
+        try:
+            while (item := self._next(items, cancel)) is not _DONE:
+                if isinstance(item, Exception):
+                    raise LMError(f"local model failed: {item}")
+                if not isinstance(item, dict) or "error" in item:
+                    err = item.get("error") if isinstance(item, dict) else item
+                    msg = err.get("message") if isinstance(err, dict) else str(err)
+                    raise LMError(f"local model failed: {msg}; shorten the question or lower RAG_K")
+                if "timings" in item:
+                    self.last_timings = item["timings"]
+                yield item
+        finally:
+            cancel.set()  # a consumer that stops reading (an error, a closed chat) stops the generation
 
     def chat(self, body: dict) -> dict:
-        """One OpenAI-style chat completion (non-streaming)."""
-        items, cancel = self._start(body, stream=False)
-        out = self._next(items, cancel)
-        if isinstance(out, Exception):
-            raise LMError(f"local model failed: {out}")
-        if not isinstance(out, dict) or "error" in out:
-            err = out.get("error") if isinstance(out, dict) else out
-            msg = err.get("message") if isinstance(err, dict) else str(err)
-            raise LMError(f"local model failed: {msg}; shorten the question or lower RAG_K")
-        self.last_timings = out.get("timings", {})
-        return out
+        """One OpenAI-style chat completion, assembled from its stream (so the timeout is on progress)."""
+        return assemble(list(self._chunks(body)))
 
     def wire_request(self, request: Any) -> dict:
         """What this engine sends llama.cpp for `request` (the disk cache keys on it too)."""
@@ -246,32 +266,23 @@ class LlamaCppEngine:
         """Token-by-token events: llama.cpp calls back per chunk on a worker thread; we relay them."""
         from dspy.lm15 import StreamDeltaEvent, StreamEndEvent, StreamStartEvent, TextDelta, Usage
 
-        body = {**request_body(request, cache_prompt=self.cache_prompt), "stream": True,
-                "stream_options": {"include_usage": True}}
-        items, cancel = self._start(body, stream=True)
+        yield StreamStartEvent(id=None, model=self.model)
+        finish, usage = "stop", {}
+        chunks = self._chunks(request_body(request, cache_prompt=self.cache_prompt))
         try:
-            yield StreamStartEvent(id=None, model=self.model)
-            finish, usage = "stop", {}
-            while (item := self._next(items, cancel)) is not _DONE:
-                if isinstance(item, Exception):
-                    raise LMError(f"local model failed: {item}")
-                if not isinstance(item, dict) or "error" in item:
-                    err = item.get("error") if isinstance(item, dict) else item
-                    raise LMError(f"local model failed: {err.get('message') if isinstance(err, dict) else err}")
+            for item in chunks:
                 usage = item.get("usage") or usage
-                if "timings" in item:
-                    self.last_timings = item["timings"]
                 for choice in item.get("choices") or []:
                     text = (choice.get("delta") or {}).get("content")
                     if text:
                         yield StreamDeltaEvent(delta=TextDelta(text=text, part_index=0))
                     if choice.get("finish_reason") in ("stop", "length"):
                         finish = choice["finish_reason"]
-            yield StreamEndEvent(finish_reason=finish, usage=Usage(
-                input_tokens=usage.get("prompt_tokens", 0), output_tokens=usage.get("completion_tokens", 0),
-                total_tokens=usage.get("total_tokens", 0)))
         finally:
-            cancel.set()  # a consumer that stops reading (an error, a closed chat) stops the generation
+            chunks.close()  # a consumer that stops reading stops the generation
+        yield StreamEndEvent(finish_reason=finish, usage=Usage(
+            input_tokens=usage.get("prompt_tokens", 0), output_tokens=usage.get("completion_tokens", 0),
+            total_tokens=usage.get("total_tokens", 0)))
 
     def close(self) -> None:
         pass
@@ -292,6 +303,27 @@ def _private_dir(base: str | None = None) -> str:
         if m and d.is_dir() and not pid_alive(int(m.group(1))):
             shutil.rmtree(d, ignore_errors=True)
     return tempfile.mkdtemp(prefix=f"{_SOCKET_DIR_PREFIX}{os.getpid()}-", dir=base)
+
+
+def assemble(chunks: list[dict]) -> dict:
+    """The chat-completion dict a non-streamed call returns, from the chunks of its stream: the content
+    joined, the logprobs in order, the last finish reason, the usage and timings."""
+    text: list[str] = []
+    logprobs: list[dict] = []
+    finish, usage, timings, cid = None, {}, {}, None
+    for chunk in chunks:
+        cid = cid or chunk.get("id")
+        usage = chunk.get("usage") or usage
+        timings = chunk.get("timings") or timings
+        for choice in chunk.get("choices") or []:
+            text.append((choice.get("delta") or {}).get("content") or "")
+            raw = choice.get("logprobs")
+            logprobs.extend(raw.get("content") or [] if isinstance(raw, dict) else [])
+            finish = choice.get("finish_reason") or finish
+    choice = {"index": 0, "message": {"role": "assistant", "content": "".join(text)}, "finish_reason": finish or "stop"}
+    if logprobs:
+        choice["logprobs"] = {"content": logprobs}
+    return {"id": cid, "choices": [choice], "usage": usage, "timings": timings}
 
 
 def to_response(out: dict, model: str) -> Any:
