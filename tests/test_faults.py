@@ -99,6 +99,19 @@ def test_lm_raising_in_rag_ask_is_a_one_line_error(cli, fake_models):
     assert err.startswith("error: LM call failed (") and "connection reset by peer" in err
 
 
+def test_with_the_extractive_fallback_a_raising_lm_still_answers_and_says_why(cli, fake_models, monkeypatch):
+    class Boom(FakeEngine):
+        def complete(self, request):
+            raise ConnectionResetError("connection reset by peer")
+
+    use(fake_models, Boom())
+    monkeypatch.setenv("RAG_FALLBACK", "extractive")
+    code, out, err = cli("ask", "How do state space models scale?", "--json")
+    result = json.loads(out)
+    assert code == 0 and result["abstained"] is False and result["citations"]
+    assert result["provenance"]["fallback"] == "extractive" and "connection reset by peer" in result["provenance"]["lm_error"]
+
+
 @pytest.mark.parametrize("text", ["", "   \n  ", "[[ ## answer ## ]]\n\n[[ ## sources ## ]]\n[]\n\n[[ ## completed ## ]]"])
 def test_an_empty_reply_is_an_abstention(cli, fake_models, text):
     use(fake_models, Scripted(text))
