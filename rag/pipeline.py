@@ -269,7 +269,9 @@ class Pipeline:
 
         Events: {"type": "status", "text"}; {"type": "rewritten", "query"} when a follow-up was
         rewritten with `history` (earlier (question, answer) pairs) into a standalone query;
-        {"type": "passages", "hits"}; {"type": "token", "text"} as the answer is written; and last
+        {"type": "passages", "hits"}; {"type": "evidence", "text", "hits"} at once after them (the extractive
+        answer: the best evidence sentences, cited [n] into `hits`, the passages the model reads), unless the
+        program will abstain without the model; {"type": "token", "text"} as the answer is written; and last
         {"type": "done", "result", "hits", "query"}, whose result is the `rag ask --json` object
         (its answer is the checked one, which can differ from the streamed text).
         """
@@ -294,6 +296,7 @@ class Pipeline:
             yield {"type": "status", "text": "Searching the papers..."}
             found = self._retrieve(query, k, mode)
             yield {"type": "passages", "hits": found.hits}
+            yield from self._evidence_event(query, found)
             pred = None
             json_reply = isinstance(answer_adapter(self.lm), dspy.JSONAdapter)
             raw, shown = "", ""
@@ -316,6 +319,13 @@ class Pipeline:
             return
         result = self._result(q, pred, time.perf_counter() - t0, k, mode)
         yield {"type": "done", "result": result, "hits": pred.hits, "query": query}
+
+    def _evidence_event(self, query: str, found: SearchResult) -> Iterator[dict]:
+        """The evidence the model is about to read, quoted and cited (the extractive answer), shown while it writes;
+        nothing when the program will abstain without the model anyway."""
+        preview = self.extractive(query, found)
+        if not preview.abstained:
+            yield {"type": "evidence", "text": preview.answer, "hits": preview.hits}
 
     def _extractive_stream(self, q: str, k: int | None, mode: str | None) -> Iterator[dict]:
         """`ask_stream` under RAG_ANSWER=extractive: no rewrite (that needs a model), no tokens, one answer."""
