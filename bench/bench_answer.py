@@ -8,7 +8,8 @@ machine's load falls on both alike. Both answer through `ask_stream`, as the cha
 embedded model, with no LM cache.
 
 Per question and side: wall time, time to the first streamed answer token (for an answer with no
-streamed text, a list or an abstention, the time its text is first shown), LM calls, prompt tokens
+streamed text, a list or an abstention, the time its text is first shown), time to the cited evidence the
+chat shows first (the `evidence` event; a side without one counts its first text), LM calls, prompt tokens
 per call (the size of the prompt), tokens llama.cpp actually read (the rest came from its prompt
 cache), and completion tokens. Quality: both sides' answers are scored by this checkout's `rag eval`
 (same metrics for both), written as two eval reports, and compared with the paired bootstrap.
@@ -62,15 +63,18 @@ LlamaCppEngine.stream = stream
 def answer(pipe, question):
     del CALLS[:]
     t0 = time.perf_counter()
-    first = None
+    first = evidence = None
     result = None
     for ev in pipe.ask_stream(question):
+        if ev["type"] == "evidence" and evidence is None:
+            evidence = time.perf_counter() - t0
         if ev["type"] == "token" and first is None:
             first = time.perf_counter() - t0
         elif ev["type"] == "done":
             result = ev["result"]
     wall = time.perf_counter() - t0
     return {"result": result, "wall_s": wall, "first_s": first if first is not None else wall,
+            "evidence_s": evidence if evidence is not None else (first if first is not None else wall),
             "calls": len(CALLS), "prompt_tokens": [c[0] for c in CALLS], "read_tokens": sum(c[1] for c in CALLS),
             "completion_tokens": sum(c[2] for c in CALLS)}
 '''
@@ -166,6 +170,9 @@ def main() -> None:
                 "latency_p95_s": percentile([x["wall_s"] for x in r], 95),
                 "first_text_p50_s": percentile([x["first_s"] for x in r], 50),
                 "first_text_p95_s": percentile([x["first_s"] for x in r], 95),
+                # the cited evidence the chat shows before the first token (a side without it: its first text)
+                "first_evidence_p50_s": percentile([x.get("evidence_s", x["first_s"]) for x in r], 50),
+                "first_evidence_p95_s": percentile([x.get("evidence_s", x["first_s"]) for x in r], 95),
                 "prompt_tokens_per_call_p50": percentile(sizes, 50) if sizes else None,
                 "tokens_read_p50": percentile([x["read_tokens"] for x in answered], 50) if answered else None,
                 "completion_tokens_p50": percentile([x["completion_tokens"] for x in answered], 50) if answered else None,

@@ -26,10 +26,11 @@ import dspy
 from dspy.streaming import StreamListener, StreamResponse
 
 from rag.answer.evidence import select_evidence
+from rag.answer.extractive import extractive_answer
 from rag.answer.program import TEXT_FIELDS, CitedRAG, CompactJSONAdapter, answer_adapter, rewrite_question
 from rag.answer.program_files import load_program, read_program_file, resolve_program
 from rag.answer.retrieve import Hit, Retriever, SearchResult
-from rag.errors import QuestionTooLong, RagError
+from rag.errors import LMError, QuestionTooLong, RagError
 from rag.index.embed import Embedder, get_embedder
 from rag.index.open import open_index
 from rag.index.store import Index
@@ -40,6 +41,7 @@ from rag.text import json_string_so_far
 log = logging.getLogger(__name__)
 
 MAX_QUESTION_CHARS = 2000
+EXTRACTIVE = "extractive"  # RAG_ANSWER / RAG_FALLBACK value, and provenance.lm of an answer no LM wrote
 # DSPy keeps every LM call (prompt and output) in histories and traces of up to 10,000 entries; a
 # long batch would hold tens of MB of old prompts. Keep the last few for `dspy.inspect_history`.
 HISTORY_KEEP = 20
@@ -165,13 +167,15 @@ class Pipeline:
 
         Checks that cost nothing (the program file, the remote backend's settings) run before the
         index is built or the model loaded. `on_build(path)` is called before an index build starts.
+        With RAG_ANSWER=extractive no LM is loaded at all: `ask` quotes the evidence (rag/answer/extractive.py).
         """
-        program_path = resolve_program(settings.program) if need_lm else None
+        use_lm = need_lm and settings.answer == "lm"
+        program_path = resolve_program(settings.program) if use_lm else None
         if program_path is not None:
             read_program_file(program_path)  # a bad program file fails before the index or the model loads
-        if need_lm and lm is None:
+        if use_lm and lm is None:
             backend(settings).check(settings)  # a missing API key should not cost an index build first
-        if need_lm:
+        if use_lm:
             check_context(settings)  # nor a prompt that cannot fit the local model
         factory: Callable[[], Embedder] = (lambda: embedder) if embedder is not None else \
             (lambda: get_embedder(settings.embed_model, settings.embed_backend, settings.cache_dir))
@@ -179,6 +183,9 @@ class Pipeline:
         pipe = cls(settings, index, factory)
         if need_lm:
             pipe.embedder  # noqa: B018 - load it now: the first question should not wait for it
+        if need_lm and not use_lm:
+            pipe.program_label = EXTRACTIVE
+        if use_lm:
             pipe.lm = lm if lm is not None else make_lm(settings, disk_cache=disk_cache)
             pipe.program = CitedRAG(pipe.search, settings.min_score, select=pipe.select_evidence,
                                     threshold=settings.answerable_threshold,
@@ -237,18 +244,36 @@ class Pipeline:
     def ask(self, question: str) -> dict:
         """Answer one question; returns the `rag ask --json` object (`Answer.to_json()`)."""
         q = validate_question(question)
+        t0 = time.perf_counter()
+        if self.settings.answer == EXTRACTIVE:
+            found = self._retrieve(q)
+            return self._result(q, self.extractive(q, found), time.perf_counter() - t0, extractive=True)
         if self.program is None:
             raise RagError("this pipeline was opened without a language model")
-        t0 = time.perf_counter()
+        found = self._retrieve(q)
         try:
-            found = self._retrieve(q)
             with self._context():
                 pred = self.program(question=q, result=found)
-        except RagError:
-            raise
         except Exception as e:  # noqa: BLE001 - backends raise anything; name the setting to fix
-            raise describe_lm_error(e, self.settings) from None
+            error = self._lm_failure(e)
+            return self._result(q, self.extractive(q, found), time.perf_counter() - t0, fallback=error)
         return self._result(q, pred, time.perf_counter() - t0)
+
+    def extractive(self, question: str, found: SearchResult) -> Any:
+        """The extractive answer (rag/answer/extractive.py) from a retrieval: no LM, about a millisecond."""
+        return extractive_answer(question, found, self.index, budget=self.settings.evidence_tokens,
+                                 min_score=self.settings.min_score)
+
+    def _lm_failure(self, e: Exception) -> LMError:
+        """The LMError an answer step failed with, when RAG_FALLBACK lets the extractive answer stand in for
+        the model's; anything else (another RagError, or the fallback off) is raised."""
+        if isinstance(e, RagError) and not isinstance(e, LMError):
+            raise e
+        error = describe_lm_error(e, self.settings)
+        if self.settings.fallback != EXTRACTIVE:
+            raise error from None
+        log.warning("the LM failed (%s); answering with the evidence itself (RAG_FALLBACK=extractive)", error)
+        return error
 
     def ask_stream(self, question: str, history: list[tuple[str, str]] | None = None, *,
                    k: int | None = None, mode: str | None = None) -> Iterator[dict]:
@@ -256,14 +281,20 @@ class Pipeline:
 
         Events: {"type": "status", "text"}; {"type": "rewritten", "query"} when a follow-up was
         rewritten with `history` (earlier (question, answer) pairs) into a standalone query;
-        {"type": "passages", "hits"}; {"type": "token", "text"} as the answer is written; and last
+        {"type": "passages", "hits"}; {"type": "evidence", "text", "hits"} at once after them (the extractive
+        answer: the best evidence sentences, cited [n] into `hits`, the passages the model reads), unless the
+        program will abstain without the model; {"type": "token", "text"} as the answer is written; and last
         {"type": "done", "result", "hits", "query"}, whose result is the `rag ask --json` object
         (its answer is the checked one, which can differ from the streamed text).
         """
         q = validate_question(question)
+        if self.settings.answer == EXTRACTIVE:
+            yield from self._extractive_stream(q, k, mode)
+            return
         if self.program is None:
             raise RagError("this pipeline was opened without a language model")
         t0 = time.perf_counter()
+        found = None
         try:
             query = q
             if history:
@@ -277,6 +308,7 @@ class Pipeline:
             yield {"type": "status", "text": "Searching the papers..."}
             found = self._retrieve(query, k, mode)
             yield {"type": "passages", "hits": found.hits}
+            yield from self._evidence_event(query, found)
             pred = None
             json_reply = isinstance(answer_adapter(self.lm), dspy.JSONAdapter)
             raw, shown = "", ""
@@ -289,12 +321,33 @@ class Pipeline:
                     if text.startswith(shown) and len(text) > len(shown):
                         yield {"type": "token", "text": text[len(shown):]}
                         shown = text
-        except RagError:
-            raise
         except Exception as e:  # noqa: BLE001 - as in ask()
-            raise describe_lm_error(e, self.settings) from None
+            if found is None:  # retrieval itself failed: nothing to quote
+                raise e if isinstance(e, RagError) else describe_lm_error(e, self.settings) from None
+            error = self._lm_failure(e)
+            pred = self.extractive(query, found)
+            result = self._result(q, pred, time.perf_counter() - t0, k, mode, fallback=error)
+            yield {"type": "done", "result": result, "hits": pred.hits, "query": query}
+            return
         result = self._result(q, pred, time.perf_counter() - t0, k, mode)
         yield {"type": "done", "result": result, "hits": pred.hits, "query": query}
+
+    def _evidence_event(self, query: str, found: SearchResult) -> Iterator[dict]:
+        """The evidence the model is about to read, quoted and cited (the extractive answer), shown while it writes;
+        nothing when the program will abstain without the model anyway."""
+        preview = self.extractive(query, found)
+        if not preview.abstained:
+            yield {"type": "evidence", "text": preview.answer, "hits": preview.hits}
+
+    def _extractive_stream(self, q: str, k: int | None, mode: str | None) -> Iterator[dict]:
+        """`ask_stream` under RAG_ANSWER=extractive: no rewrite (that needs a model), no tokens, one answer."""
+        t0 = time.perf_counter()
+        yield {"type": "status", "text": "Searching the papers..."}
+        found = self._retrieve(q, k, mode)
+        yield {"type": "passages", "hits": found.hits}
+        pred = self.extractive(q, found)
+        result = self._result(q, pred, time.perf_counter() - t0, k, mode, extractive=True)
+        yield {"type": "done", "result": result, "hits": pred.hits, "query": q}
 
     def _relay(self, make_stream: Callable[[], Iterator[Any]]) -> Iterator[Any]:
         """Run a stream in a worker thread under this pipeline's DSPy context and relay its items.
@@ -333,11 +386,13 @@ class Pipeline:
             self._streamer = dspy.streamify(self.program, stream_listeners=listeners, async_streaming=False)
         return self._streamer
 
-    def _result(self, q: str, pred: Any, latency: float, k: int | None = None, mode: str | None = None) -> dict:
+    def _result(self, q: str, pred: Any, latency: float, k: int | None = None, mode: str | None = None, *,
+                extractive: bool = False, fallback: LMError | None = None) -> dict:
+        """The `rag ask --json` object; `extractive` (the mode) or `fallback` (the LM's error) when no LM wrote it."""
         _trim_global_history()
         prompt_tokens, completion_tokens = _usage(pred)
         provenance = {
-            "lm": self.lm_label,
+            "lm": EXTRACTIVE if extractive or fallback is not None else self.lm_label,
             "index": self.index.name,
             "program": self.program_label,
             "retrieval": mode or self.settings.retrieval,
@@ -352,12 +407,15 @@ class Pipeline:
             "verdict_probs": _rounded(getattr(pred, "verdict_probs", None)),
             "sampled_verdict": getattr(pred, "sampled_verdict", None),
             "restated": bool(getattr(pred, "restated", False)),
+            "fallback": EXTRACTIVE if fallback is not None else None,
+            "lm_error": str(fallback) if fallback is not None else None,
         }
         return Answer.from_prediction(q, pred, provenance).to_json()
 
     @property
     def lm_label(self) -> str:
-        return lm_label(self.settings)
+        """What writes the answers: the configured LM's name, or "extractive" under RAG_ANSWER=extractive."""
+        return EXTRACTIVE if self.settings.answer == EXTRACTIVE else lm_label(self.settings)
 
 
 def _rounded(probs: dict | None) -> dict | None:

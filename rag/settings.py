@@ -109,6 +109,12 @@ class Settings:
     decline_unsupported: int = _f(1, "1: decline an answer that names something (a name, a number) its cited evidence "
                                      "does not contain; 0: answer and flag the claim.", range=(0, 1))
     # --- language model -----------------------------------------------------
+    answer: str = _f("lm", "How answers are written: lm (the language model, through the DSPy program) or extractive "
+                           "(no model: the best evidence sentences quoted and cited, milliseconds a question; "
+                           "rag/answer/extractive.py).", choices=("lm", "extractive"))
+    fallback: str = _f("none", "What a question gets when the LM call fails: none (the error: `rag ask` exits 1, a "
+                               "batch row keeps it for --retry-errors) or extractive (the extractive answer, its "
+                               "provenance naming the fallback and the LM's error).", choices=("none", "extractive"))
     lm: str = _f("local", "LM backend: 'local' (embedded Qwen2.5-Coder-1.5B GGUF) or a LiteLLM model string, "
                           "e.g. openai/gpt-4o-mini, ollama_chat/llama3.2, openai/<name> with RAG_API_BASE.", nonempty=True)
     api_base: str = _f("", "Base URL of an OpenAI-compatible server (vLLM, llama.cpp, Ollama); empty for OpenAI.")

@@ -312,7 +312,7 @@ def _browser_ask(url: str, question: str, shot: Path, timeout_ms: int) -> dict:
             box.fill(question)
             t0 = time.perf_counter()
             box.press("Enter")
-            # the first streamed token replaces the status line
+            # the first text (the cited evidence, then the streamed answer) replaces the status line
             page.wait_for_function("""() => { const m = [...document.querySelectorAll('#chatbot .bot')].pop();
                 const t = m ? m.innerText : '';
                 const status = /Loading content|Searching the papers|Writing the answer|Reading the conversation/;
@@ -376,3 +376,56 @@ def test_json_replies_stream_token_by_token_into_the_chat(tiny_settings, embedde
     assert "diagonal state matrix initialised with HiPPO" in tokens and '"sources"' not in tokens
     done = events[-1]["result"]
     assert done["answer"] == "They use a diagonal state matrix initialised with HiPPO [1]." and engine.calls == 2
+
+
+def test_the_evidence_is_shown_cited_before_the_answers_first_token(fake_pipe):
+    pipe, _ = fake_pipe
+    steps = list(app.make_respond(pipe)("At what temperature does sourdough acidity rise fastest?", [], 3, "hybrid"))
+    texts = [t for t, _ in steps]
+    first_evidence = next(i for i, t in enumerate(texts) if "From the papers" in t)
+    first_answer = next(i for i, t in enumerate(texts) if "An answer to" in t)
+    assert first_evidence < first_answer
+    evidence, panel = steps[first_evidence]
+    assert evidence.startswith("Acidity rises fastest at 30 degrees Celsius\\. [\\[1\\]](#src-1)")
+    assert 'id="src-1"' in panel and "Sourdough Fermentation Dynamics" in panel  # [1] is the panel's first source
+    assert "From the papers" not in texts[-1]  # the answer replaced it
+
+
+def test_evidence_text_is_escaped_like_an_answer():
+    out = app.evidence_message("Uses <script>x</script> **bold** [1].", 1)
+    assert "<script>" not in out and "**bold**" not in out and "(#src-1)" in out
+
+
+@needs_chromium
+@pytest.mark.slow
+def test_browser_shows_the_cited_evidence_before_the_answers_first_token(tiny_settings, embedder, served, tmp_path):
+    from fakes import FakeEngine, fake_lm
+    from playwright.sync_api import sync_playwright
+
+    pipe = Pipeline.open(tiny_settings, embedder=embedder, lm=fake_lm(FakeEngine(delay=3.0)))
+    url = served(pipe)
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=[
+            "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+            "--no-first-run", "--disable-sync"])
+        try:
+            page = browser.new_page(viewport={"width": 1400, "height": 950})
+            page.goto(url)
+            box = page.get_by_role("textbox").first
+            box.fill("At what temperature does sourdough acidity rise fastest?")
+            box.press("Enter")
+            last = "[...document.querySelectorAll('#chatbot .bot')].pop()"
+            page.wait_for_function(f"() => {{ const m = {last}; return m && /From the papers/.test(m.innerText) }}",
+                                   timeout=30_000, polling=50)
+            shown = page.locator("#chatbot .bot").last.inner_text()
+            assert "Acidity rises fastest at 30 degrees Celsius." in shown and "An answer to" not in shown
+            page.locator('#chatbot .bot a[href="#src-1"]').last.click()  # the evidence's [1] works already
+            page.wait_for_timeout(300)
+            assert page.eval_on_selector("#src-1 details", "d => d.open")
+            assert "Sourdough Fermentation Dynamics" in page.locator("#src-1").inner_text()
+            page.wait_for_function(f"() => {{ const m = {last}; return m && /An answer to/.test(m.innerText) }}",
+                                   timeout=30_000, polling=50)
+            page.wait_for_function(f"() => !/From the papers/.test({last}.innerText)", timeout=30_000, polling=50)
+            page.screenshot(path=str(tmp_path / "chat-evidence.png"), full_page=True)
+        finally:
+            browser.close()

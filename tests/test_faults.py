@@ -83,7 +83,7 @@ def test_lm_raising_mid_stream_is_an_error_in_the_chat_and_it_keeps_serving(tiny
     steps = list(respond("How do state space models scale?", [], 3, "hybrid"))
     final = steps[-1][0]
     assert final.startswith("**Error:** LM call failed") and "connection reset by peer" in final
-    assert steps[-2][0] == "_Writing the answer..._" or "State space" in steps[-2][0]
+    assert "From the papers, while the model writes" in steps[-2][0] or "State space" in steps[-2][0]
     engine.stream = FakeEngine.stream.__get__(engine)  # the connection is back
     assert "(#src-" in list(respond("sourdough acidity", [], 3, "hybrid"))[-1][0]
 
@@ -97,6 +97,19 @@ def test_lm_raising_in_rag_ask_is_a_one_line_error(cli, fake_models):
     code, out, err = cli("ask", "How do state space models scale?")
     assert code == 1 and out == "" and err.count("\n") == 1
     assert err.startswith("error: LM call failed (") and "connection reset by peer" in err
+
+
+def test_with_the_extractive_fallback_a_raising_lm_still_answers_and_says_why(cli, fake_models, monkeypatch):
+    class Boom(FakeEngine):
+        def complete(self, request):
+            raise ConnectionResetError("connection reset by peer")
+
+    use(fake_models, Boom())
+    monkeypatch.setenv("RAG_FALLBACK", "extractive")
+    code, out, err = cli("ask", "How do state space models scale?", "--json")
+    result = json.loads(out)
+    assert code == 0 and result["abstained"] is False and result["citations"]
+    assert result["provenance"]["fallback"] == "extractive" and "connection reset by peer" in result["provenance"]["lm_error"]
 
 
 @pytest.mark.parametrize("text", ["", "   \n  ", "[[ ## answer ## ]]\n\n[[ ## sources ## ]]\n[]\n\n[[ ## completed ## ]]"])

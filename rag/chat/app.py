@@ -205,6 +205,9 @@ def make_respond(pipe: Pipeline, waits: AnswerQueue | None = None):
                 elif kind == "passages":
                     hits = ev["hits"]
                     yield "_Writing the answer..._", render_sources(hits, query=query)
+                elif kind == "evidence":
+                    hits = ev["hits"]
+                    yield evidence_message(ev["text"], len(hits)), render_sources(hits, query=query)
                 elif kind == "token":
                     text += ev["text"]
                     yield md_escape(text), render_sources(hits, query=query)
@@ -223,6 +226,15 @@ def make_respond(pipe: Pipeline, waits: AnswerQueue | None = None):
         return False
 
     return respond
+
+
+def evidence_message(text: str, n_passages: int) -> str:
+    """What the message shows as soon as retrieval returns: the best evidence, quoted and cited (linked like an
+    answer's [n]), until the model's answer replaces it as it streams."""
+    return f"{render_answer(text, n_passages)}\n\n<sub>{md_escape(EVIDENCE_NOTE)}</sub>"
+
+
+EVIDENCE_NOTE = "From the papers, while the model writes its answer..."
 
 
 def make_queue(settings: Settings) -> AnswerQueue:

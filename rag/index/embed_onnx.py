@@ -100,7 +100,11 @@ def _export(model_dir: Path, out: Path) -> None:
     hf_logging.set_verbosity_error()
     log.info("exporting %s to ONNX (once; about half a minute)", model_dir)
     tokenizer = AutoTokenizer.from_pretrained(str(model_dir), local_files_only=True)
-    model = AutoModel.from_pretrained(str(model_dir), local_files_only=True).eval()
+    hf_logging.disable_progress_bar()  # transformers' "Loading weights" bar: noise in the middle of `rag index`
+    try:
+        model = AutoModel.from_pretrained(str(model_dir), local_files_only=True).eval()
+    finally:
+        hf_logging.enable_progress_bar()
 
     class Pooled(torch.nn.Module):
         def __init__(self, bert: torch.nn.Module) -> None:
