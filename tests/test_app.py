@@ -319,7 +319,10 @@ def _browser_ask(url: str, question: str, shot: Path, timeout_ms: int) -> dict:
                 return /[A-Za-z]{2,}/.test(t) && !status.test(t);
             }""", timeout=timeout_ms, polling=50)
             first = time.perf_counter() - t0
-            page.wait_for_selector('#chatbot a[href="#src-1"]', timeout=timeout_ms)
+            # the final answer: cited, and no longer the evidence shown while the model writes
+            page.wait_for_function("""() => { const m = [...document.querySelectorAll('#chatbot .bot')].pop();
+                return m && m.querySelector('a[href="#src-1"]') && !m.innerText.includes('while the model writes');
+            }""", timeout=timeout_ms, polling=50)
             full = time.perf_counter() - t0
             page.click('#chatbot a[href="#src-1"]')
             page.wait_for_timeout(600)

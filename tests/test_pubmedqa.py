@@ -208,7 +208,9 @@ def _answers(rows: list[dict], good: bool) -> dict:
     else:
         texts = [f"{rows[0]['final_decision'].capitalize()}: the study shows it [1].",
                  f"{_other(rows[1]['final_decision']).capitalize()}, it does not [1].",
-                 ABSTAIN_TEXT, "The study measured the outcomes [1].", "The results speak to it [1]."]
+                 # (the fourth repeats its question: a claim whose cited passage shares none of its words
+                 # beyond the question's would be declined as unsupported)
+                 ABSTAIN_TEXT, f"{rows[3]['question'].rstrip('?')} [1].", "The results speak to it [1]."]
     return {r["question"]: {"answer": t, "sources": "[]" if t == ABSTAIN_TEXT else "[1]"}
             for r, t in zip(rows, texts, strict=True)}
 
