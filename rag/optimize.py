@@ -295,7 +295,8 @@ def _calibrate(program: CitedRAG, rows: list[dict], embed: Any, lm: Any, seed: i
         if judge:
             judged.append({**record, "probs": judge})
     best = {"verdict_bias": None, "verdict_labels": ["yes", "no", "maybe"], "verdict_source": "reply"}
-    best_acc = calibrate.compare(reply or judged, loo=False)[0]["accuracy"] if (reply or judged) else 0.0
+    sampled = reply or judged
+    best_acc = sampled_acc = calibrate.accuracy_f1(sampled, [r["sampled"] for r in sampled])[0] if sampled else 0.0
     table = []
     for source, records in (("reply", reply), ("judge", judged)):
         if not records:
@@ -310,7 +311,7 @@ def _calibrate(program: CitedRAG, rows: list[dict], embed: Any, lm: Any, seed: i
     log.info("verdict calibration on %d yes/no train rows: %s -> %s", len(reply), table, best)
     program.set_decisions(best)
     program.calibration = {"rows": len(reply), "judged": len(judged), "table": table, "chosen": best,
-                           "sampled_accuracy": calibrate.compare(reply, loo=False)[0]["accuracy"] if reply else None}
+                           "sampled_accuracy": sampled_acc if sampled else None}
     return program
 
 

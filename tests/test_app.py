@@ -18,6 +18,14 @@ from rag.chat.waiting import AnswerQueue
 from rag.pipeline import Pipeline
 
 CHROMIUM = "/usr/bin/chromium"
+# Headless, as root, and quiet on a closed network (no background connections, updates or sync).
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+                 "--no-first-run", "--disable-sync"]
+
+
+def launch_chromium(playwright):
+    """Debian's Chromium under Playwright (never a downloaded browser)."""
+    return playwright.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
 needs_chromium = pytest.mark.skipif(
     not os.path.exists(CHROMIUM),
     reason="!!! BROWSER TEST SKIPPED: /usr/bin/chromium is missing; `apt-get install -y chromium` (make test does) !!!")
@@ -302,9 +310,7 @@ def _browser_ask(url: str, question: str, shot: Path, timeout_ms: int) -> dict:
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=[
-            "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-            "--no-first-run", "--disable-sync"])
+        browser = launch_chromium(p)
         try:
             page = browser.new_page(viewport={"width": 1400, "height": 950})
             page.goto(url)
@@ -408,9 +414,7 @@ def test_browser_shows_the_cited_evidence_before_the_answers_first_token(tiny_se
     pipe = Pipeline.open(tiny_settings, embedder=embedder, lm=fake_lm(FakeEngine(delay=3.0)))
     url = served(pipe)
     with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=[
-            "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-            "--no-first-run", "--disable-sync"])
+        browser = launch_chromium(p)
         try:
             page = browser.new_page(viewport={"width": 1400, "height": 950})
             page.goto(url)

@@ -8,7 +8,7 @@ import time
 from types import SimpleNamespace
 
 import test_app
-from test_app import CHROMIUM, needs_chromium
+from test_app import launch_chromium, needs_chromium
 
 from rag.chat import app
 from rag.feedback import FeedbackStore, db_path
@@ -81,8 +81,7 @@ def test_clicking_like_in_the_browser_stores_the_rating(fake_pipe, served, tmp_p
     store = FeedbackStore(db_path(tmp_path / "fb"))
     url = served(fake_pipe[0], feedback=store)
     with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=[
-            "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--no-first-run"])
+        browser = launch_chromium(p)
         try:
             page = browser.new_page(viewport={"width": 1400, "height": 950})
             page.goto(url)

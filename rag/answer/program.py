@@ -495,26 +495,30 @@ _ASKS_NAME = re.compile(
     re.IGNORECASE)
 
 
+def new_names(text: str, question: str) -> list[str]:
+    """The names (not numbers) of `text` that `question` does not already hold (rag.answer.claims.specific_terms)."""
+    asked = {t.lower() for t in specific_terms(question)}
+    return [t for t in specific_terms(text) if t.lower() not in asked and not re.fullmatch(r"[\d.,]+%?", t)]
+
+
 def restates(question: str, answer: str) -> bool:
     """A name question ("which method ...?") answered without any name beyond the question's own words: the
     1.5B model's restate-the-question failure ("The approach described in [1] edits hidden activations")."""
     if not _ASKS_NAME.search(question):
         return False
-    asked = {t.lower() for t in specific_terms(question)}
-    return not [t for t in specific_terms(answer) if t.lower() not in asked and not re.fullmatch(r"[\d.,]+%?", t)]
+    return not new_names(answer, question)
 
 
 def quote_named_evidence(question: str, evidence: list[Hit], cited: list[int]) -> Cited | None:
     """The evidence sentence that holds a name the question does not and shares most of the question's words,
     quoted and cited: from the passages the answer cited, else from the rest. None when no sentence names
     anything new."""
-    asked = {t.lower() for t in specific_terms(question)}
     words = content_words(question)
     for group in (cited, [n for n in range(1, len(evidence) + 1) if n not in cited]):
         best: tuple[float, int, str] | None = None
         for n in group:
             for sentence in sentences(evidence[n - 1].text):
-                if not [t for t in specific_terms(sentence) if t.lower() not in asked and not re.fullmatch(r"[\d.,]+%?", t)]:
+                if not new_names(sentence, question):
                     continue
                 bag = word_set(sentence)
                 score = sum(w in bag for w in words) / max(len(words), 1)
