@@ -26,7 +26,7 @@ from collections.abc import Iterable, Sequence
 
 import numpy as np
 
-from rag.answer.program import VERDICT_LABELS, scored_verdict
+from rag.answer.program import VERDICT_LABELS, VERDICT_SOURCES, decision_probs, scored_verdict
 from rag.answer.shapes import parse_verdict
 from rag.evaluation.metrics import classification_scores
 
@@ -35,8 +35,9 @@ NO_MAYBE = -50.0  # a bias that rules "maybe" out
 
 
 def verdict_records(results: Iterable[dict], probs_key: str = "verdict_probs") -> list[dict]:
-    """{"id", "gold", "sampled", "probs"} for each answered yes/no result with a gold yes/no/maybe label
-    and label probabilities (`probs_key` in the prediction's provenance, or a key of the result itself)."""
+    """{"id", "gold", "sampled", "probs", "judge"} for each answered yes/no result with a gold yes/no/maybe
+    label and label probabilities (`probs_key` in the prediction's provenance, or a key of the result
+    itself); "judge" holds the judge step's probabilities when the run recorded them, else None."""
     out = []
     for r in results:
         pred = r.get("prediction") or {}
@@ -45,8 +46,48 @@ def verdict_records(results: Iterable[dict], probs_key: str = "verdict_probs") -
         probs = r.get(probs_key) or prov.get(probs_key)
         if gold not in VERDICT_LABELS or pred.get("abstained") or not probs:
             continue
-        out.append({"id": r["id"], "gold": gold, "sampled": prov.get("sampled_verdict"), "probs": probs})
+        out.append({"id": r["id"], "gold": gold, "sampled": prov.get("sampled_verdict"), "probs": probs,
+                    "judge": prov.get("judge_probs")})
     return out
+
+
+def by_source(records: Sequence[dict], source: str) -> list[dict]:
+    """`records` with "probs" replaced by what a program of `verdict_source` `source` would decide on;
+    for judge and both, only the records that hold the judge's reading (a like-for-like comparison)."""
+    if source == "reply":
+        return list(records)
+    return [{**r, "probs": decision_probs(source, r["probs"], r["judge"])} for r in records if r.get("judge")]
+
+
+def choose_decisions(records: Sequence[dict]) -> tuple[dict, dict]:
+    """The verdict decisions to ship, chosen on `records` (train rows only), and the table behind the choice.
+
+    Every source (reply, judge, both) the records allow, with and without maybe, is scored by its
+    leave-one-out accuracy; the best is kept only if it beats the model's sampled verdict on the same rows,
+    else the sampled verdict stays (verdict_bias None). Returns (decisions, calibration) where calibration
+    holds the table, the sampled accuracy and the rows counted."""
+    sampled = accuracy_f1(records, [r["sampled"] for r in records]) if records else (0.0, 0.0)
+    best = {"verdict_bias": None, "verdict_labels": list(VERDICT_LABELS), "verdict_source": "reply"}
+    best_key = (sampled[0], sampled[1])
+    table = []
+    for source in VERDICT_SOURCES:
+        rows = by_source(records, source)
+        if not rows:
+            continue
+        for labels in (VERDICT_LABELS, ("yes", "no")):
+            acc, f1 = accuracy_f1(rows, leave_one_out(rows, labels))
+            table.append({"source": source, "labels": list(labels), "n": len(rows),
+                          "loo_accuracy": round(acc, 4), "loo_macro_f1": round(f1, 4)})
+            # judge rows may be fewer than reply rows: compare against the sampled verdict on the same rows
+            base = accuracy_f1(rows, [r["sampled"] for r in rows])
+            if (acc, f1) > best_key and (acc, f1) > base:
+                best_key = (acc, f1)
+                best = {"verdict_bias": fit_bias(rows, labels), "verdict_labels": list(labels),
+                        "verdict_source": source}
+    calibration = {"rows": len(records), "judged": sum(bool(r.get("judge")) for r in records), "table": table,
+                   "chosen": best, "sampled_accuracy": round(sampled[0], 4), "sampled_macro_f1": round(sampled[1], 4),
+                   "by_gold": {lab: sum(r["gold"] == lab for r in records) for lab in VERDICT_LABELS}}
+    return best, calibration
 
 
 def accuracy_f1(records: Sequence[dict], predicted: Sequence[str | None]) -> tuple[float, float]:
@@ -88,6 +129,11 @@ def compare(records: Sequence[dict], loo: bool = True) -> list[dict]:
     rows = [{"rule": "sampled (the model's own verdict)",
              **dict(zip(("accuracy", "macro_f1"), accuracy_f1(records, [r["sampled"] for r in records]), strict=True)),
              "bias": None}]
+    if records:
+        majority = max(VERDICT_LABELS, key=lambda lab: sum(r["gold"] == lab for r in records))
+        rows.append({"rule": f"always {majority} (the majority of these rows)",
+                     **dict(zip(("accuracy", "macro_f1"), accuracy_f1(records, [majority] * len(records)), strict=True)),
+                     "bias": None})
     for labels, name in ((VERDICT_LABELS, "yes/no/maybe"), (("yes", "no"), "yes/no")):
         raw = [scored_verdict(r["probs"], {}, labels) for r in records]
         rows.append({"rule": f"argmax P, {name}",

@@ -207,6 +207,24 @@ class Lock:
         self.release()
 
 
+def hold_shared(path: str | Path) -> int | None:
+    """A shared flock on the sidecar `.<name>.lock` of `path`, held until the returned descriptor is closed
+    (or the process ends): "this process has it open". Any number of processes hold it together; `Lock`
+    (exclusive) cannot be taken while one does. Waits while an exclusive holder works. None when the sidecar
+    cannot be created (a read-only directory: nothing there can be removed by us either)."""
+    path = Path(path)
+    try:
+        fd = os.open(path.with_name(f".{path.name}.lock"), os.O_RDWR | os.O_CREAT | getattr(os, "O_CLOEXEC", 0), 0o644)
+    except OSError:
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH)
+    except OSError:
+        os.close(fd)
+        return None
+    return fd
+
+
 def hold_lock(path: str | Path, *, wait: bool = False, waiting: Callable[[int | None], None] | None = None) -> Lock:
     """Lock `path` for this process (see `Lock`); LockHeld if another holds it and not `wait`, else wait
     for it, calling `waiting(pid of the holder)` first."""

@@ -272,47 +272,59 @@ def _gepa(program: CitedRAG, rows: list[dict], embed: Any, lm: Any, seed: int, b
 def _calibrate(program: CitedRAG, rows: list[dict], embed: Any, lm: Any, seed: int, bar: Any) -> CitedRAG:
     """The yes/no verdict's decisions: run `program` on the answerable yes/no train rows, read the label
     probabilities at the reply's verdict and from the judge step, and keep the source, labels and biases
-    whose leave-one-out accuracy on these rows is best (rag/calibrate.py); the sampled verdict when neither
-    beats it."""
+    whose leave-one-out accuracy on these rows is best (rag.calibrate.choose_decisions); the sampled
+    verdict when none beats it."""
     from rag.answer.program import strip_verdict
     from rag.answer.shapes import parse_verdict, question_shape
 
     program = program.deepcopy()
     program.verdict_bias = None
-    reply, judged = [], []
+    records = []
     for row in rows:
         gold = row.get("verdict") or parse_verdict(row.get("answer"))
         if row["type"] == "unanswerable" or gold is None or question_shape(row["question"]) != "yesno":
             continue
         pred = program(question=row["question"])
         bar.update(1)
-        if pred.abstained:
+        if pred.abstained or not pred.verdict_probs:
             continue
-        record = {"id": row["id"], "gold": gold, "sampled": pred.sampled_verdict}
-        if pred.verdict_probs:
-            reply.append({**record, "probs": pred.verdict_probs})
-        judge = program.judge_verdict(row["question"], strip_verdict(pred.answer))
-        if judge:
-            judged.append({**record, "probs": judge})
-    best = {"verdict_bias": None, "verdict_labels": ["yes", "no", "maybe"], "verdict_source": "reply"}
-    sampled = reply or judged
-    best_acc = sampled_acc = calibrate.accuracy_f1(sampled, [r["sampled"] for r in sampled])[0] if sampled else 0.0
-    table = []
-    for source, records in (("reply", reply), ("judge", judged)):
-        if not records:
-            continue
-        for labels in (("yes", "no", "maybe"), ("yes", "no")):
-            acc = calibrate.accuracy_f1(records, calibrate.leave_one_out(records, labels))[0]
-            table.append({"source": source, "labels": labels, "loo_accuracy": acc, "n": len(records)})
-            if acc > best_acc:
-                best_acc = acc
-                best = {"verdict_bias": calibrate.fit_bias(records, labels), "verdict_labels": list(labels),
-                        "verdict_source": source}
-    log.info("verdict calibration on %d yes/no train rows: %s -> %s", len(reply), table, best)
-    program.set_decisions(best)
-    program.calibration = {"rows": len(reply), "judged": len(judged), "table": table, "chosen": best,
-                           "sampled_accuracy": sampled_acc if sampled else None}
+        judge = pred.judge_probs or program.judge_verdict(row["question"], strip_verdict(pred.answer))
+        records.append({"id": row["id"], "gold": gold, "sampled": pred.sampled_verdict, "probs": pred.verdict_probs,
+                        "judge": judge})
+    return calibrated(program, records)
+
+
+def calibrated(program: CitedRAG, records: list[dict], sources: list[str] | None = None) -> CitedRAG:
+    """A copy of `program` with the verdict decisions chosen on `records` (see rag.calibrate.choose_decisions)
+    and the table behind them in `.calibration` (it goes into the program file's provenance)."""
+    decisions, table = calibrate.choose_decisions(records)
+    log.info("verdict calibration on %d yes/no train rows: %s", len(records), table)
+    program = program.deepcopy()
+    program.set_decisions(decisions)
+    program.calibration = {**table, **({"reports": sources} if sources else {})}
     return program
+
+
+def records_from_reports(paths: list[str | Path], dev_ids: set[str]) -> list[dict]:
+    """The verdict records (rag.calibrate.verdict_records) of train eval reports, for fitting the decisions
+    without running the model again. A report holding a dev question, or of PubMedQA's test half, is refused:
+    what ships is chosen on train and measured on dev and test."""
+    records: list[dict] = []
+    for path in paths:
+        summary, results = read_report(path)
+        split = (summary.get("selection") or {}).get("split")
+        if summary.get("benchmark") == "pubmedqa" and split != "train":
+            raise ProgramError(f"report {path} is of PubMedQA's {split} half; fit on `rag eval --set pubmedqa "
+                               f"--split train` reports only")
+        leaked = sorted({r["id"] for r in results} & dev_ids)
+        if leaked:
+            raise ProgramError(f"report {path} holds dev questions ({', '.join(leaked[:3])}); fit on train reports "
+                               f"only (dev measures what ships)")
+        records += calibrate.verdict_records(results)
+    if not records:
+        raise ProgramError(f"no answered yes/no question with label probabilities in {', '.join(map(str, paths))}; "
+                           f"run `rag eval` on a train set with the local model first")
+    return records
 
 
 # The optimisers, by name (`rag optimize --optimizer`): (program, train rows, embed, lm, seed, bar) -> compiled.
@@ -359,17 +371,30 @@ def portable(path: str | Path) -> str:
 def optimize_and_save(pipe: Any, optimizer: str, train: list[dict], train_path: str | Path, out: Path, *,
                       dev: list[dict] | None = None, dev_path: str | Path | None = None,
                       reports: str | Path, seed: int = 0, progress: bool = False,
+                      fit_on: list[str | Path] | None = None,
                       say: Callable[[str], None] = log.info) -> tuple[Path, dict | None]:
     """Compile `pipe`'s program with `optimizer` on `train`, save it to `out` with its provenance,
-    then (with `dev`) score it on dev and add the dev score to the provenance.
+    then (with `dev`) score it on dev and add the dev score to the provenance. With `fit_on` (optimizer
+    "calibrate" only) the verdict decisions are fitted on those train eval reports instead of new runs.
 
     Returns the program path and the dev report's path (None without dev). `pipe` should run the
     baseline program on a disk-cached LM; its program is replaced by the compiled one.
     """
-    say(f"Optimising with {optimizer} on {len(train)} questions ({pipe.lm_label}); "
-        f"each question the model answers takes ~20s locally ...")
     embed = lambda texts: pipe.embedder.encode(texts)  # noqa: E731
-    compiled, seconds = timed_compile(pipe.program, optimizer, train, embed, pipe.lm, seed=seed, progress=progress)
+    if fit_on:
+        if optimizer != "calibrate":
+            raise ProgramError("--fit-on fits the verdict decisions from eval reports: use it with --optimizer calibrate")
+        t0 = time.perf_counter()
+        records = records_from_reports(fit_on, {r["id"] for r in dev or []})
+        say(f"Fitting the verdict decisions on {len(records)} answered yes/no questions of {len(fit_on)} train report(s) ...")
+        # without --dev no model is loaded, nor needed: the pipeline then holds no program, and the baseline is
+        # a fresh one (the decisions are the only state this step sets)
+        compiled = calibrated(pipe.program or CitedRAG(), records, [portable(p) for p in fit_on])
+        seconds = time.perf_counter() - t0
+    else:
+        say(f"Optimising with {optimizer} on {len(train)} questions ({pipe.lm_label}); "
+            f"each question the model answers takes ~20s locally ...")
+        compiled, seconds = timed_compile(pipe.program, optimizer, train, embed, pipe.lm, seed=seed, progress=progress)
     s = pipe.settings
     provenance = {
         "optimizer": optimizer, "date": time.strftime("%Y-%m-%dT%H:%M:%S"), "seed": seed,
@@ -377,13 +402,16 @@ def optimize_and_save(pipe: Any, optimizer: str, train: list[dict], train_path: 
         "settings": {"k": s.k, "retrieval": s.retrieval, "per_paper": s.per_paper, "min_score": s.min_score,
                      "evidence_tokens": s.evidence_tokens, "answerable_threshold": s.answerable_threshold,
                      "max_tokens": s.max_tokens, "temperature": s.temperature},
-        "train": {"path": portable(train_path), "sha256": sha256_file(train_path), "n": len(train)},
+        "train": ({"reports": [portable(p) for p in fit_on], "n": compiled.calibration["rows"]} if fit_on else
+                  {"path": portable(train_path), "sha256": sha256_file(train_path), "n": len(train)}),
         **describe(compiled),
     }
     if getattr(compiled, "calibration", None):
         provenance["calibration"] = compiled.calibration
     save_program_file(compiled, out, provenance)
-    say(f"compiled in {seconds:.0f}s: {provenance['demos']} demos; saved {out}")
+    chosen = getattr(compiled, "calibration", {}).get("chosen")
+    say(f"compiled in {seconds:.0f}s: {provenance['demos']} demos"
+        + (f"; verdict decisions {chosen}" if chosen else "") + f"; saved {out}")
     if dev is None:
         return out, None
     pipe.program, pipe.program_label = compiled, out.name

@@ -224,7 +224,7 @@ class Pipeline:
             return 0
         adapter = answer_adapter(self.lm)
         predictors = [p for name, p in self.program.named_predictors()
-                      if name != "verdict_judge" or self.program.verdict_source == "judge"]
+                      if name != "verdict_judge" or self.program.verdict_source != "reply"]
         with self._context():
             for predictor in predictors:
                 warm(adapter.format(predictor.signature, predictor.demos,
@@ -406,6 +406,7 @@ class Pipeline:
             # sampled verdict; specific: whether a restated answer was replaced by a quoted evidence sentence
             "verdict_probs": _rounded(getattr(pred, "verdict_probs", None)),
             "sampled_verdict": getattr(pred, "sampled_verdict", None),
+            "judge_probs": _rounded(getattr(pred, "judge_probs", None)),
             "restated": bool(getattr(pred, "restated", False)),
             "fallback": EXTRACTIVE if fallback is not None else None,
             "lm_error": str(fallback) if fallback is not None else None,

@@ -46,7 +46,9 @@ def test_no_lean_needs_no_bias_and_empty_rows_are_harmless():
 
 def test_compare_tables_every_rule():
     table = calibrate.compare(_rows(30, lean=4.5))
-    assert [r["rule"].split(",")[0] for r in table][:2] == ["sampled (the model's own verdict)", "argmax P"]
+    assert [r["rule"].split(",")[0] for r in table][:3] == ["sampled (the model's own verdict)",
+                                                            "always no (the majority of these rows)", "argmax P"]
+    assert table[1]["accuracy"] == pytest.approx(20 / 30, abs=1e-3)
     assert table[0]["accuracy"] == pytest.approx(10 / 30, abs=1e-3)  # always yes: right on the yes third
     assert max(r["accuracy"] for r in table) == 1.0
 
@@ -79,3 +81,72 @@ def test_the_calibrate_optimizer_sets_the_decisions(tiny_settings, embedder):
     assert compiled.verdict_bias is not None and compiled.verdict_bias["no"] > 0.4
     assert compiled.calibration["sampled_accuracy"] == 0.0 and compiled.calibration["rows"] == 4
     assert pipe.program.verdict_bias is None  # the pipeline's own program is untouched
+
+
+def test_both_sources_multiply_the_two_readings_and_fall_back_to_whichever_exists():
+    from rag.answer.program import decision_probs
+
+    reply, judge = {"yes": 0.8, "no": 0.2, "maybe": 0.0}, {"yes": 0.2, "no": 0.8, "maybe": 0.0}
+    both = decision_probs("both", reply, judge)
+    assert both["yes"] == pytest.approx(0.5, abs=1e-6) and both["no"] == pytest.approx(0.5, abs=1e-6)
+    assert both["maybe"] < 1e-9
+    assert decision_probs("reply", reply, judge) is reply and decision_probs("judge", reply, judge) is judge
+    assert decision_probs("judge", reply, None) is reply  # no judge reading: the reply's
+    assert decision_probs("both", None, judge) is judge and decision_probs("both", None, None) is None
+
+
+def _with_judge(rows: list[dict], signal: bool) -> list[dict]:
+    """`rows` whose reply leans yes whatever the gold says, and a judge that (with `signal`) reads the gold."""
+    out = []
+    for r in rows:
+        right = r["gold"] if signal else "yes"
+        judge = {"yes": 0.9 if right == "yes" else 0.1, "no": 0.1 if right == "yes" else 0.9, "maybe": 0.0}
+        out.append({**r, "probs": {"yes": 0.95, "no": 0.04, "maybe": 0.01}, "judge": judge})
+    return out
+
+
+def test_choose_decisions_keeps_the_source_that_reads_the_gold_and_only_a_real_gain():
+    rows = _with_judge(_rows(30, lean=0.0), signal=True)
+    decisions, table = calibrate.choose_decisions(rows)
+    assert decisions["verdict_source"] in ("judge", "both") and decisions["verdict_bias"] is not None
+    assert {(t["source"], len(t["labels"])) for t in table["table"]} == {
+        (s, n) for s in ("reply", "judge", "both") for n in (2, 3)}
+    assert table["sampled_accuracy"] == pytest.approx(10 / 30, abs=1e-3) and table["judged"] == 30
+    # a reply and a judge that both say yes to everything: nothing beats the sampled verdict by more than
+    # the always-no a bias can buy; with the sampled verdict right on every row, nothing is kept at all
+    perfect = [{**r, "sampled": r["gold"]} for r in _with_judge(_rows(30, lean=0.0), signal=False)]
+    decisions, _ = calibrate.choose_decisions(perfect)
+    assert decisions == {"verdict_bias": None, "verdict_labels": ["yes", "no", "maybe"], "verdict_source": "reply"}
+    # without judge readings only the reply is scored
+    _, table = calibrate.choose_decisions(_rows(30, lean=4.5))
+    assert {t["source"] for t in table["table"]} == {"reply"}
+
+
+def _report(path, results, summary=None):
+    import json
+
+    path.mkdir(parents=True)
+    (path / "summary.json").write_text(json.dumps(summary or {"n": len(results)}))
+    (path / "results.jsonl").write_text("".join(json.dumps(r) + "\n" for r in results))
+    return path
+
+
+def _result(i: int, gold: str, judge: dict | None = None) -> dict:
+    return {"id": f"t{i}", "reference": f"{gold.capitalize()}. Because.", "prediction": {"abstained": False, "provenance": {
+        "sampled_verdict": "yes", "verdict_probs": {"yes": 0.9, "no": 0.1, "maybe": 0.0}, "judge_probs": judge}}}
+
+
+def test_records_from_reports_refuse_dev_questions_and_pubmedqa_test(tmp_path):
+    from rag.errors import ProgramError
+    from rag.optimize import records_from_reports
+
+    good = _report(tmp_path / "train", [_result(i, "no" if i % 2 else "yes") for i in range(6)])
+    assert len(records_from_reports([good], {"d1"})) == 6
+    with pytest.raises(ProgramError, match="holds dev questions"):
+        records_from_reports([good], {"t3"})
+    test = _report(tmp_path / "pq", [_result(9, "no")], {"benchmark": "pubmedqa", "selection": {"split": "test"}})
+    with pytest.raises(ProgramError, match="PubMedQA's test half"):
+        records_from_reports([good, test], set())
+    empty = _report(tmp_path / "empty", [{"id": "x", "reference": "A list.", "prediction": {"abstained": True}}])
+    with pytest.raises(ProgramError, match="no answered yes/no question"):
+        records_from_reports([empty], set())

@@ -240,6 +240,28 @@ def test_eval_compare_says_which_is_better(env, capsys):
     assert code == 1 and "not a report directory" in err and "Traceback" not in err
 
 
+def test_compare_pairs_yes_no_verdicts_apart_from_the_headline(tmp_path):
+    # The headline does not score a yes/no answer's verdict: a decisions-only change shows in its own pairing.
+    from test_calibrate import _report
+
+    from rag.evaluation.compare import compare_reports, render_compare, verdict_line
+
+    def rows(right: int) -> list[dict]:
+        return [{"id": f"q{i}", "metrics": {"headline": 0.8, "verdict_correct": float(i < right) if i < 20 else None}}
+                for i in range(25)]
+
+    a = _report(tmp_path / "a", rows(6), {"label": "a"})
+    b = _report(tmp_path / "b", rows(18), {"label": "b"})
+    _, result = compare_reports(a, b, tmp_path / "out", stamp="x")
+    assert result["headline"]["mean_diff"] == 0 and result["verdict_correct"]["n"] == 20
+    assert result["verdict_correct"]["mean_diff"] == pytest.approx(0.6) and result["verdict_correct"]["significant"]
+    assert "yes/no verdicts right: A 0.300, B 0.900 (+0.600" in verdict_line(result)
+    assert "yes/no verdicts right" in render_compare(result)
+    no_verdicts = _report(tmp_path / "c", [{"id": "q1", "metrics": {"headline": 1.0}}], {"label": "c"})
+    _, result = compare_reports(no_verdicts, no_verdicts, tmp_path / "out", stamp="y")
+    assert "verdict_correct" not in result and verdict_line(result) is None
+
+
 def test_eval_bad_set_is_one_line_error(env, capsys):
     tmp, _ = env
     (tmp / "broken.jsonl").write_text('{"id": "x"}\n')
@@ -377,6 +399,31 @@ def test_optimize_bootstrap_round_trip_changes_the_prompt(env, capsys):
     assert json.loads(out)["provenance"]["program"] == out_file.name
     code, out, _ = run(capsys, "ask", SSM_Q, "--json", "--program", "baseline")
     assert json.loads(out)["provenance"]["program"] == "baseline"
+
+
+def test_optimize_fit_on_writes_a_calibrated_program_from_reports_without_the_model(env, capsys, tmp_path):
+    from test_calibrate import _report, _result
+
+    tmp, fakes = env
+    # the reply always leans yes; the judge reads the gold: the fit should choose a judge-reading source
+    results = [_result(i, g, {"yes": 0.8 if g == "yes" else 0.2, "no": 0.2 if g == "yes" else 0.8, "maybe": 0.0})
+               for i, g in enumerate(["no", "no", "yes", "no", "yes", "no", "no", "yes", "no", "no"])]
+    report = _report(tmp_path / "train-report", results)
+    out_file = tmp / "programs" / "20990101-000000-calibrate.json"
+    calls = len(fakes.lm.history)
+    code, out, err = run(capsys, "optimize", "--optimizer", "calibrate", "--fit-on", str(report), "--dev", "none",
+                         "--out", str(out_file))
+    assert code == 0, err
+    state = json.loads(out_file.read_text())
+    assert state["decisions"]["verdict_source"] in ("judge", "both") and state["decisions"]["verdict_bias"]
+    prov = state["provenance"]
+    assert prov["optimizer"] == "calibrate" and prov["train"]["n"] == 10 and prov["calibration"]["judged"] == 10
+    assert prov["calibration"]["sampled_accuracy"] == pytest.approx(0.3)
+    assert len(fakes.lm.history) == calls  # no answer was generated: the fit reads the reports
+    # --fit-on is a calibrate-only flag
+    code, _, err = run(capsys, "optimize", "--optimizer", "bootstrap", "--fit-on", str(report), "--dev", "none",
+                       "--out", str(tmp / "x.json"))
+    assert code == 1 and "use it with --optimizer calibrate" in err
 
 
 def test_auto_picks_the_newest_program_by_name(env):

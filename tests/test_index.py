@@ -99,7 +99,7 @@ def test_killed_build_leftovers_never_load_and_are_cleaned(tiny_settings, embedd
 
 
 @pytest.mark.parametrize("damage,match", [
-    (lambda p: (p / "dense.faiss").write_bytes(b"garbage"), "corrupt \\(dense.faiss does not match its checksum\\)"),
+    (lambda p: (p / "dense.faiss").write_bytes(b"garbage"), "corrupt \\(dense.faiss does not match its checksum"),
     (lambda p: (p / "chunks.jsonl").unlink(), "corrupt"),
     (lambda p: (p / "meta.json").write_text("{not json"), "corrupt"),
     (lambda p: shutil.rmtree(p / "bm25"), "corrupt"),
@@ -149,10 +149,10 @@ def test_a_damaged_bm25_index_is_refused(tiny_settings, embedder, damage, match)
 
 def _rewrite_checksums(path: Path) -> None:
     """What a careful vandal (or a buggy tool) does: edit a file and fix meta.json to match."""
-    from rag.index.store import checksums
+    from rag.index.store import manifest
 
     meta = json.loads((path / "meta.json").read_text())
-    (path / "meta.json").write_text(json.dumps({**meta, "files": checksums(path)}))
+    (path / "meta.json").write_text(json.dumps({**meta, **manifest(path)}))
 
 
 @pytest.mark.parametrize("edit,problem", [

@@ -356,6 +356,23 @@ def scored_verdict(probs: dict[str, float], bias: dict[str, float], labels: tupl
     return max(labels, key=lambda lab: math.log(max(probs.get(lab, 0.0), 1e-12)) + bias.get(lab, 0.0))
 
 
+VERDICT_SOURCES = ("reply", "judge", "both")
+
+
+def decision_probs(source: str, reply: dict[str, float] | None,
+                   judge: dict[str, float] | None) -> dict[str, float] | None:
+    """The label probabilities a verdict decision reads: the reply's (at its verdict field), the judge step's,
+    or with "both" their normalised product (the two readings as independent evidence); whichever exists
+    when the other is missing, None when neither does."""
+    if source == "reply" or judge is None:
+        return reply if source == "reply" or reply is not None else None
+    if source == "judge" or reply is None:
+        return judge
+    joint = {lab: max(reply.get(lab, 0.0), 1e-12) * max(judge.get(lab, 0.0), 1e-12) for lab in VERDICT_LABELS}
+    total = sum(joint.values())
+    return {lab: v / total for lab, v in joint.items()}
+
+
 class CitedRAG(dspy.Module):
     """Retrieve, select evidence, decide, answer in the question's shape (see the module doc).
 
@@ -372,7 +389,9 @@ class CitedRAG(dspy.Module):
         # Decisions a program file may set (program_files): None keeps the model's sampled verdict.
         self.verdict_bias = verdict_bias
         self.verdict_labels = tuple(verdict_labels)
-        self.verdict_source = "reply"  # or "judge": a second, short call reads the finding against the question
+        # "reply", "judge" (a second, short call reads the finding against the question) or "both"; with "judge" or
+        # "both" the judge's probabilities are recorded (provenance.judge_probs) even when no bias is set
+        self.verdict_source = "reply"
         self.search = _Shared(search) if search is not None else None
         self.select = _Shared(select) if select is not None else None
         self.min_score = min_score
@@ -412,7 +431,7 @@ class CitedRAG(dspy.Module):
             return _abstained(evidence, retrieved, shape, LOW_P, p_answerable=p)
         if p is None and fields.get("answerable") is False:  # no logprobs: the model's own word decides
             return _abstained(evidence, retrieved, shape, MODEL_DECLINED)
-        verdict, restated = None, False
+        verdict, restated, judged = None, False, None
         if shape == "list":
             numbers = [n for n in dict.fromkeys(as_numbers(fields.get("sources"))) if 1 <= n <= len(evidence)]
             lines = "\n".join(f"- {evidence[n - 1].paper.title}: {evidence[n - 1].text} [{n}]" for n in numbers)
@@ -421,10 +440,11 @@ class CitedRAG(dspy.Module):
             text = fields.get("finding") if shape == "yesno" and fields.get("finding") else fields.get("answer")
             cited = map_citations(to_last_sentence(str(text or "")), fields.get("sources"), [h.text for h in evidence])
             if shape == "yesno" and not cited.abstained:
-                if self.verdict_source == "judge" and self.verdict_bias is not None:
-                    probs = self.judge_verdict(question, cited.answer, config) or probs
-                if probs is not None and self.verdict_bias is not None:
-                    chosen = scored_verdict(probs, self.verdict_bias, self.verdict_labels)
+                if self.verdict_source in ("judge", "both"):
+                    judged = self.judge_verdict(question, cited.answer, config)
+                used = decision_probs(self.verdict_source, probs, judged)
+                if used is not None and self.verdict_bias is not None:
+                    chosen = scored_verdict(used, self.verdict_bias, self.verdict_labels)
                     cited.answer, verdict = with_verdict(strip_verdict(cited.answer), chosen)
                 else:
                     cited.answer, verdict = with_verdict(cited.answer, fields.get("verdict"))
@@ -447,7 +467,7 @@ class CitedRAG(dspy.Module):
             return _abstained(evidence, retrieved, shape, OFF_QUESTION, p_answerable=p, draft=claims)
         return dspy.Prediction(answer=cited.answer, citations=cited.numbers, abstained=False, hits=evidence,
                                retrieved=retrieved, shape=shape, verdict=verdict, claims=claims, p_answerable=p,
-                               abstain_reason=None, lm_called=True, verdict_probs=probs,
+                               abstain_reason=None, lm_called=True, verdict_probs=probs, judge_probs=judged,
                                sampled_verdict=fields.get("verdict") if shape == "yesno" else None, restated=restated)
 
     def judge_verdict(self, question: str, finding: str, config: dict | None = None) -> dict[str, float] | None:
@@ -475,6 +495,9 @@ class CitedRAG(dspy.Module):
         if "verdict_labels" in decisions:
             self.verdict_labels = tuple(decisions["verdict_labels"])
         if "verdict_source" in decisions:
+            if decisions["verdict_source"] not in VERDICT_SOURCES:
+                raise ValueError(f"verdict_source {decisions['verdict_source']!r} is not one of "
+                                 f"{', '.join(VERDICT_SOURCES)}")
             self.verdict_source = str(decisions["verdict_source"])
 
 

@@ -25,10 +25,12 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
     out_root = _eval_path(args.out, "eval/reports")
     if args.compare:
-        from rag.evaluation.compare import compare_reports, verdict
+        from rag.evaluation.compare import compare_reports, verdict, verdict_line
 
         path, result = compare_reports(*args.compare, out_root)
         print(verdict(result))
+        if verdict_line(result):
+            print(verdict_line(result))
         for name, v in result["metrics"].items():
             print(f"  {name:<20} A {v['a']:.3f}  B {v['b']:.3f}  ({v['b'] - v['a']:+.3f})")
         print(f"report: {path}")
@@ -64,19 +66,27 @@ def cmd_optimize(args: argparse.Namespace) -> int:
     from rag.evaluation.harness import read_report
     from rag.evaluation.seed import SeedSet, load_set
 
+    if args.fit_on and args.optimizer != "calibrate":
+        raise RagError("--fit-on fits the verdict decisions from eval reports: use it with --optimizer calibrate")
     train_path = _eval_path(args.train, "eval/train.jsonl")
     dev_path = None if args.dev == "none" else _eval_path(args.dev, "eval/dev.jsonl")
-    train = load_set(train_path)
+    train = [] if args.fit_on else load_set(train_path)  # --fit-on reads the reports instead
     dev = load_set(dev_path) if dev_path else None
+    fit_on = args.fit_on
+    if fit_on:  # reports of train runs only, checked against dev (the default one under --dev none) up front
+        default_dev = ROOT / "eval/dev.jsonl"
+        dev_rows = dev if dev is not None else (load_set(default_dev) if default_dev.is_file() else [])
+        optimize.records_from_reports(fit_on, {r["id"] for r in dev_rows})
     out = new_program_path(args.optimizer, args.out)  # an unwritable --out fails before any work
-    pipe = open_pipeline(args, need_lm=True, disk_cache=True, program="baseline")
+    pipe = open_pipeline(args, need_lm=dev is not None or not fit_on, disk_cache=True, program="baseline")
     ids = set(pipe.index.papers)
-    load_set(train_path, ids)
+    if not fit_on:
+        load_set(train_path, ids)
     if dev is not None:
         load_set(dev_path, ids)
     out, report = optimize.optimize_and_save(pipe, args.optimizer, train, train_path, out, dev=dev, dev_path=dev_path,
                                              reports=_eval_path(args.reports, "eval/reports"), seed=args.seed,
-                                             progress=progress_shown(), say=say)
+                                             progress=progress_shown(), fit_on=fit_on, say=say)
     if report is not None:
         summary, _ = read_report(report)
         print("\n".join(SeedSet().summary_lines(summary)))

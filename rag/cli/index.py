@@ -22,6 +22,10 @@ def cmd_index(args: argparse.Namespace) -> int:
         from rag.distributed import RayEmbedder
 
         embedder = RayEmbedder(settings)
+    if args.prune:
+        return _index_prune(args, settings)
+    if args.verify:
+        return _index_verify(args, settings)
     if args.add:
         return _index_add(args, settings, embedder)
     built = []
@@ -36,6 +40,39 @@ def cmd_index(args: argparse.Namespace) -> int:
                           progress=progress_shown(), on_build=building).index
     state = f"built in {time.perf_counter() - t0:.1f}s" if built else "up to date"
     print(f"{index.path}: {index.meta['n_papers']} papers, {index.meta['n_chunks']} chunks ({state})")
+    return 0
+
+
+def _index_verify(args: argparse.Namespace, settings) -> int:
+    from rag.index.open import expected_index_path
+    from rag.index.store import META, file_exists, load_index
+
+    if args.add or args.rebuild:
+        raise RagError("--verify only checks the index; run --add or --rebuild separately")
+    path = expected_index_path(settings)
+    if not file_exists(path / META):
+        raise RagError(f"no index {path.name} for {settings.corpus} yet; build it with `rag index`")
+    t0 = time.perf_counter()
+    index = load_index(path, settings=settings, full=True)
+    read = sum((path / name).stat().st_size for name in index.meta["files"])
+    print(f"{path}: every file matches its sha256 ({len(index.meta['files'])} files, {read / 2**20:.1f} MiB read in "
+          f"{time.perf_counter() - t0:.1f}s)")
+    return 0
+
+
+def _index_prune(args: argparse.Namespace, settings) -> int:
+    from rag.index.prune import prune
+
+    if args.add or args.rebuild:
+        raise RagError("--prune only removes superseded index directories; run --add or --rebuild separately")
+    done = prune(settings)
+    for d in done.removed:
+        print(f"removed {d}")
+    for d in done.in_use:
+        print(f"kept {d}: another process has it open (prune again once it has stopped)")
+    mib = done.freed_bytes / 2**20
+    print(f"{len(done.removed)} superseded index(es) of {settings.corpus} removed ({mib:.1f} MiB freed); "
+          f"kept the current one, {done.current.name}" + ("" if done.current.exists() else " (not built yet)"))
     return 0
 
 

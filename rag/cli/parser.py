@@ -16,7 +16,9 @@ EXAMPLES = {
   rag index --corpus my_papers.jsonl     index your own papers (JSONL, CSV or Parquet: id?, title, abstract)
   rag index --corpus my_papers.jsonl --add new.jsonl
                                          add papers to the corpus file and its index (only they are embedded)
-  rag index --engine ray --address auto  embed on the Ray cluster running on this machine""",
+  rag index --engine ray --address auto  embed on the Ray cluster running on this machine
+  rag index --verify                     check every byte of the index against its checksums
+  rag index --prune                      remove the indexes of this corpus's earlier content""",
     "papers": """examples:
   rag papers                             one line per paper: id and title
   rag papers --json | jq length          every paper as JSON""",
@@ -106,6 +108,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--add", metavar="PAPERS", help="merge these papers (.jsonl/.csv/.parquet) into the corpus file "
                                                    "and index them, embedding only what is new or changed")
     p.add_argument("--workers", type=int, help="Ray actors embedding (RAG_RAY_WORKERS; default one per CPU)")
+    p.add_argument("--verify", action="store_true",
+                   help="read every byte of the index against its sha256 (opening checks sizes and sampled blocks)")
+    p.add_argument("--prune", action="store_true",
+                   help="remove this corpus's superseded index directories (built from its earlier content); "
+                        "never the current one, nor one another process has open")
 
     p = add("papers", "List the papers in the corpus.", [common])
     p.add_argument("--json", action="store_true", help="print a JSON list of papers")
@@ -156,6 +163,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="program file (default programs/<timestamp>-<optimizer>.json)")
     p.add_argument("--reports", help="where the dev report goes (default eval/reports)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--fit-on", nargs="+", metavar="REPORT",
+                   help="calibrate: fit the verdict decisions on these train eval reports (their answers' label "
+                        "probabilities) instead of running the model again")
 
     add("chat", "Interactive question-answer loop in the terminal.", [common, retrieval, model])
     add("mcp", "Serve search_papers, ask_papers and list_papers to an MCP client (stdio).", [common, retrieval, model])

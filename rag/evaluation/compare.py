@@ -58,7 +58,11 @@ def compare_reports(a: str | Path, b: str | Path, out_root: str | Path, stamp: s
         "worse": [i for i in changed if by_b[i]["metrics"]["headline"] < by_a[i]["metrics"]["headline"]][:10],
         "better": [i for i in reversed(changed) if by_b[i]["metrics"]["headline"] > by_a[i]["metrics"]["headline"]][:10],
     }
-    if kind.name != SeedSet.name:  # the seed set's compare.json stays as it always was
+    verdicts = [(by_a[i]["metrics"].get("verdict_correct"), by_b[i]["metrics"].get("verdict_correct")) for i in common]
+    verdicts = [(x, y) for x, y in verdicts if x is not None and y is not None]
+    if verdicts:  # yes/no questions: the headline does not score the verdict, so it is paired on its own
+        result["verdict_correct"] = paired_bootstrap([x for x, _ in verdicts], [y for _, y in verdicts])
+    if kind.name != SeedSet.name:  # the seed set's compare.json stays as it always was (keys are only added)
         result.update({"benchmark": kind.name, "score": kind.score_name})
         result["a"]["selection"], result["b"]["selection"] = sa.get("selection_text"), sb.get("selection_text")
     stamp = stamp or dt.datetime.now().strftime("%Y%m%d-%H%M%S")
@@ -81,12 +85,24 @@ def verdict(result: dict) -> str:
             f"p={h['p_value']:.3f}, n={h['n']}): not significant at 95%")
 
 
+def verdict_line(result: dict) -> str | None:
+    """The paired comparison of yes/no verdicts (seed sets), or None when no question has one in both."""
+    v = result.get("verdict_correct")
+    if not v:
+        return None
+    m = result["metrics"].get("verdict_correct", {})
+    return (f"yes/no verdicts right: A {m.get('a', float('nan')):.3f}, B {m.get('b', float('nan')):.3f} "
+            f"({v['mean_diff']:+.3f}, 95% CI {v['ci_low']:+.3f} to {v['ci_high']:+.3f}, p={v['p_value']:.3f}, "
+            f"n={v['n']}{': significant' if v['significant'] else ''})")
+
+
 def render_compare(result: dict) -> str:
     lines = [f"# {result['a']['label']} (A) vs {result['b']['label']} (B)", "",
              f"A: `{result['a']['path']}` (program {result['a']['program']})  ",
              f"B: `{result['b']['path']}` (program {result['b']['program']})", "",
              *[f"{x.upper()} ran on: {result[x]['selection']}.  " for x in ("a", "b") if result[x].get("selection")],
              f"**{verdict(result)}** (paired bootstrap over questions, 10,000 resamples).", "",
+             *([f"{verdict_line(result)}.", ""] if verdict_line(result) else []),
              "| metric | A | B | B - A | n |", "|---|---|---|---|---|"]
     for m, v in result["metrics"].items():
         lines.append(f"| {m} | {v['a']:.3f} | {v['b']:.3f} | {v['b'] - v['a']:+.3f} | {v['n']} |")

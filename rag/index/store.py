@@ -22,12 +22,17 @@ loads, and the previous index stays usable until the new one is complete.
 Any failure of a build (the embedder, a full disk) is an IndexStoreError and
 leaves the previous index as it was. What a killed build leaves (`.tmp-<pid>-*`,
 `.old-<pid>-*`) carries the file LEFTOVER_MARK and is removed by the next build once
-that pid is gone; nothing else in RAG_INDEX_DIR is ever removed.
+that pid is gone; nothing else in RAG_INDEX_DIR is removed, but by `rag index --prune`
+(rag/index/prune.py: superseded indexes of this corpus that no process has open; `load_index`
+holds a shared lock on the sidecar `.<name>.lock` for as long as the Index lives).
 
-Loading checks every file under the directory, recursively, against the
-checksums in meta.json (a file missing from the list, or listed and missing, is
-corruption too), then that the BM25 index agrees with the chunks, so a damaged
-or hand-edited index is a "rebuild it" error, never a traceback at query time.
+meta.json keeps, for every file under the directory, its sha256, its size and the hash of
+sampled blocks (the whole file when under 1 MiB), and a hash over those lists. Loading checks
+every file's size and sampled hash (a truncated, extended or swapped file, and any change of a
+small one, is caught while reading about 1 MiB a file), that no file is missing or extra, then
+that the BM25 index agrees with the chunks; `rag index --verify` (`full=True`) reads every byte
+against the sha256. A damaged or hand-edited index is a "rebuild it" error, never a traceback
+at query time.
 
 Opening the index for the current settings, building it when missing or stale, is
 rag/index/open.py; reusing an earlier index's vectors is rag/index/reuse.py.
@@ -45,6 +50,7 @@ import re
 import shutil
 import tempfile
 import time
+import weakref
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -52,7 +58,7 @@ from pathlib import Path
 import numpy as np
 
 from rag.errors import IndexStoreError
-from rag.files import fsync_dir, pid_alive, sha256_file, write_durably
+from rag.files import fsync_dir, hold_shared, pid_alive, sha256_file, write_durably
 from rag.index.chunking import Chunk, chunk_corpus, embedding_text, sentence_units
 from rag.index.corpus import Paper, corpus_hash, load_corpus
 from rag.index.embed import Embedder
@@ -68,6 +74,10 @@ META = "meta.json"
 # `.old-*` directory of RAG_INDEX_DIR as this project's, to be removed once its process is gone.
 LEFTOVER_MARK = ".papers-rag-leftover"
 CHUNK_VECTORS = "chunks.npy"  # written beside an approximate dense index only
+# At open each file is checked by its size and a hash of sampled blocks (sampled_sha256), whole when small;
+# `rag index --verify` (and an index written before sizes were kept) checks every byte.
+SAMPLE_FULL = 1 << 20
+SAMPLE_BLOCKS, SAMPLE_BYTES = 16, 64 << 10
 
 
 @dataclass
@@ -219,7 +229,7 @@ def write_index(root: Path, papers: list[Paper], units: Units, vectors: np.ndarr
             "n_sentences": len(units.sentences),
             "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             "build_seconds": round(time.perf_counter() - t0, 2),
-            "files": checksums(tmp),
+            **manifest(tmp),
         }
         _write_text(tmp / META, json.dumps(meta, indent=2))
         fsync_dir(tmp)
@@ -235,19 +245,38 @@ def write_index(root: Path, papers: list[Paper], units: Units, vectors: np.ndarr
     return final
 
 
-def load_index(path: str | Path, *, settings: Settings | None = None, digest: str | None = None) -> Index:
-    """Load and validate an index directory; checks it against `settings` and corpus `digest` if given."""
-    bm25s = _bm25s()
+def load_index(path: str | Path, *, settings: Settings | None = None, digest: str | None = None,
+               full: bool = False) -> Index:
+    """Load and validate an index directory; checks it against `settings` and corpus `digest` if given.
+    The files are checked by their sizes and sampled blocks (`full`: by their whole sha256; see verify_files)."""
     path = Path(path)
     fix = f"rebuild it with `rag index --rebuild` (or delete {path})"
     meta_path = path / META
     if not file_exists(meta_path):
         raise IndexStoreError(f"no index at {path} (meta.json missing); build one with `rag index`")
+    # "open here": `rag index --prune` never removes an index a live process holds this on (released when
+    # the Index is collected or the process ends)
+    in_use = hold_shared(path)
+    try:
+        index = _load(path, meta_path, settings, digest, fix, full)
+    except BaseException:
+        if in_use is not None:
+            os.close(in_use)
+        raise
+    if in_use is not None:
+        weakref.finalize(index, os.close, in_use)
+    return index
+
+
+def _load(path: Path, meta_path: Path, settings: Settings | None, digest: str | None, fix: str, full: bool) -> Index:
+    bm25s = _bm25s()
+    if not file_exists(meta_path):  # removed (pruned, rebuilt) while waiting for the lock
+        raise IndexStoreError(f"no index at {path} (meta.json missing); build one with `rag index`")
     try:
         meta = json.loads(meta_path.read_text(encoding="utf-8"))
         if meta.get("format") != FORMAT:
             raise IndexStoreError(f"index {path} has format {meta.get('format')}, expected {FORMAT}; {fix}")
-        _verify_checksums(path, meta["files"], fix)
+        verify_files(path, meta, fix, full=full)
         if settings is not None and meta["shape"] != settings.index_fields():
             raise IndexStoreError(f"index {path} was built with {meta['shape']}, settings ask for "
                                   f"{settings.index_fields()}; {fix}")
@@ -296,16 +325,64 @@ def checksums(directory: Path) -> dict[str, str]:
             if p.is_file() and p.relative_to(directory).as_posix() not in (META, LEFTOVER_MARK)}
 
 
-def _verify_checksums(path: Path, listed: dict[str, str], fix: str) -> None:
+def sampled_sha256(path: Path, size: int | None = None) -> str:
+    """sha256 of a file's size and SAMPLE_BLOCKS blocks of SAMPLE_BYTES spread evenly over it, the first
+    and the last included; of the whole file when it is no larger than SAMPLE_FULL. Cheap at any size
+    (about 1 MiB read), and it changes when a file is truncated, extended or swapped for another."""
+    size = path.stat().st_size if size is None else size
+    if size <= SAMPLE_FULL:
+        return sha256_file(path)
+    h = hashlib.sha256(f"{size}:".encode())
+    with open(path, "rb") as f:
+        for i in range(SAMPLE_BLOCKS):
+            f.seek(i * (size - SAMPLE_BYTES) // (SAMPLE_BLOCKS - 1))
+            h.update(f.read(SAMPLE_BYTES))
+    return h.hexdigest()
+
+
+def _manifest_hash(files: dict, sizes: dict, samples: dict) -> str:
+    return hashlib.sha256(json.dumps([files, sizes, samples], sort_keys=True).encode()).hexdigest()
+
+
+def manifest(directory: Path) -> dict:
+    """meta.json's integrity fields for the files under `directory`: the full sha256 of each ("files",
+    checked by `rag index --verify`), its size and sampled hash (checked at every open), and a hash over
+    all three (a hand-edited manifest is refused too)."""
+    files = checksums(directory)
+    sizes = {name: (directory / name).stat().st_size for name in files}
+    samples = {name: sampled_sha256(directory / name, sizes[name]) for name in files}
+    return {"files": files, "sizes": sizes, "samples": samples, "manifest_sha256": _manifest_hash(files, sizes, samples)}
+
+
+def verify_files(path: Path, meta: dict, fix: str, *, full: bool = False) -> int:
+    """Check the files under `path` against meta.json: none missing, none extra, each of its size and
+    sampled hash; with `full` (or for an index written before sizes and samples were kept) each by its
+    whole sha256. Returns the bytes read; IndexStoreError naming the first file that does not match."""
+    listed, sizes, samples = meta["files"], meta.get("sizes"), meta.get("samples")
     present = {p.relative_to(path).as_posix() for p in path.rglob("*") if p.is_file()} - {META}
     for name in sorted(present - set(listed)):
         raise IndexStoreError(f"index {path} is corrupt or from an older version ({name} is not covered by its "
                               f"checksums); {fix}")
+    quick = not full and isinstance(sizes, dict) and isinstance(samples, dict)
+    if quick and meta.get("manifest_sha256") != _manifest_hash(listed, sizes, samples):
+        raise IndexStoreError(f"index {path} is corrupt (meta.json's checksums were changed); {fix}")
+    read = 0
     for name, want in listed.items():
         if name not in present:
             raise IndexStoreError(f"index {path} is corrupt ({name} is missing); {fix}")
-        if sha256_file(path / name) != want:
-            raise IndexStoreError(f"index {path} is corrupt ({name} does not match its checksum); {fix}")
+        if quick:
+            size = (path / name).stat().st_size
+            if size != sizes.get(name):
+                raise IndexStoreError(f"index {path} is corrupt ({name} does not match its checksum: {size} bytes, "
+                                      f"{sizes.get(name)} were written; truncated or replaced); {fix}")
+            if sampled_sha256(path / name, size) != samples.get(name):
+                raise IndexStoreError(f"index {path} is corrupt ({name} does not match its checksum); {fix}")
+            read += size if size <= SAMPLE_FULL else SAMPLE_BLOCKS * SAMPLE_BYTES
+        else:
+            if sha256_file(path / name) != want:
+                raise IndexStoreError(f"index {path} is corrupt ({name} does not match its checksum); {fix}")
+            read += (path / name).stat().st_size
+    return read
 
 
 def _check_bm25(bm25, n_chunks: int, path: Path, fix: str) -> None:
