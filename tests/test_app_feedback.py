@@ -96,6 +96,12 @@ def test_clicking_like_in_the_browser_stores_the_rating(fake_pipe, served, tmp_p
             page.wait_for_selector("#feedback-note :text('Saved: you liked')", timeout=10_000)
 
             page.locator("#feedback").get_by_text("Correct an answer").click()
+            # first a correction that names no source, the number box never touched (it reaches the server as 0)
+            page.locator("#feedback-kind input").click()
+            page.get_by_role("option", name="should have said it does not know").click()
+            page.locator("#feedback-send").click()
+            page.wait_for_selector("#feedback-note :text('Saved the correction: should have said')", timeout=20_000)
+            assert (store.rows()[0]["correction"], store.rows()[0]["source_n"]) == ("should_abstain", None)
             page.locator("#feedback-kind input").click()
             page.get_by_role("option", name="the right answer is ...").click()
             page.locator("#feedback-text textarea").fill("diagonal state matrix; HiPPO")
@@ -107,6 +113,7 @@ def test_clicking_like_in_the_browser_stores_the_rating(fake_pipe, served, tmp_p
             row = store.rows()[0]
             assert (row["correction"], row["correction_text"], row["source_n"]) == (
                 "right_answer", "diagonal state matrix; HiPPO", 1)
+
         finally:
             browser.close()
 

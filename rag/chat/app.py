@@ -430,7 +430,9 @@ def feedback_panel(chatbot: gr.Chatbot, store: FeedbackStore, answers: AnswerLog
         with gr.Row():
             kind = gr.Dropdown([(label, key) for key, label in CORRECTIONS.items()], value=None, label="What was wrong",
                                elem_id="feedback-kind")
-            n = gr.Number(label="Source [n] (for a source)", precision=0, minimum=1, elem_id="feedback-n")
+            # no `minimum`: an empty box reaches the server as 0, which Gradio would refuse with an error for every
+            # correction that names no source; on_correct reads 0 or nothing as "no source"
+            n = gr.Number(label="Source [n] (for a source)", precision=0, elem_id="feedback-n")
         text = gr.Textbox(label="The right answer (its key facts, separated by ';')", elem_id="feedback-text")
         send = gr.Button("Send correction", elem_id="feedback-send")
     note = gr.Markdown(elem_id="feedback-note")
