@@ -78,7 +78,7 @@ class JSONLRows(Sequence[T], Generic[T]):
         """The rows of `path` by the offsets in `offsets_path` (both memory-mapped); the offsets must span
         the file exactly, else `corrupt`."""
         data = map_file(path)
-        offsets = np.load(offsets_path, mmap_mode="r", allow_pickle=False)
+        offsets = np.load(offsets_path, mmap_mode="r", allow_pickle=False).view(np.ndarray)  # a plain view indexes 3x faster
         if offsets.ndim != 1 or offsets.dtype != np.int64 or len(offsets) < 1 or offsets[0] != 0 \
                 or offsets[-1] != len(data):
             raise corrupt(f"{offsets_path.name} does not match {path.name}")
@@ -105,7 +105,7 @@ class JSONLRows(Sequence[T], Generic[T]):
                 yield self._decode(start + k, self.data[ends[k]:ends[k + 1]])
 
     def _read(self, i: int) -> T:
-        return self._decode(i, self.data[self.offsets[i]:self.offsets[i + 1]])
+        return self._decode(i, self.data[int(self.offsets[i]):int(self.offsets[i + 1])])
 
     def _decode(self, i: int, raw: bytes) -> T:
         try:
