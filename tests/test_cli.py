@@ -246,13 +246,13 @@ def test_a_prompt_that_cannot_fit_the_context_fails_before_anything_loads(cli, m
 def test_a_tampered_bm25_index_is_a_one_line_error_for_every_mode(cli, tmp_path):
     import numpy as np
 
-    from rag.index.store import checksums
+    from rag.index.store import manifest
 
     assert cli("index")[0] == 0
     path = next((tmp_path / "indexes").glob("idx-*"))
     np.save(path / "bm25" / "indices.csc.index.npy", np.load(path / "bm25" / "indices.csc.index.npy") + 50)
     meta = json.loads((path / "meta.json").read_text())
-    (path / "meta.json").write_text(json.dumps({**meta, "files": checksums(path)}))  # checksums "fixed" too
+    (path / "meta.json").write_text(json.dumps({**meta, **manifest(path)}))  # checksums "fixed" too
     for mode in ("hybrid", "bm25", "dense"):
         code, out, err = cli("search", "state space", "--retrieval", mode, "--no-rebuild")
         assert code == 1 and out == "" and err.count("\n") == 1
