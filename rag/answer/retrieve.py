@@ -21,7 +21,7 @@ expansion.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -152,7 +152,7 @@ class Retriever:
                 for rank, (pid, idxs) in enumerate(picked.items(), 1)]
 
 
-def _firsts(ranking: list[int], chunks: list[Chunk], papers: dict) -> list[int]:
+def _firsts(ranking: list[int], chunks: Sequence[Chunk], papers: dict) -> list[int]:
     """The first chunk of each paper in `papers` within `ranking`."""
     seen: set[str] = set()
     out = []

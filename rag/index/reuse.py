@@ -30,7 +30,7 @@ import numpy as np
 from rag.errors import IndexStoreError
 from rag.index.chunking import embedding_text
 from rag.index.embed import Embedder
-from rag.index.store import CHUNK_VECTORS, FORMAT, load_index
+from rag.index.store import CHUNK_VECTORS, FORMAT, Index, load_index
 from rag.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -139,11 +139,22 @@ def stored_vectors(path: Path) -> StoredVectors:
         chunk_vectors = index.dense.reconstruct_n(0, n) if n else np.empty((0, index.meta["embed_dim"]), np.float32)
     else:
         raise IndexStoreError(f"index {path} keeps no float vectors of its chunks; rebuild it with `rag index --rebuild`")
-    texts = [embedding_text(index.papers[c.paper_id], c) for c in index.chunks] + [s.text for s in index.sentences]
+    texts = _chunk_texts(index) + [s.text for s in index.sentences]
     sentences = index.sentence_vectors
     if sentences is None:
         sentences = np.empty((0, chunk_vectors.shape[1]), np.float32)
     return StoredVectors(texts, chunk_vectors, sentences)
+
+
+def _chunk_texts(index: Index) -> list[str]:
+    """What each chunk embedded, read straight through the rows (chunks are grouped by paper, so each
+    paper is looked up once)."""
+    texts, paper = [], None
+    for c in index.chunks:
+        if paper is None or paper.id != c.paper_id:
+            paper = index.papers[c.paper_id]
+        texts.append(embedding_text(paper, c))
+    return texts
 
 
 def with_previous_vectors(embedder: Embedder, settings: Settings, *, skip: Path | None = None) -> Embedder:

@@ -7,7 +7,12 @@ is never reused. The directory holds:
 
     meta.json      format, corpus hash, shaping settings, counts, sha256 of every other file
     papers.jsonl   the papers, in corpus order
+    paper_ids.npy  their ids (fixed-width UTF-8, row i is paper i), and paper_order.npy the permutation
+                   that sorts them: an id is found by binary search, never by reading the papers
     chunks.jsonl   the chunks, row i is vector i and BM25 document i
+    chunk_runs.npy per paper in paper order, the first row of its chunks and their count
+    *.offsets.npy  beside each .jsonl file, the n+1 int64 byte offsets of its lines: rows are read
+                   by offset from the memory-mapped file when asked for (rag/index/rows.py)
     dense.faiss    inner-product index over normalised vectors (cosine): exact, or IVF above
                    `ivf_threshold` chunks (rag/index/vectors.py chooses; meta.json "dense" says which)
     chunks.npy     the chunk vectors as float32, only beside an approximate index (whose codes
@@ -15,6 +20,12 @@ is never reused. The directory holds:
     bm25/          bm25s sparse index over title + chunk tokens
     sentences.jsonl  every abstract sentence (paper id, offsets, text), grouped by paper
     sentences.npy    their vectors (row i is sentence i), for choosing evidence at query time
+    sentence_runs.npy  per paper, the first row of its sentences and their count
+
+Loading reads no row: papers, chunks and sentences are lazy read-only sequences and maps over the
+memory-mapped files (rag/index/rows.py says why JSONL with offsets), BM25 and the vectors are
+memory-mapped, and where a chunk or sentence belongs is checked on the runs arrays and counts
+(a handful of rows are read to see that they agree), not by visiting every row.
 
 Writes are atomic: everything is built in a temporary sibling directory and
 renamed into place, so an interrupted build never leaves a half index that
@@ -51,6 +62,8 @@ import shutil
 import tempfile
 import time
 import weakref
+from array import array
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -62,18 +75,24 @@ from rag.files import fsync_dir, hold_shared, pid_alive, sha256_file, write_dura
 from rag.index.chunking import Chunk, chunk_corpus, embedding_text, sentence_units
 from rag.index.corpus import Paper, corpus_hash, load_corpus
 from rag.index.embed import Embedder
+from rag.index.rows import JSONLRows, PaperTable, Runs, check_runs, chunk_of, encode_ids, paper_of, runs_of
 from rag.index.vectors import DEFAULT_NPROBE, build_dense, describe, open_dense, plan, write_dense
 from rag.settings import Settings
 from rag.text import tokenize
 
 log = logging.getLogger(__name__)
 
-FORMAT = 3  # 2: the sentence store; 3: checksums over every file (bm25/ included), the 1,000-character sentence cap
+# 2: the sentence store; 3: checksums over every file (bm25/ included), the 1,000-character sentence cap;
+# 4: line offsets, paper ids and runs, so an index opens without reading its rows
+FORMAT = 4
 META = "meta.json"
 # In every temporary build directory and every superseded index on its way out: what marks a `.tmp-*` or
 # `.old-*` directory of RAG_INDEX_DIR as this project's, to be removed once its process is gone.
 LEFTOVER_MARK = ".papers-rag-leftover"
 CHUNK_VECTORS = "chunks.npy"  # written beside an approximate dense index only
+OFFSETS = ".offsets.npy"  # beside each .jsonl file: "chunks.jsonl" -> "chunks.offsets.npy"
+PAPER_IDS, PAPER_ORDER = "paper_ids.npy", "paper_order.npy"
+CHUNK_RUNS, SENTENCE_RUNS = "chunk_runs.npy", "sentence_runs.npy"
 # At open each file is checked by its size and a hash of sampled blocks (sampled_sha256), whole when small;
 # `rag index --verify` (and an index written before sizes were kept) checks every byte.
 SAMPLE_FULL = 1 << 20
@@ -83,16 +102,19 @@ SAMPLE_BLOCKS, SAMPLE_BYTES = 16, 64 << 10
 @dataclass
 class Index:
     """A loaded index: papers, chunks with their FAISS and BM25 indexes, and the sentence store
-    (every abstract sentence and its vector, for evidence selection)."""
+    (every abstract sentence and its vector, for evidence selection). `load_index` gives lazy rows
+    (rag/index/rows.py) and the runs arrays; plain lists and dicts work too (runs then found by a scan)."""
 
     path: Path
     meta: dict
-    papers: dict[str, Paper]
-    chunks: list[Chunk]
+    papers: Mapping[str, Paper]
+    chunks: Sequence[Chunk]
     dense: object  # faiss.Index
     bm25: object  # bm25s.BM25
-    sentences: list[Chunk] = field(default_factory=list)  # one-sentence chunks, grouped by paper
+    sentences: Sequence[Chunk] = field(default_factory=list)  # one-sentence chunks, grouped by paper
     sentence_vectors: np.ndarray | None = None  # row i is sentences[i], normalised float32
+    chunk_runs: np.ndarray | None = None  # per paper in paper order: (first chunk row, count)
+    sentence_runs: np.ndarray | None = None  # the same for the sentences
 
     @property
     def name(self) -> str:
@@ -102,17 +124,22 @@ class Index:
         return len(self.chunks)
 
     @cached_property
-    def sentences_of(self) -> dict[str, range]:
+    def sentences_of(self) -> Mapping[str, range]:
         """Paper id -> the rows of its sentences (stored contiguously, in abstract order)."""
-        return _runs(self.sentences)
+        return self._runs_of(self.sentence_runs, self.sentences)
 
     @cached_property
-    def chunks_of(self) -> dict[str, range]:
+    def chunks_of(self) -> Mapping[str, range]:
         """Paper id -> the rows of its chunks (stored contiguously, in abstract order)."""
-        return _runs(self.chunks)
+        return self._runs_of(self.chunk_runs, self.chunks)
+
+    def _runs_of(self, runs: np.ndarray | None, units: Sequence[Chunk]) -> Mapping[str, range]:
+        if runs is not None and isinstance(self.papers, PaperTable):
+            return Runs(self.papers, runs)
+        return _runs(units)
 
 
-def _runs(units: list[Chunk]) -> dict[str, range]:
+def _runs(units: Sequence[Chunk]) -> dict[str, range]:
     """Paper id -> the range of rows its units occupy (units of one paper are contiguous)."""
     spans: dict[str, range] = {}
     start = 0
@@ -217,6 +244,7 @@ def write_index(root: Path, papers: list[Paper], units: Units, vectors: np.ndarr
         _write_jsonl(tmp / "chunks.jsonl", (c.to_json() for c in units.chunks))
         _write_jsonl(tmp / "sentences.jsonl", (s.to_json() for s in units.sentences))
         _write_npy(tmp / "sentences.npy", vectors[n_chunks:])
+        _write_lookups(tmp, papers, units)
         meta = {
             "format": FORMAT,
             "corpus": str(settings.corpus),
@@ -243,6 +271,17 @@ def write_index(root: Path, papers: list[Paper], units: Units, vectors: np.ndarr
         raise
     log.info("built index %s: %d papers, %d chunks, %d sentences", final, len(papers), n_chunks, len(units.sentences))
     return final
+
+
+def _write_lookups(directory: Path, papers: list[Paper], units: Units) -> None:
+    """What lets `load_index` open without reading rows: the paper ids and their sorted order, and
+    where each paper's chunks and sentences are."""
+    ids = [p.id for p in papers]
+    id_array, order = encode_ids(ids)
+    _write_array(directory / PAPER_IDS, id_array)
+    _write_array(directory / PAPER_ORDER, order)
+    _write_array(directory / CHUNK_RUNS, runs_of(ids, [c.paper_id for c in units.chunks]))
+    _write_array(directory / SENTENCE_RUNS, runs_of(ids, [s.paper_id for s in units.sentences]))
 
 
 def load_index(path: str | Path, *, settings: Settings | None = None, digest: str | None = None,
@@ -282,15 +321,26 @@ def _load(path: Path, meta_path: Path, settings: Settings | None, digest: str | 
                                   f"{settings.index_fields()}; {fix}")
         if digest is not None and meta["corpus_hash"] != digest:
             raise IndexStoreError(f"index {path} is stale: the corpus changed since it was built; {fix}")
-        papers = [Paper(d["paper_id"], d["title"], d["abstract"], tuple(d["sources"]))
-                  for d in _read_jsonl(path / "papers.jsonl")]
-        chunks = [Chunk(**d) for d in _read_jsonl(path / "chunks.jsonl")]
-        sentences = [Chunk(**d) for d in _read_jsonl(path / "sentences.jsonl")]
+        def corrupt(why: str) -> IndexStoreError:
+            return IndexStoreError(f"index {path} is corrupt ({why}); {fix}")
+
+        papers = PaperTable(_rows(path, "papers", paper_of, corrupt), _npy(path / PAPER_IDS), _npy(path / PAPER_ORDER))
+        chunks = _rows(path, "chunks", chunk_of, corrupt)
+        sentences = _rows(path, "sentences", chunk_of, corrupt)
+        chunk_runs, sentence_runs = _npy(path / CHUNK_RUNS), _npy(path / SENTENCE_RUNS)
         sentence_vectors = np.load(path / "sentences.npy", mmap_mode="r")
         dense = open_dense(path / "dense.faiss", settings.nprobe if settings is not None else DEFAULT_NPROBE,
                            threads=settings.search_threads if settings is not None else None)
-        bm25 = bm25s.BM25.load(str(path / "bm25"), show_progress=False)
+        bm25 = bm25s.BM25.load(str(path / "bm25"), show_progress=False, mmap=True)
         _check_bm25(bm25, len(chunks), path, fix)
+        if not (len(papers) == meta["n_papers"] and len(chunks) == meta["n_chunks"] == dense.ntotal
+                and len(sentences) == meta["n_sentences"] == sentence_vectors.shape[0]
+                and dense.d == meta["embed_dim"]):
+            raise IndexStoreError(f"index {path} is corrupt (counts disagree with meta.json); {fix}")
+        _check_ids(papers, corrupt)
+        if not (check_runs(chunk_runs, len(papers), len(chunks)) and check_runs(sentence_runs, len(papers), len(sentences))
+                and _runs_agree(papers, chunks, chunk_runs) and _runs_agree(papers, sentences, sentence_runs)):
+            raise IndexStoreError(f"index {path} is corrupt (a chunk or sentence belongs to no paper); {fix}")
     except IndexStoreError:
         raise
     except PermissionError as e:
@@ -299,14 +349,41 @@ def _load(path: Path, meta_path: Path, settings: Settings | None, digest: str | 
     except (OSError, ValueError, KeyError, TypeError, RuntimeError, AttributeError, IndexError) as e:
         reason = str(e).splitlines()[0][:120] if str(e) else type(e).__name__
         raise IndexStoreError(f"index {path} is corrupt ({reason}); {fix}") from None
-    by_id = {p.id: p for p in papers}
-    if not (len(papers) == meta["n_papers"] and len(chunks) == meta["n_chunks"] == dense.ntotal
-            and len(sentences) == meta["n_sentences"] == sentence_vectors.shape[0]
-            and dense.d == meta["embed_dim"]):
-        raise IndexStoreError(f"index {path} is corrupt (counts disagree with meta.json); {fix}")
-    if any(c.paper_id not in by_id for c in chunks) or any(c.paper_id not in by_id for c in sentences):
-        raise IndexStoreError(f"index {path} is corrupt (a chunk or sentence belongs to no paper); {fix}")
-    return Index(path, meta, by_id, chunks, dense, bm25, sentences, sentence_vectors)
+    return Index(path, meta, papers, chunks, dense, bm25, sentences, sentence_vectors, chunk_runs, sentence_runs)
+
+
+def _rows(path: Path, stem: str, decode, corrupt) -> JSONLRows:
+    return JSONLRows.open(path / f"{stem}.jsonl", path / f"{stem}{OFFSETS}", decode, corrupt)
+
+
+def _npy(path: Path) -> np.ndarray:
+    """A memory-mapped array, as a plain ndarray view (np.memmap's indexing is slower; the map stays open)."""
+    return np.load(path, mmap_mode="r", allow_pickle=False).view(np.ndarray)
+
+
+def _check_ids(papers: PaperTable, corrupt) -> None:
+    """The id arrays must be one id a paper and a permutation of the rows; the first and last papers'
+    ids must be theirs (the checksums guard the rest)."""
+    n = len(papers)
+    if papers.ids.shape != (n,) or papers.order.shape != (n,) or papers.order.dtype != np.int64 \
+            or papers.ids.dtype.kind != "S":
+        raise corrupt(f"{PAPER_IDS} does not match papers.jsonl")
+    if n and (papers.order.min() < 0 or papers.order.max() >= n):
+        raise corrupt(f"{PAPER_ORDER} points outside the papers")
+    for row in {0, n - 1} if n else ():
+        if papers.rows[row].id != papers.id_at(row) or papers.row_of(papers.id_at(row)) != row:
+            raise corrupt(f"{PAPER_IDS} does not match papers.jsonl")
+
+
+def _runs_agree(papers: PaperTable, units: JSONLRows, runs: np.ndarray) -> bool:
+    """Whether the first and last unit of the first and last paper that have units belong to that paper
+    (a spot check: `check_runs` has seen the runs tile the rows, and the checksums guard the files)."""
+    have = np.flatnonzero(np.asarray(runs[:, 1]))
+    for row in {int(have[0]), int(have[-1])} if len(have) else ():
+        first, count = (int(x) for x in runs[row])
+        if {units[first].paper_id, units[first + count - 1].paper_id} != {papers.id_at(row)}:
+            return False
+    return True
 
 
 def locate_index(settings: Settings) -> tuple[list[Paper], Path]:
@@ -434,13 +511,30 @@ def _write_npy(path: Path, array: np.ndarray) -> None:
     write_durably(path, write, "wb")
 
 
+def _write_array(path: Path, array: np.ndarray) -> None:
+    write_durably(path, lambda f: np.save(f, array, allow_pickle=False), "wb")
+
+
 def _write_jsonl(path: Path, rows) -> None:
-    _write_text(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
+    """`rows` as JSONL at `path` (UTF-8, one object a line), and the byte offsets of its lines beside it
+    (`<stem>.offsets.npy`, n+1 int64), so rows can be read by number without reading the file."""
+    lengths = array("q")
 
+    def write(f) -> None:
+        block: list[bytes] = []
+        for r in rows:
+            line = (json.dumps(r, ensure_ascii=False) + "\n").encode("utf-8")
+            lengths.append(len(line))
+            block.append(line)
+            if len(block) == 10_000:
+                f.write(b"".join(block))
+                block.clear()
+        f.write(b"".join(block))
 
-def _read_jsonl(path: Path) -> list[dict]:
-    with open(path, encoding="utf-8") as f:
-        return [json.loads(line) for line in f if line.strip()]
+    write_durably(path, write, "wb")
+    offsets = np.zeros(len(lengths) + 1, dtype=np.int64)
+    np.cumsum(np.frombuffer(lengths, dtype=np.int64), out=offsets[1:])
+    _write_array(path.with_name(path.name.removesuffix(".jsonl") + OFFSETS), offsets)
 
 
 def _swap_into_place(tmp: Path, final: Path) -> None:
