@@ -33,9 +33,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from rag.answer.program import ABSTAIN_TEXT  # noqa: E402
 from rag.feedback import FeedbackStore  # noqa: E402
 
+DECLINED = "the papers here do not answer this"  # what the chat shows for a declined question (chat.app.final_message)
 DONE = """() => { const m = [...document.querySelectorAll('#chatbot .bot')].pop();
     const t = m ? m.innerText : '';
     const busy = /Loading content|Searching the papers|Writing the answer|Reading the conversation|while the model writes/;
@@ -61,7 +61,7 @@ def sample(rows: list[dict], n: int, seed: int) -> list[dict]:
 
 def judge(row: dict, text: str) -> tuple[bool, str | None, str | None]:
     """(like?, correction kind, correction text) of the scripted user for the visible answer `text`."""
-    declined = ABSTAIN_TEXT.rstrip(".").lower() in text.lower()
+    declined = DECLINED in text.lower()
     if row["type"] == "unanswerable":
         return (True, None, None) if declined else (False, "should_abstain", None)
     facts = row.get("facts") or []

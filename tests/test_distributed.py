@@ -64,7 +64,7 @@ def test_ray_build_equals_the_local_build(local_ray, tiny_settings, monkeypatch)
     np.testing.assert_allclose(remote.sentence_vectors, local.sentence_vectors, atol=2e-5)
     n = len(local.chunks)
     np.testing.assert_allclose(remote.dense.reconstruct_n(0, n), local.dense.reconstruct_n(0, n), atol=2e-5)
-    drop = {"created", "build_seconds", "files"}
+    drop = {"created", "build_seconds", "files", "samples", "manifest_sha256"}  # content hashes: vectors differ by ~1e-6
     assert {k: v for k, v in remote.meta.items() if k not in drop} == {k: v for k, v in local.meta.items() if k not in drop}
     assert not list(Path(tiny_settings.index_dir).glob(".tmp-*"))  # the spill file is gone
 
