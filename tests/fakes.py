@@ -145,9 +145,10 @@ def log_network(path: str) -> None:
     sys.addaudithook(hook)
 
 
-def fake_pipeline(settings, log_dir: str | None = None):
-    """A pipeline with the fakes, for a Ray batch worker; each load leaves a file in `log_dir`."""
-    install_fakes()
+def fake_pipeline(settings, log_dir: str | None = None, delay: float = 0.0):
+    """A pipeline with the fakes, for a Ray batch worker; each load leaves a file in `log_dir`; every LM call
+    takes `delay` seconds."""
+    install_fakes(delay)
     from rag.pipeline import Pipeline
 
     if log_dir:

@@ -49,7 +49,7 @@ def _batch_ray(args: argparse.Namespace, rows, out, fmt: str) -> int:
     from rag.distributed import ray_asker
 
     pipe = open_pipeline(args, need_lm=False)
-    with ray_asker(pipe.settings.replace(ray_workers=args.workers)) as ask:
+    with ray_asker(pipe.settings.replace(ray_workers=args.workers), index=pipe.index.path) as ask:
         say(f"{ask.workers} Ray workers, each with its own pipeline")
         return _run_batch(args, rows, out, fmt, ask, ask.workers)
 
