@@ -77,7 +77,12 @@ VARIANTS: dict[str, Callable[[Any], None]] = {
     "kv-q8": _kv_q8,
     "ubatch-256": _batch(256),
     "threads-1": _threads(1),
-    "ngram-simple": _spec("NGRAM_SIMPLE"),
+    "ngram-simple": _spec("NGRAM_SIMPLE"),  # llama.cpp's defaults: a 12-token match, drafts of up to 48
+    # Prompt-lookup sizes (HF's prompt_lookup_num_tokens uses a 3-gram and 10-token drafts): on a CPU a
+    # rejected 48-token draft costs like reading 48 prompt tokens, so shorter drafts may pay better.
+    "ngram-n3m8": _spec("NGRAM_SIMPLE", ngram_simple__size_n=3, ngram_simple__size_m=8),
+    "ngram-n4m16": _spec("NGRAM_SIMPLE", ngram_simple__size_n=4, ngram_simple__size_m=16),
+    "ngram-n2m4": _spec("NGRAM_SIMPLE", ngram_simple__size_n=2, ngram_simple__size_m=4),
     "ngram-mod": _spec("NGRAM_MOD"),
     "ngram-map-k": _spec("NGRAM_MAP_K"),
 }

@@ -408,6 +408,7 @@ class Pipeline:
             "sampled_verdict": getattr(pred, "sampled_verdict", None),
             "judge_probs": _rounded(getattr(pred, "judge_probs", None)),
             "restated": bool(getattr(pred, "restated", False)),
+            "declined_draft": _declined_draft(pred),
             "fallback": EXTRACTIVE if fallback is not None else None,
             "lm_error": str(fallback) if fallback is not None else None,
         }
@@ -421,6 +422,14 @@ class Pipeline:
 
 def _rounded(probs: dict | None) -> dict | None:
     return None if not probs else {k: round(float(v), 4) for k, v in probs.items()}
+
+
+def _declined_draft(pred: Any) -> dict | None:
+    """The answer the model wrote and the checks declined (unsupported_claim, off_question), with its claims."""
+    answer = getattr(pred, "draft_answer", None)
+    if not answer:
+        return None
+    return {"answer": answer, "claims": [c.to_json() for c in getattr(pred, "draft_claims", None) or []]}
 
 
 def _trim_global_history() -> None:

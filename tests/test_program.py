@@ -271,12 +271,15 @@ def test_an_answer_naming_what_its_evidence_lacks_is_declined(pipe):
     p, _ = pipe([SWAPPED])
     out = p.ask("How are state space models initialised?")
     assert out["abstained"] is True and out["provenance"]["abstain_reason"] == "unsupported_claim"
+    draft = out["provenance"]["declined_draft"]  # what was withheld, and why
+    assert draft["answer"] == SWAPPED["answer"]
+    assert {t for c in draft["claims"] for t in c["unsupported_terms"]} == {"LegS-Fourier", "S5"}
 
 
 def test_with_declining_off_the_swapped_name_is_reported_as_an_unsupported_claim(pipe):
     p, _ = pipe([SWAPPED], decline_unsupported=0)
     out = p.ask("How are state space models initialised?")
-    assert out["abstained"] is False
+    assert out["abstained"] is False and out["provenance"]["declined_draft"] is None
     claim, = out["claims"]
     assert claim["cited"] == [1] and claim["supported"] is False
     assert set(claim["unsupported_terms"]) == {"LegS-Fourier", "S5"}

@@ -459,12 +459,14 @@ class CitedRAG(dspy.Module):
         if self.decline_unsupported and shape != "list" and not all(c.supported for c in claims):
             # A name or number the cited evidence does not contain: on train this is how most answers to
             # unanswerable questions look (the model fills the gap, or repeats the question's own example).
-            return _abstained(evidence, retrieved, shape, UNSUPPORTED_CLAIM, p_answerable=p, draft=claims)
+            return _abstained(evidence, retrieved, shape, UNSUPPORTED_CLAIM, p_answerable=p, draft=claims,
+                              draft_answer=cited.answer)
         if self.decline_unsupported and shape != "list" and off_question(
                 question, cited.answer, [f"{evidence[n - 1].paper.title}: {evidence[n - 1].text}" for n in cited.numbers]):
             # An answer that is not about what was asked: no number for "how many", or a passage about something
             # else than the names the question asks about (the model, finding no answer, copies what it has).
-            return _abstained(evidence, retrieved, shape, OFF_QUESTION, p_answerable=p, draft=claims)
+            return _abstained(evidence, retrieved, shape, OFF_QUESTION, p_answerable=p, draft=claims,
+                              draft_answer=cited.answer)
         return dspy.Prediction(answer=cited.answer, citations=cited.numbers, abstained=False, hits=evidence,
                                retrieved=retrieved, shape=shape, verdict=verdict, claims=claims, p_answerable=p,
                                abstain_reason=None, lm_called=True, verdict_probs=probs, judge_probs=judged,
@@ -564,11 +566,14 @@ def with_verdict(answer: str, verdict: str | None) -> tuple[str, str | None]:
 
 
 def _abstained(evidence: list[Hit], retrieved: list[Hit], shape: str, reason: str, *, lm_called: bool = True,
-               p_answerable: float | None = None, draft: list | None = None) -> dspy.Prediction:
-    """An abstention; `draft` keeps the claims of a declined answer (for the eval report, not the user)."""
+               p_answerable: float | None = None, draft: list | None = None,
+               draft_answer: str | None = None) -> dspy.Prediction:
+    """An abstention; `draft_answer` and `draft` (its claims) keep an answer the checks declined
+    (provenance.declined_draft: why it was declined, and the data the decline rules are refitted on)."""
     return dspy.Prediction(answer=ABSTAIN_TEXT, citations=[], abstained=True, hits=evidence, retrieved=retrieved,
                            shape=shape, verdict=None, claims=[], p_answerable=p_answerable, lm_called=lm_called,
-                           abstain_reason=reason, draft_claims=draft or [])
+                           abstain_reason=reason, draft_claims=draft or [],
+                           draft_answer=draft_answer)
 
 
 class _Shared:
