@@ -122,3 +122,33 @@ def test_the_reason_names_missing_terms_too_and_the_question_is_optional():
     [c] = check_claims("DoRA is 10x-50x more parameter-efficient than prior PEFTs [1].", PASSAGES)
     assert c.reason == "DoRA in no cited passage" and c.to_json()["reason"] == c.reason
     assert [c.supported for c in check_claims("Prithvi WxC has 2.3 billion parameters [2].", PASSAGES)] == [True]
+
+
+# Decline rules refitted on train (eval/results/train-declines-*): each case is a train answer that was declined.
+
+def test_a_marker_cut_off_by_the_token_limit_is_not_a_number():
+    claim, = check_claims("The toolkit has evaluation tools, enabling [1", {1: "a toolkit with evaluation tools"},
+                          "What toolkit?")
+    assert claim.supported, claim.reason
+
+
+def test_a_compound_of_a_name_is_supported_by_the_name():
+    passages = {1: "LlamaRL is 10.7x faster than DeepSpeed-Chat-like systems."}
+    assert off_question("How much faster was LlamaRL than DeepSpeed-Chat-style systems?",
+                        "LlamaRL is 10.7x faster [1].", [passages[1]]) is None
+    claim, = check_claims("The APO-aligned model gained 7.65% [1].", {1: "APO gives a 7.65% gain."}, "How much?")
+    assert claim.supported, claim.reason
+    # a coined tail is not a compound: Inv-Entropy is a name of its own
+    claim, = check_claims("It comes with Inv-Entropy [1].", {1: "It comes with an entropy measure."}, "What?")
+    assert claim.unsupported_terms == ["Inv-Entropy"]
+
+
+def test_the_questions_own_short_acronym_may_be_repeated_but_not_its_coined_name():
+    claim, = check_claims("Top LLMs converge in sycophancy [1].", {1: "language models converge in sycophancy"},
+                          "Are top LLMs converging in sycophancy?")
+    assert claim.supported, claim.reason
+    claim, = check_claims("MoEUT has 3B weights [1].", {1: "a model with 3B weights"}, "How big is MoEUT?")
+    assert claim.unsupported_terms == ["MoEUT"]
+    claim, = check_claims("Top LLMs converge in sycophancy [1].", {1: "language models converge in sycophancy"},
+                          "Do models converge in sycophancy?")  # not the user's word: still unsupported
+    assert claim.unsupported_terms == ["LLMs"]
