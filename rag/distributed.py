@@ -62,7 +62,7 @@ from typing import Any
 import numpy as np
 
 from rag.errors import RagError
-from rag.files import atomic_writer
+from rag.files import atomic_writer, tree_bytes
 from rag.index.store import META
 from rag.settings import Settings
 
@@ -378,16 +378,9 @@ def _holds(index: Path, corpus: Path, copy: IndexCopy) -> bool:
     """Whether `index` is the copy's index (same manifest) and `corpus` its corpus (same size)."""
     try:
         meta = json.loads((index / META).read_text(encoding="utf-8"))
-        return isinstance(meta, dict) and meta.get("manifest_sha256") == copy.key and _tree_bytes(corpus) == copy.corpus_bytes
+        return isinstance(meta, dict) and meta.get("manifest_sha256") == copy.key and tree_bytes(corpus) == copy.corpus_bytes
     except (OSError, ValueError):
         return False
-
-
-def _tree_bytes(path: Path) -> int:
-    """Bytes in a file, or in every file under a directory (a corpus of seed pages)."""
-    if not path.is_dir():
-        return path.stat().st_size
-    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
 
 
 def place_index(ray: Any, settings: Settings, index: Path) -> IndexCopy | None:
@@ -400,7 +393,7 @@ def place_index(ray: Any, settings: Settings, index: Path) -> IndexCopy | None:
     try:
         key = json.loads((index / META).read_text(encoding="utf-8"))["manifest_sha256"]
         corpus = Path(settings.corpus)
-        copy = IndexCopy(index.name, str(index), key, str(corpus), _tree_bytes(corpus),
+        copy = IndexCopy(index.name, str(index), key, str(corpus), tree_bytes(corpus),
                          str(Path(settings.cache_dir) / "ray-indexes" / f"{index.name}-{key[:12]}"))
     except (OSError, ValueError, KeyError, TypeError):
         return None
@@ -416,7 +409,7 @@ def place_index(ray: Any, settings: Settings, index: Path) -> IndexCopy | None:
     missing = [n for n, state in zip(nodes, states, strict=True) if state == "missing"]
     if not missing:
         return copy
-    size = _tree_bytes(index) + copy.corpus_bytes
+    size = tree_bytes(index) + copy.corpus_bytes
     if size > SHIP_BYTES:
         node = missing[0]
         raise RagError(f"Ray node {node['NodeID'][:12]} ({node.get('NodeManagerAddress', '?')}) has no copy of index "

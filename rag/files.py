@@ -46,6 +46,14 @@ def sha256_file(path: str | Path) -> str:
     return h.hexdigest()
 
 
+def tree_bytes(path: str | Path) -> int:
+    """Bytes in a file, or in every file under a directory (an index, a corpus of seed pages)."""
+    path = Path(path)
+    if not path.is_dir():
+        return path.stat().st_size
+    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+
+
 def fsync_dir(path: str | Path) -> None:
     """fsync a directory, so that a rename or a new file in it survives a crash."""
     fd = os.open(path, os.O_RDONLY)

@@ -23,7 +23,7 @@ import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from rag.files import LockHeld, hold_lock
+from rag.files import LockHeld, hold_lock, tree_bytes
 from rag.index.store import LEFTOVER_MARK, META, locate_index
 from rag.settings import Settings
 
@@ -34,10 +34,6 @@ class Pruned:
     removed: list[Path] = field(default_factory=list)
     in_use: list[Path] = field(default_factory=list)  # left: a live process has them open
     freed_bytes: int = 0
-
-
-def _size(directory: Path) -> int:
-    return sum(p.stat().st_size for p in directory.rglob("*") if p.is_file())
 
 
 def superseded(settings: Settings) -> tuple[Path, list[Path]]:
@@ -71,7 +67,7 @@ def prune(settings: Settings, *, dry_run: bool = False) -> Pruned:
             out.in_use.append(d)
             continue
         with lock:
-            size = _size(d)
+            size = tree_bytes(d)
             if not dry_run:
                 gone = d.with_name(f".old-{os.getpid()}-{d.name}")
                 os.rename(d, gone)
