@@ -18,6 +18,14 @@ it projects the wall time for 2.5M abstracts on N workers, assuming linear scali
 vectors) and the seed corpus's ratio of texts per abstract.
 
     .venv/bin/python bench/bench_embed.py [--backends torch onnx onnx-int8] [--ray-texts 1500]
+
+`--exports` instead compares the default backend's graphs, old and new, in one run: the
+graph of EXPORT_VERSION 1 (the dynamo exporter, unfused, 64 texts a run) against today's
+(fused attention / layer norms / GELU, `BATCH_SIZE` texts a run). Both embed every text
+of the seed corpus, taking turns (`--rounds`); then each builds the whole index (`rag
+index`'s work) and the dev set's retrieval is scored on both.
+
+    .venv/bin/python bench/bench_embed.py --exports [--rounds 2]
 """
 
 from __future__ import annotations
@@ -25,6 +33,7 @@ from __future__ import annotations
 import argparse
 import tempfile
 import time
+from pathlib import Path
 
 import numpy as np
 
@@ -47,6 +56,7 @@ def main() -> None:
     ap.add_argument("--sample", type=int, default=500, help="texts per interleaved round")
     ap.add_argument("--skip-builds", action="store_true", help="only the interleaved throughput (and Ray)")
     ap.add_argument("--ray-backend", default=None, help="backend for local vs Ray (default: the fastest measured)")
+    ap.add_argument("--exports", action="store_true", help="only old vs new ONNX graph and batch size (default backend)")
     args = ap.parse_args()
 
     base = Settings.load()
@@ -56,6 +66,9 @@ def main() -> None:
     dev = load_set(ROOT / "eval" / "dev.jsonl")
     print(f"seed corpus: {len(papers)} papers, {len(units.chunks)} chunks + {len(units.sentences)} sentences "
           f"= {len(units.texts)} texts ({texts_per_abstract:.1f} per abstract); dev set: {len(dev)} questions")
+    if args.exports:
+        exports(base, papers, units, dev, args.rounds or 1)
+        return
     rates: dict[str, float] = {}
     rows = []
     with tempfile.TemporaryDirectory(dir=base.index_dir if base.index_dir else None) as tmp:
@@ -117,6 +130,63 @@ def interleaved(base: Settings, texts: list[str], args) -> None:
         med = float(np.median(ts))
         print(f"  {b:>9}: {len(sample) / med:5.1f} texts/s ({' '.join(f'{t:.1f}' for t in ts)} s)  "
               f"{float(np.median(times[ref])) / med:.2f}x {ref}")
+
+
+def exports(base: Settings, papers, units, dev, rounds: int) -> None:
+    """Old (EXPORT_VERSION 1: dynamo graph, unfused, 64 texts a run) vs new (fused, BATCH_SIZE) on the seed corpus."""
+    from rag.index import embed_onnx
+    from rag.index.embed_onnx import BATCH_SIZE, OnnxEmbedder, _export_graph
+
+    with tempfile.TemporaryDirectory() as tmp:
+        old_path = Path(tmp) / "v1.onnx"
+        _export_graph(model_dir(base.embed_model), old_path, fusable=False)
+        new = OnnxEmbedder(model_dir(base.embed_model), base.embed_model, "onnx", base.cache_dir)
+        old = OnnxEmbedder(model_dir(base.embed_model), base.embed_model, "onnx", base.cache_dir, batch_size=64)
+        import onnxruntime as ort
+
+        options = ort.SessionOptions()
+        options.log_severity_level = 3
+        old.session = ort.InferenceSession(str(old_path), options, providers=["CPUExecutionProvider"])
+        embedders = {"v1 unfused, 64 a run": old, f"v{embed_onnx.EXPORT_VERSION} fused, {BATCH_SIZE} a run": new}
+        texts = units.texts
+        tokens = sum(len(e.ids) for e in _unpadded(new.tokenizer, texts))
+        print(f"{len(texts)} texts, {tokens:,} tokens (no padding); {rounds} interleaved rounds, every text each time")
+        times: dict[str, list[float]] = {k: [] for k in embedders}
+        vectors = {}
+        for _ in range(rounds):
+            for k, emb in embedders.items():
+                t = time.perf_counter()
+                vectors[k] = emb.encode(texts)
+                times[k].append(time.perf_counter() - t)
+        (ka, va), (kb, vb) = vectors.items()
+        cos = np.sum(va * vb, axis=1)
+        for k, ts in times.items():
+            med = float(np.median(ts))
+            print(f"  {k:>22}: {med:6.1f}s = {len(texts) / med:6.1f} texts/s, {tokens / med:6.0f} tokens/s "
+                  f"(rounds {' '.join(f'{t:.1f}' for t in ts)})")
+        print(f"  speed-up {float(np.median(times[ka])) / float(np.median(times[kb])):.2f}x; vectors: max |diff| "
+              f"{float(np.abs(va - vb).max()):.1e}, min cosine {float(cos.min()):.7f}")
+        for k, emb in embedders.items():
+            s = base.replace(index_dir=f"{tmp}/{k.split()[0]}")
+            t = time.perf_counter()
+            index = load_index(build_index(papers, emb, s), settings=s)
+            build = time.perf_counter() - t
+            retriever = Retriever(index, emb)
+
+            def ranked(question: str, k: int, mode: str, r=retriever, pp=s.per_paper) -> list[str]:
+                return [h.paper.id for h in r.search(question, k, mode, pp).hits]
+
+            table = retrieval_table(ranked, dev)
+            print(f"  {k:>22}: full build {build:6.1f}s  "
+                  + "  ".join(f"{m} R@5 {v['recall@5']:.3f} MRR {v['mrr@10']:.3f}" for m, v in table.items()), flush=True)
+
+
+def _unpadded(tokenizer, texts: list[str]):
+    tokenizer.no_padding()
+    try:
+        return tokenizer.encode_batch(texts)
+    finally:
+        tokenizer.enable_padding(pad_id=0, pad_token="[PAD]")
 
 
 def ray_vs_local(base: Settings, texts: list[str], args, rates: dict[str, float], texts_per_abstract: float) -> None:

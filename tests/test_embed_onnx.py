@@ -72,5 +72,22 @@ def test_onnx_vectors_match_torch(tmp_path):
     got = fp32.encode(texts)  # input order kept although batches are sorted by length
     assert got.shape == ref.shape and fp32.dim == 384
     np.testing.assert_allclose(got, ref, atol=1e-4)
+    # several batches of BATCH_SIZE, sorted by length, come back in input order
+    many = [f"{t} number {i}" for i in range(3) for t in texts]
+    np.testing.assert_allclose(fp32.encode(many), SentenceTransformerEmbedder().encode(many), atol=1e-4)
     int8 = OnnxEmbedder(model_dir("all-MiniLM-L6-v2"), "all-MiniLM-L6-v2", "onnx-int8", tmp_path)
     assert np.min(np.sum(int8.encode(texts) * ref, axis=1)) > 0.95
+
+
+@pytest.mark.slow
+def test_the_exported_graph_is_fused(tmp_path):
+    """What makes it fast: one Attention node per layer, fused layer norms and GELUs."""
+    import onnx
+
+    from rag.index.embed import model_dir
+
+    path = onnx_model_path(model_dir("all-MiniLM-L6-v2"), "all-MiniLM-L6-v2", "onnx", tmp_path)
+    ops = [n.op_type for n in onnx.load(str(path)).graph.node]
+    assert ops.count("Attention") == 6 and ops.count("SkipLayerNormalization") == 12
+    assert ops.count("BiasGelu") == 6 and ops.count("EmbedLayerNormalization") == 1
+    assert not (set(ops) & {"Softmax", "Erf"})  # nothing left unfused
