@@ -308,3 +308,30 @@ def test_an_index_of_the_previous_format_is_rebuilt_or_refused(tiny_settings, em
     built = []
     index = open_index(tiny_settings, lambda: embedder, on_build=built.append)
     assert built == [path] and index.meta["format"] == FORMAT
+
+
+def test_an_open_samples_the_bm25_postings_and_verify_reads_them_all(tmp_path):
+    """At arXiv scale the postings are GBs: an open checks sampled blocks (a bad posting there is
+    refused), `rag index --verify` (full) every one (a bad posting between the blocks too)."""
+    from types import SimpleNamespace
+
+    from rag.index.store import _check_bm25, _sampled
+
+    n_chunks, n = 50, 4_000_000
+    indices = np.arange(n, dtype=np.int32) % n_chunks
+    bm25 = SimpleNamespace(vocab_dict={"w": 0}, scores={
+        "num_docs": n_chunks, "indptr": np.array([0, n]), "indices": indices, "data": np.ones(n, np.float32)})
+    _check_bm25(bm25, n_chunks, tmp_path, "rebuild it")
+    _check_bm25(bm25, n_chunks, tmp_path, "rebuild it", full=True)
+    sampled = _sampled(indices)
+    assert len(sampled) < n // 10
+    indices[0] = indices[-1] = n_chunks  # in the first and last blocks: always sampled
+    for full in (False, True):
+        with pytest.raises(IndexStoreError, match="postings point outside the chunks"):
+            _check_bm25(bm25, n_chunks, tmp_path, "rebuild it", full=full)
+    indices[0], indices[-1] = 0, 0
+    between = n // 32  # between the first two sampled blocks
+    indices[between] = n_chunks
+    _check_bm25(bm25, n_chunks, tmp_path, "rebuild it")
+    with pytest.raises(IndexStoreError, match="postings point outside the chunks"):
+        _check_bm25(bm25, n_chunks, tmp_path, "rebuild it", full=True)
