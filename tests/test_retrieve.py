@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 
 from rag.answer.retrieve import Retriever, _rrf
@@ -66,3 +67,13 @@ def test_rrf_rewards_agreement():
     fused = dict(_rrf([[1, 2, 3], [3, 2, 1]]))
     assert fused[2] == pytest.approx(2 / 62)
     assert dict(_rrf([[1, 2], [2, 9]]))[2] > dict(_rrf([[1, 2], [2, 9]]))[1]
+
+
+def test_top_indices_is_the_stable_full_sort_without_it():
+    from rag.answer.retrieve import top_indices
+
+    rng = np.random.default_rng(3)
+    for n, depth in [(1, 1), (10, 3), (10, 10), (10, 50), (5000, 60), (5000, 0)]:
+        # few distinct values, so ties straddle the depth boundary
+        scores = rng.integers(0, 7, n).astype(np.float32)
+        assert top_indices(scores, depth).tolist() == np.argsort(-scores, kind="stable")[:depth].tolist()

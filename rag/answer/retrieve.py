@@ -123,8 +123,7 @@ class Retriever:
         if not tokens:
             return []
         scores = self.index.bm25.get_scores(tokens)
-        top = np.argsort(-scores, kind="stable")[:depth]
-        return [(int(i), float(scores[i])) for i in top if scores[i] > 0]
+        return [(int(i), float(scores[i])) for i in top_indices(scores, depth) if scores[i] > 0]
 
     def _diversify(self, ranked: list[tuple[int, float]], k: int, per_paper: int,
                    seeds: tuple[list[int], ...] = ()) -> list[Hit]:
@@ -150,6 +149,21 @@ class Retriever:
         return [Hit(rank, tuple(sorted((self.index.chunks[i] for i in idxs), key=lambda c: c.start)),
                     self.index.papers[pid], best[pid])
                 for rank, (pid, idxs) in enumerate(picked.items(), 1)]
+
+
+def top_indices(scores: np.ndarray, depth: int) -> np.ndarray:
+    """The indices of the `depth` highest scores, highest first, ties in index order: exactly
+    `np.argsort(-scores, kind="stable")[:depth]`, without sorting every score (at 1M chunks the full sort
+    was 70-100 ms of a BM25 query; this is ~2 ms): a partition finds the depth-th highest value, and only
+    the scores at or above it (ties at the boundary included) are sorted."""
+    n = len(scores)
+    if depth <= 0:
+        return np.empty(0, dtype=np.int64)
+    if depth >= n:
+        return np.argsort(-scores, kind="stable")
+    kth = np.partition(scores, n - depth)[n - depth]
+    candidates = np.flatnonzero(scores >= kth)
+    return candidates[np.argsort(-scores[candidates], kind="stable")][:depth]
 
 
 def _firsts(ranking: list[int], chunks: Sequence[Chunk], papers: dict) -> list[int]:
