@@ -44,9 +44,10 @@ def main(paths: list[str]) -> None:
         if not rows:
             continue
         print(f"\n### verdict source: {source} ({len(rows)} rows)\n")
-        print("| rule | accuracy | macro-F1 | bias (log-space) |\n|---|---|---|---|")
+        print("| rule | accuracy | balanced accuracy | macro-F1 | bias (log-space) |\n|---|---|---|---|---|")
         for r in calibrate.compare(rows):
-            print(f"| {r['rule']} | {r['accuracy']:.3f} | {r['macro_f1']:.3f} | {r['bias'] if r['bias'] is not None else ''} |")
+            print(f"| {r['rule']} | {r['accuracy']:.3f} | {r['balanced']:.3f} | {r['macro_f1']:.3f} | "
+                  f"{r['bias'] if r['bias'] is not None else ''} |")
     decisions, table = calibrate.choose_decisions(records)
     print(f"\nchosen (rag optimize --optimizer calibrate --fit-on ...): {decisions}")
 

@@ -34,14 +34,14 @@ import logging
 import re
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import dspy
 
 from rag import calibrate
-from rag.answer.program import CitedRAG, as_numbers, map_citations
+from rag.answer.program import VERDICT_SOURCES, CitedRAG, as_numbers, map_citations
 from rag.answer.program_files import save_program_file
 from rag.errors import ProgramError
 from rag.evaluation.harness import read_report, run_eval
@@ -294,10 +294,12 @@ def _calibrate(program: CitedRAG, rows: list[dict], embed: Any, lm: Any, seed: i
     return calibrated(program, records)
 
 
-def calibrated(program: CitedRAG, records: list[dict], sources: list[str] | None = None) -> CitedRAG:
-    """A copy of `program` with the verdict decisions chosen on `records` (see rag.calibrate.choose_decisions)
-    and the table behind them in `.calibration` (it goes into the program file's provenance)."""
-    decisions, table = calibrate.choose_decisions(records)
+def calibrated(program: CitedRAG, records: list[dict], sources: list[str] | None = None,
+               verdict_sources: Sequence[str] = VERDICT_SOURCES) -> CitedRAG:
+    """A copy of `program` with the verdict decisions chosen on `records` among `verdict_sources` (see
+    rag.calibrate.choose_decisions) and the table behind them in `.calibration` (it goes into the program
+    file's provenance)."""
+    decisions, table = calibrate.choose_decisions(records, sources=verdict_sources)
     log.info("verdict calibration on %d yes/no train rows: %s", len(records), table)
     program = program.deepcopy()
     program.set_decisions(decisions)
@@ -371,11 +373,12 @@ def portable(path: str | Path) -> str:
 def optimize_and_save(pipe: Any, optimizer: str, train: list[dict], train_path: str | Path, out: Path, *,
                       dev: list[dict] | None = None, dev_path: str | Path | None = None,
                       reports: str | Path, seed: int = 0, progress: bool = False,
-                      fit_on: list[str | Path] | None = None,
-                      say: Callable[[str], None] = log.info) -> tuple[Path, dict | None]:
+                      fit_on: list[str | Path] | None = None, verdict_sources: Sequence[str] = VERDICT_SOURCES,
+                      unsupported_verdict: str | None = None, say: Callable[[str], None] = log.info) -> tuple[Path, dict | None]:
     """Compile `pipe`'s program with `optimizer` on `train`, save it to `out` with its provenance,
     then (with `dev`) score it on dev and add the dev score to the provenance. With `fit_on` (optimizer
-    "calibrate" only) the verdict decisions are fitted on those train eval reports instead of new runs.
+    "calibrate" only) the verdict decisions are fitted on those train eval reports instead of new runs, choosing
+    among `verdict_sources`; `unsupported_verdict` (decline or keep) is then set as given, not fitted.
 
     Returns the program path and the dev report's path (None without dev). `pipe` should run the
     baseline program on a disk-cached LM; its program is replaced by the compiled one.
@@ -389,7 +392,9 @@ def optimize_and_save(pipe: Any, optimizer: str, train: list[dict], train_path: 
         say(f"Fitting the verdict decisions on {len(records)} answered yes/no questions of {len(fit_on)} train report(s) ...")
         # without --dev no model is loaded, nor needed: the pipeline then holds no program, and the baseline is
         # a fresh one (the decisions are the only state this step sets)
-        compiled = calibrated(pipe.program or CitedRAG(), records, [portable(p) for p in fit_on])
+        compiled = calibrated(pipe.program or CitedRAG(), records, [portable(p) for p in fit_on], verdict_sources)
+        if unsupported_verdict:
+            compiled.set_decisions({"unsupported_verdict": unsupported_verdict})
         seconds = time.perf_counter() - t0
     else:
         say(f"Optimising with {optimizer} on {len(train)} questions ({pipe.lm_label}); "

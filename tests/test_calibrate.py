@@ -30,12 +30,44 @@ def _rows(n: int, lean: float, seed: int = 0) -> list[dict]:
 def test_a_fitted_bias_undoes_a_lean_the_raw_argmax_keeps():
     rows = _rows(60, lean=4.5)
     raw = [scored_verdict(r["probs"], {}, ("yes", "no")) for r in rows]
-    assert calibrate.accuracy_f1(rows, raw)[0] == pytest.approx(1 / 3, abs=1e-3)  # the lean says yes to all
+    assert calibrate.scores_of(rows, raw)["accuracy"] == pytest.approx(1 / 3, abs=1e-3)  # the lean says yes to all
     bias = calibrate.fit_bias(rows, ("yes", "no"))
     fitted = [scored_verdict(r["probs"], bias, ("yes", "no")) for r in rows]
-    assert calibrate.accuracy_f1(rows, fitted)[0] == 1.0 and 3.0 <= bias["no"] <= 5.5
+    assert calibrate.scores_of(rows, fitted)["accuracy"] == 1.0 and 3.0 <= bias["no"] <= 5.5
     assert bias["maybe"] == calibrate.NO_MAYBE
-    assert calibrate.accuracy_f1(rows, calibrate.leave_one_out(rows, ("yes", "no")))[0] >= 0.95
+    assert calibrate.scores_of(rows, calibrate.leave_one_out(rows, ("yes", "no")))["accuracy"] >= 0.95
+
+
+def _noisy(n_yes: int, n_no: int, seed: int = 1) -> list[dict]:
+    """Rows whose probabilities carry an honest but noisy signal (no lean): a yes row's log-odds for yes
+    are drawn around +1, a no row's around -1, with spread 1.5, so the two overlap."""
+    import math
+
+    rng = random.Random(seed)
+    rows = []
+    for i, gold in enumerate(["yes"] * n_yes + ["no"] * n_no):
+        z = rng.gauss(1.0 if gold == "yes" else -1.0, 1.5)
+        py = 1 / (1 + math.exp(-z))
+        rows.append({"id": str(i), "gold": gold, "sampled": "yes", "probs": {"yes": py, "no": 1 - py, "maybe": 0.0}})
+    return rows
+
+
+def test_the_balanced_objective_does_not_learn_the_rows_label_mix():
+    """Fitted for accuracy on rows that are 90% no, the bias learns "say no" (the writers' mix, not the
+    model's lean) and fails on rows that are mostly yes; fitted for balanced accuracy it stays near 0."""
+    skewed, other = _noisy(20, 180), _noisy(180, 20, seed=2)
+    by_acc = calibrate.fit_bias(skewed, ("yes", "no"), "accuracy")
+    by_bal = calibrate.fit_bias(skewed, ("yes", "no"))  # balanced is the default
+    assert by_acc["no"] >= 1.5 and abs(by_bal["no"]) <= 0.75
+
+    def scores(bias, rows):
+        return calibrate.scores_of(rows, [scored_verdict(r["probs"], bias, ("yes", "no")) for r in rows])
+
+    assert scores(by_acc, skewed)["accuracy"] > scores(by_bal, skewed)["accuracy"]  # in-sample accuracy wins ...
+    assert scores(by_bal, other)["accuracy"] > scores(by_acc, other)["accuracy"] + 0.1  # ... and fails elsewhere
+    assert scores(by_bal, skewed)["balanced"] > scores(by_acc, skewed)["balanced"]
+    with pytest.raises(ValueError, match="objective"):
+        calibrate.choose_decisions(skewed, objective="f1")
 
 
 def test_no_lean_needs_no_bias_and_empty_rows_are_harmless():
@@ -150,3 +182,46 @@ def test_records_from_reports_refuse_dev_questions_and_pubmedqa_test(tmp_path):
     empty = _report(tmp_path / "empty", [{"id": "x", "reference": "A list.", "prediction": {"abstained": True}}])
     with pytest.raises(ProgramError, match="no answered yes/no question"):
         records_from_reports([empty], set())
+
+
+def test_rescore_verdicts_reapplies_a_programs_decisions_to_a_report(tmp_path):
+    """eval/rescore_verdicts.py: a PubMedQA-style report re-decided from its recorded probabilities; a declined
+    answer keeps its verdict only under `unsupported_verdict: keep`, from the --rerun that recorded it."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from rag.answer.program import CitedRAG
+    from rag.answer.program_files import save_program_file
+
+    def row(i, gold, said, probs, abstained=False, reason=None):
+        prov = {"verdict_probs": probs, "sampled_verdict": said, "judge_probs": None, "abstain_reason": reason}
+        return {"id": f"q{i}", "gold": gold, "predicted": None if abstained else said,
+                "prediction": {"abstained": abstained, "provenance": prov}}
+
+    lean = {"yes": 0.7, "no": 0.3, "maybe": 0.0}  # the model leans yes; a "no" bias of +1 turns these
+    results = [row(0, "no", "yes", lean), row(1, "yes", "yes", {"yes": 0.95, "no": 0.05, "maybe": 0.0}),
+               row(2, "no", None, None, abstained=True, reason="unsupported_claim")]
+    summary = {"benchmark": "pubmedqa", "selection": {"split": "test"}}
+    report = _report(tmp_path / "run", results, summary)
+    rerun = _report(tmp_path / "rerun", [row(2, "no", "yes", lean)], summary)
+    programs = {}
+    for name, decisions in {"bias": {"verdict_bias": {"no": 1.0}, "verdict_labels": ["yes", "no"]},
+                            "keep": {"verdict_bias": {"no": 1.0}, "verdict_labels": ["yes", "no"],
+                                     "unsupported_verdict": "keep"}}.items():
+        program = CitedRAG()
+        program.set_decisions(decisions)
+        programs[name] = save_program_file(program, tmp_path / f"{name}.json", {"optimizer": "test"})
+    script = Path(__file__).resolve().parent.parent / "eval" / "rescore_verdicts.py"
+
+    def rescore(*args):
+        proc = subprocess.run([sys.executable, str(script), *map(str, args)], capture_output=True, text=True)
+        return proc.returncode, proc.stdout + proc.stderr
+
+    code, out = rescore(report, programs["bias"], "--rerun", rerun)
+    assert code == 0, out
+    assert "| as run | 0.333 |" in out and "| bias | 0.667 |" in out  # q0 turns to no; q2 stays declined
+    code, out = rescore(report, programs["keep"], "--rerun", rerun)
+    assert code == 0 and "| keep | 1.000 |" in out and "2 verdicts changed" in out
+    code, out = rescore(report, programs["keep"])  # keep needs the declined answer's recorded verdict
+    assert code != 0 and "re-run it (rag eval --ids)" in out

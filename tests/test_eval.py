@@ -420,10 +420,21 @@ def test_optimize_fit_on_writes_a_calibrated_program_from_reports_without_the_mo
     assert prov["optimizer"] == "calibrate" and prov["train"]["n"] == 10 and prov["calibration"]["judged"] == 10
     assert prov["calibration"]["sampled_accuracy"] == pytest.approx(0.3)
     assert len(fakes.lm.history) == calls  # no answer was generated: the fit reads the reports
-    # --fit-on is a calibrate-only flag
+    # limited to the reply's own probabilities (no second call), and declined yes/no answers keeping their verdict
+    reply_only = tmp / "programs" / "20990101-000001-calibrate.json"
+    code, out, err = run(capsys, "optimize", "--optimizer", "calibrate", "--fit-on", str(report), "--dev", "none",
+                         "--verdict-source", "reply", "--unsupported-verdict", "keep", "--out", str(reply_only))
+    assert code == 0, err
+    decisions = json.loads(reply_only.read_text())["decisions"]
+    assert decisions["verdict_source"] == "reply" and decisions["unsupported_verdict"] == "keep"
+    assert {t["source"] for t in json.loads(reply_only.read_text())["provenance"]["calibration"]["table"]} == {"reply"}
+    # --fit-on is a calibrate-only flag, and the two decision flags need it
     code, _, err = run(capsys, "optimize", "--optimizer", "bootstrap", "--fit-on", str(report), "--dev", "none",
                        "--out", str(tmp / "x.json"))
     assert code == 1 and "use it with --optimizer calibrate" in err
+    code, _, err = run(capsys, "optimize", "--optimizer", "calibrate", "--unsupported-verdict", "keep", "--dev", "none",
+                       "--out", str(tmp / "x.json"))
+    assert code == 1 and "--unsupported-verdict sets decisions fitted from reports" in err
 
 
 def test_auto_picks_the_newest_program_by_name(env):

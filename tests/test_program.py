@@ -367,6 +367,31 @@ def test_a_bias_against_the_models_lean_turns_the_verdict(tiny_settings, embedde
     assert out["verdict"] == "no" and out["answer"].startswith("No: Longer fermentation") and "Yes" not in out["answer"]
 
 
+def test_a_yes_no_answer_that_fails_the_checks_is_declined_or_keeps_its_verdict(tiny_settings, embedder):
+    """`unsupported_verdict`: decline (default) withholds a yes/no answer naming what its evidence lacks, and
+    still records the verdict's label probabilities (decisions are refitted from reports); keep answers with
+    the verdict and names the unsupported terms in its claims (corpora whose yes/no questions all have an answer)."""
+    probs = {"yes": 0.3, "no": 0.6, "maybe": 0.1}
+    reply = {**YESNO, "finding": "Longer fermentation with LegS-Fourier reduces loaf volume [1]."}
+    declined = verdict_pipe(tiny_settings, embedder, probs, reply=reply).ask(YESNO_Q)
+    assert declined["abstained"] is True and declined["verdict"] is None
+    prov = declined["provenance"]
+    assert prov["abstain_reason"] == "unsupported_claim" and prov["sampled_verdict"] == "yes"
+    assert prov["verdict_probs"] == pytest.approx(probs, abs=1e-3)
+    pipe = verdict_pipe(tiny_settings, embedder, probs, reply=reply, bias={"no": 0.0})
+    pipe.program.set_decisions({"unsupported_verdict": "keep"})
+    kept = pipe.ask(YESNO_Q)
+    assert kept["abstained"] is False and kept["verdict"] == "no" and kept["answer"].startswith("No: Longer")
+    assert [t for c in kept["claims"] for t in c["unsupported_terms"]] == ["LegS-Fourier"]
+    assert pipe.program.decisions()["unsupported_verdict"] == "keep"
+    with pytest.raises(ValueError, match="unsupported_verdict"):
+        pipe.program.set_decisions({"unsupported_verdict": "maybe"})
+    # other shapes are declined whatever it says
+    p = Pipeline.open(tiny_settings, embedder=embedder, lm=DummyLM([SWAPPED]))
+    p.program.set_decisions({"unsupported_verdict": "keep"})
+    assert p.ask("How are state space models initialised?")["abstained"] is True
+
+
 def test_scored_verdict_and_its_labels():
     probs = {"yes": 0.5, "no": 0.2, "maybe": 0.3}
     assert scored_verdict(probs, {}) == "yes"
@@ -424,14 +449,16 @@ def test_decisions_travel_in_the_program_file(tmp_path, tiny_settings, embedder)
 
     pipe = verdict_pipe(tiny_settings, embedder, {"yes": 0.5, "no": 0.5}, bias={"yes": 0.0, "no": 0.7, "maybe": -9.0})
     pipe.program.verdict_labels = ("yes", "no")
+    pipe.program.unsupported_verdict = "keep"
     path = save_program_file(pipe.program, tmp_path / "p.json", {"optimizer": "calibrate"})
     assert read_program_file(path)["decisions"] == {"verdict_bias": {"yes": 0.0, "no": 0.7, "maybe": -9.0},
-                                                    "verdict_labels": ["yes", "no"], "verdict_source": "reply"}
+                                                    "verdict_labels": ["yes", "no"], "verdict_source": "reply",
+                                                    "unsupported_verdict": "keep"}
     fresh = verdict_pipe(tiny_settings, embedder, {"yes": 0.5, "no": 0.5})
-    assert fresh.program.verdict_bias is None
+    assert fresh.program.verdict_bias is None and fresh.program.unsupported_verdict == "decline"
     load_program(fresh.program, path)
     assert fresh.program.verdict_bias == {"yes": 0.0, "no": 0.7, "maybe": -9.0}
-    assert fresh.program.verdict_labels == ("yes", "no")
+    assert fresh.program.verdict_labels == ("yes", "no") and fresh.program.unsupported_verdict == "keep"
 
 
 def test_the_judge_step_reads_the_finding_when_the_program_says_so(tiny_settings, embedder):

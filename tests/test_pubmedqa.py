@@ -293,6 +293,21 @@ def test_eval_pubmedqa_end_to_end(pqa_env, capsys, monkeypatch):
     assert "accuracy 0.400" in out and "BioBERT" in out
 
 
+def test_eval_ids_runs_only_those_questions_and_says_so(pqa_env, capsys):
+    tmp, models, rows = pqa_env
+    models.lm = DummyLM(_answers(rows, good=False))
+    ids = f"{rows[3]['id']},{rows[1]['id']}"
+    code, out, err = run(capsys, "eval", "--set", "pubmedqa", "--limit", "5", "--ids", ids, "--out", str(tmp / "reports"))
+    assert code == 0, err
+    report = _report(out)
+    assert [r["id"] for r in _jsonl(report / "results.jsonl")] == [rows[1]["id"], rows[3]["id"]]  # the set's order
+    summary = json.loads((report / "summary.json").read_text())
+    assert summary["n"] == 2 and summary["selection"]["ids"] == [rows[1]["id"], rows[3]["id"]]
+    assert "first 5 only (--limit 5), only 2 chosen questions (--ids)" in summary["selection_text"]
+    code, out, err = run(capsys, "eval", "--set", "pubmedqa", "--limit", "5", "--ids", f"{rows[1]['id']},nope")
+    assert code == 1 and "--ids: nope not in the selected questions" in err and "Traceback" not in err
+
+
 def test_eval_pubmedqa_compare(pqa_env, capsys):
     tmp, models, rows = pqa_env
     args = ["eval", "--set", "pubmedqa", "--limit", "5", "--out", str(tmp / "reports")]

@@ -357,6 +357,7 @@ def scored_verdict(probs: dict[str, float], bias: dict[str, float], labels: tupl
 
 
 VERDICT_SOURCES = ("reply", "judge", "both")
+UNSUPPORTED_VERDICTS = ("decline", "keep")  # what a yes/no answer that fails the claim checks becomes
 
 
 def decision_probs(source: str, reply: dict[str, float] | None,
@@ -392,6 +393,10 @@ class CitedRAG(dspy.Module):
         # "reply", "judge" (a second, short call reads the finding against the question) or "both"; with "judge" or
         # "both" the judge's probabilities are recorded (provenance.judge_probs) even when no bias is set
         self.verdict_source = "reply"
+        # What a yes/no answer whose finding fails the claim checks becomes: "decline" (an abstention, as every
+        # shape) or "keep" (answered: the verdict stands, `claims` name what its evidence lacks), for corpora
+        # whose yes/no questions are all answerable, where a decline is always wrong (PubMedQA)
+        self.unsupported_verdict = "decline"
         self.search = _Shared(search) if search is not None else None
         self.select = _Shared(select) if select is not None else None
         self.min_score = min_score
@@ -456,21 +461,25 @@ class CitedRAG(dspy.Module):
             return _abstained(evidence, retrieved, shape, NO_VALID_CITATION, p_answerable=p)
         claims = check_claims(cited.answer, {n: f"{h.paper.title}: {h.text}" for n, h in enumerate(evidence, 1)},
                               question)
-        if self.decline_unsupported and shape != "list" and not all(c.supported for c in claims):
+        sampled = fields.get("verdict") if shape == "yesno" else None
+        checked = self.decline_unsupported and shape != "list" and not (
+            shape == "yesno" and verdict is not None and self.unsupported_verdict == "keep")
+        # a declined yes/no answer keeps its label probabilities, so the decisions can be refitted from reports
+        seen = {"verdict_probs": probs, "judge_probs": judged, "sampled_verdict": sampled}
+        if checked and not all(c.supported for c in claims):
             # A name or number the cited evidence does not contain: on train this is how most answers to
             # unanswerable questions look (the model fills the gap, or repeats the question's own example).
             return _abstained(evidence, retrieved, shape, UNSUPPORTED_CLAIM, p_answerable=p, draft=claims,
-                              draft_answer=cited.answer)
-        if self.decline_unsupported and shape != "list" and off_question(
+                              draft_answer=cited.answer, **seen)
+        if checked and off_question(
                 question, cited.answer, [f"{evidence[n - 1].paper.title}: {evidence[n - 1].text}" for n in cited.numbers]):
             # An answer that is not about what was asked: no number for "how many", or a passage about something
             # else than the names the question asks about (the model, finding no answer, copies what it has).
             return _abstained(evidence, retrieved, shape, OFF_QUESTION, p_answerable=p, draft=claims,
-                              draft_answer=cited.answer)
+                              draft_answer=cited.answer, **seen)
         return dspy.Prediction(answer=cited.answer, citations=cited.numbers, abstained=False, hits=evidence,
                                retrieved=retrieved, shape=shape, verdict=verdict, claims=claims, p_answerable=p,
-                               abstain_reason=None, lm_called=True, verdict_probs=probs, judge_probs=judged,
-                               sampled_verdict=fields.get("verdict") if shape == "yesno" else None, restated=restated)
+                               abstain_reason=None, lm_called=True, restated=restated, **seen)
 
     def judge_verdict(self, question: str, finding: str, config: dict | None = None) -> dict[str, float] | None:
         """P(yes / no / maybe) that the judge step reads off `finding` for `question` (None without logprobs)."""
@@ -487,7 +496,7 @@ class CitedRAG(dspy.Module):
     def decisions(self) -> dict:
         """The decision parameters a program file stores beside the predictors' demos and instructions."""
         return {"verdict_bias": self.verdict_bias, "verdict_labels": list(self.verdict_labels),
-                "verdict_source": self.verdict_source}
+                "verdict_source": self.verdict_source, "unsupported_verdict": self.unsupported_verdict}
 
     def set_decisions(self, decisions: dict) -> None:
         """Apply a program file's decisions (missing keys keep their defaults)."""
@@ -501,6 +510,11 @@ class CitedRAG(dspy.Module):
                 raise ValueError(f"verdict_source {decisions['verdict_source']!r} is not one of "
                                  f"{', '.join(VERDICT_SOURCES)}")
             self.verdict_source = str(decisions["verdict_source"])
+        if "unsupported_verdict" in decisions:
+            if decisions["unsupported_verdict"] not in UNSUPPORTED_VERDICTS:
+                raise ValueError(f"unsupported_verdict {decisions['unsupported_verdict']!r} is not one of "
+                                 f"{', '.join(UNSUPPORTED_VERDICTS)}")
+            self.unsupported_verdict = str(decisions["unsupported_verdict"])
 
 
 def strip_verdict(answer: str) -> str:
@@ -567,13 +581,15 @@ def with_verdict(answer: str, verdict: str | None) -> tuple[str, str | None]:
 
 def _abstained(evidence: list[Hit], retrieved: list[Hit], shape: str, reason: str, *, lm_called: bool = True,
                p_answerable: float | None = None, draft: list | None = None,
-               draft_answer: str | None = None) -> dspy.Prediction:
+               draft_answer: str | None = None, **seen: Any) -> dspy.Prediction:
     """An abstention; `draft_answer` and `draft` (its claims) keep an answer the checks declined
-    (provenance.declined_draft: why it was declined, and the data the decline rules are refitted on)."""
+    (provenance.declined_draft: why it was declined, and the data the decline rules are refitted on), and
+    `seen` the verdict's label probabilities of a declined yes/no answer (verdict_probs, judge_probs,
+    sampled_verdict)."""
     return dspy.Prediction(answer=ABSTAIN_TEXT, citations=[], abstained=True, hits=evidence, retrieved=retrieved,
                            shape=shape, verdict=None, claims=[], p_answerable=p_answerable, lm_called=lm_called,
                            abstain_reason=reason, draft_claims=draft or [],
-                           draft_answer=draft_answer)
+                           draft_answer=draft_answer, **seen)
 
 
 class _Shared:

@@ -19,6 +19,17 @@ def _eval_path(given: str | None, default: str) -> str:
     return given or str(ROOT / default)
 
 
+def only_ids(rows: list[dict], ids: str) -> list[dict]:
+    """The rows whose id is in the comma-separated `ids`, in the set's order; an id not in the set is an error."""
+    wanted = [i.strip() for i in ids.split(",") if i.strip()]
+    missing = sorted(set(wanted) - {str(r["id"]) for r in rows})
+    if not wanted or missing:
+        raise RagError(f"--ids: {', '.join(missing[:5]) or 'no id given'}"
+                       f"{' not in the selected questions' if missing else ''}; give ids of the set (and --split) "
+                       f"you run, separated by commas")
+    return [r for r in rows if str(r["id"]) in set(wanted)]
+
+
 def cmd_eval(args: argparse.Namespace) -> int:
     from rag.evaluation import harness
     from rag.evaluation.kinds import kind_for_set
@@ -43,6 +54,10 @@ def cmd_eval(args: argparse.Namespace) -> int:
         raise RagError(f"--set {args.set} runs over its own corpus {kind.corpus}; drop --corpus")
     # a bad set, --split or --limit fails before anything loads
     rows, set_path = kind.select(args.set, split=args.split, full=args.full, limit=args.limit)
+    if args.ids:
+        rows = only_ids(rows, args.ids)
+        if getattr(kind, "selection", None):  # PubMedQA's report says which questions it ran
+            kind.selection = {**kind.selection, "n": len(rows), "ids": [str(r["id"]) for r in rows]}
     overrides = {"corpus": str(kind.corpus)} if kind.corpus is not None else {}
     pipe = open_pipeline(args, need_lm=True, disk_cache=not args.no_cache, **overrides)
     kind.check(rows, set_path, set(pipe.index.papers))  # gold ids must be in this corpus
@@ -62,12 +77,16 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 def cmd_optimize(args: argparse.Namespace) -> int:
     from rag import optimize
+    from rag.answer.program import VERDICT_SOURCES
     from rag.answer.program_files import new_program_path
     from rag.evaluation.harness import read_report
     from rag.evaluation.seed import SeedSet, load_set
 
     if args.fit_on and args.optimizer != "calibrate":
         raise RagError("--fit-on fits the verdict decisions from eval reports: use it with --optimizer calibrate")
+    if (args.verdict_source or args.unsupported_verdict) and not args.fit_on:
+        flag = "--verdict-source" if args.verdict_source else "--unsupported-verdict"
+        raise RagError(f"{flag} sets decisions fitted from reports: use it with --optimizer calibrate --fit-on REPORT")
     train_path = _eval_path(args.train, "eval/train.jsonl")
     dev_path = None if args.dev == "none" else _eval_path(args.dev, "eval/dev.jsonl")
     train = [] if args.fit_on else load_set(train_path)  # --fit-on reads the reports instead
@@ -86,7 +105,9 @@ def cmd_optimize(args: argparse.Namespace) -> int:
         load_set(dev_path, ids)
     out, report = optimize.optimize_and_save(pipe, args.optimizer, train, train_path, out, dev=dev, dev_path=dev_path,
                                              reports=_eval_path(args.reports, "eval/reports"), seed=args.seed,
-                                             progress=progress_shown(), fit_on=fit_on, say=say)
+                                             progress=progress_shown(), fit_on=fit_on, say=say,
+                                             verdict_sources=args.verdict_source or VERDICT_SOURCES,
+                                             unsupported_verdict=args.unsupported_verdict)
     if report is not None:
         summary, _ = read_report(report)
         print("\n".join(SeedSet().summary_lines(summary)))

@@ -149,6 +149,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--label", help="report name (default: program and retrieval mode)")
     p.add_argument("--out", help="reports directory (default eval/reports)")
     p.add_argument("--limit", type=int, help="only the first N questions")
+    p.add_argument("--ids", help="only these question ids, comma-separated (after --split and --limit): re-run the "
+                                 "questions a report declined or got wrong")
     p.add_argument("--no-cache", action="store_true", help="call the LM even when a cached answer exists")
     p.add_argument("--judge", help="also score with DSPy's SemanticF1 on this LiteLLM model (needs its key)")
     p.add_argument("--compare", nargs=2, metavar=("A", "B"), help="compare two report directories instead")
@@ -166,6 +168,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--fit-on", nargs="+", metavar="REPORT",
                    help="calibrate: fit the verdict decisions on these train eval reports (their answers' label "
                         "probabilities) instead of running the model again")
+    p.add_argument("--verdict-source", nargs="+", choices=["reply", "judge", "both"], default=None,
+                   metavar="SOURCE", help="with --fit-on: where the verdict may be read from: reply, judge, both "
+                                          "(default: any; judge and both ask the model a second question per "
+                                          "yes/no answer)")
+    p.add_argument("--unsupported-verdict", choices=["decline", "keep"], default=None,
+                   help="with --fit-on: a yes/no answer whose finding fails the claim checks is declined (default) or "
+                        "keeps its verdict, its unsupported claims named; keep only where every yes/no question has an "
+                        "answer (PubMedQA), never where off-corpus questions must be declined")
 
     add("chat", "Interactive question-answer loop in the terminal.", [common, retrieval, model])
     add("mcp", "Serve search_papers, ask_papers and list_papers to an MCP client (stdio).", [common, retrieval, model])

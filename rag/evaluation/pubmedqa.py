@@ -130,8 +130,10 @@ def describe(selection: dict) -> str:
     else:
         what = (f"{s['split']} split, the fixed label-stratified {s['subset']}-question subset "
                 f"(seed {s['seed']}) of {s['split_n']}")
-    if s.get("limit") is not None and s["n"] < (s["split_n"] if s["full"] else s["subset"]):
-        what += f", first {s['n']} only (--limit {s['limit']})"
+    if s.get("limit") is not None and s["limit"] < (s["split_n"] if s["full"] else s["subset"]):
+        what += f", first {s['limit']} only (--limit {s['limit']})"
+    if s.get("ids"):
+        what += f", only {len(s['ids'])} chosen questions (--ids)"
     if s["split"] == "train":
         what += "; the tuning half, not comparable with published test figures"
     return what
