@@ -175,3 +175,38 @@ def test_a_killed_ray_build_resumes_from_its_shards(tiny_settings, embedder, mon
     assert asked[1] == texts[6:]  # the 6 rows in shards were not asked for again
     np.testing.assert_array_equal(got, embedder.encode(texts))
     assert not list(Path(tiny_settings.index_dir).glob(".shards-*"))  # done: the shards are gone
+
+
+def _asker_without_ray(workers):
+    """A RayAsker's waiting logic alone: its pool and idle queue, no Ray (nothing here calls it)."""
+    import queue
+    import threading
+
+    from rag.distributed import RayAsker
+
+    asker = object.__new__(RayAsker)
+    asker.idle, asker.pool, asker.lock, asker.closed = queue.Queue(), list(workers), threading.Lock(), False
+    return asker
+
+
+def test_a_question_waits_for_a_busy_worker_but_not_for_ever_when_none_runs(monkeypatch):
+    """The REPLACE_WAIT fallback: while a worker runs (busy elsewhere) a question waits past the limit; with no
+    worker running (their nodes lost, replacements without room) it becomes a row error after REPLACE_WAIT."""
+    import threading
+    import time
+
+    from rag import distributed
+    from rag.errors import RagError
+
+    monkeypatch.setattr(distributed, "REPLACE_WAIT", 2.0)
+    busy = distributed.Worker(actor=None, node="node-a")
+    asker = _asker_without_ray([busy])
+    threading.Timer(3.5, asker.idle.put, args=(busy,)).start()  # frees up after the limit
+    t = time.monotonic()
+    assert asker._take() is busy and time.monotonic() - t >= 3.0
+    starting = distributed.Worker(actor=None)  # a replacement that never becomes ready: no node
+    asker = _asker_without_ray([starting])
+    t = time.monotonic()
+    with pytest.raises(RagError, match="no Ray worker has been running for 2 s.*--retry-errors"):
+        asker._take()
+    assert 1.5 <= time.monotonic() - t < 10
