@@ -11,6 +11,7 @@ and app own it).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import queue
 import threading
@@ -27,7 +28,15 @@ from dspy.streaming import StreamListener, StreamResponse
 
 from rag.answer.evidence import select_evidence
 from rag.answer.extractive import extractive_answer
-from rag.answer.program import TEXT_FIELDS, CitedRAG, CompactJSONAdapter, answer_adapter, rewrite_question
+from rag.answer.program import (
+    OFF_QUESTION,
+    TEXT_FIELDS,
+    UNSUPPORTED_CLAIM,
+    CitedRAG,
+    CompactJSONAdapter,
+    answer_adapter,
+    rewrite_question,
+)
 from rag.answer.program_files import load_program, read_program_file, resolve_program
 from rag.answer.retrieve import Hit, Retriever, SearchResult
 from rag.errors import LMError, QuestionTooLong, RagError
@@ -257,12 +266,30 @@ class Pipeline:
         except Exception as e:  # noqa: BLE001 - backends raise anything; name the setting to fix
             error = self._lm_failure(e)
             return self._result(q, self.extractive(q, found), time.perf_counter() - t0, fallback=error)
-        return self._result(q, pred, time.perf_counter() - t0)
+        pred, replaced = self._instead_of_decline(q, found, pred)
+        return self._result(q, pred, time.perf_counter() - t0, replaced=replaced)
 
     def extractive(self, question: str, found: SearchResult) -> Any:
         """The extractive answer (rag/answer/extractive.py) from a retrieval: no LM, about a millisecond."""
         return extractive_answer(question, found, self.index, budget=self.settings.evidence_tokens,
                                  min_score=self.settings.min_score)
+
+    def _instead_of_decline(self, question: str, found: SearchResult, pred: Any) -> tuple[Any, bool]:
+        """The extractive answer in place of an answer the claim checks declined, where the program's
+        `declined_fallback` sets a minimum similarity for the question's shape and the retrieval reaches it
+        (fitted on train: eval/fit_fallback.py); the model's declined answer stays in `declined_draft`."""
+        limits = getattr(self.program, "declined_fallback", None) or {}
+        limit = limits.get(getattr(pred, "shape", None))
+        if (not pred.abstained or pred.abstain_reason not in (UNSUPPORTED_CLAIM, OFF_QUESTION) or limit is None
+                or found.best_similarity < limit):
+            return pred, False
+        quoted = self.extractive(question, found)
+        if quoted.abstained:
+            return pred, False
+        quoted.draft_answer, quoted.draft_claims = pred.draft_answer, pred.draft_claims
+        with contextlib.suppress(Exception):  # the model was called: its tokens count
+            quoted.set_lm_usage(pred.get_lm_usage())
+        return quoted, True
 
     def _lm_failure(self, e: Exception) -> LMError:
         """The LMError an answer step failed with, when RAG_FALLBACK lets the extractive answer stand in for
@@ -329,7 +356,8 @@ class Pipeline:
             result = self._result(q, pred, time.perf_counter() - t0, k, mode, fallback=error)
             yield {"type": "done", "result": result, "hits": pred.hits, "query": query}
             return
-        result = self._result(q, pred, time.perf_counter() - t0, k, mode)
+        pred, replaced = self._instead_of_decline(query, found, pred)
+        result = self._result(q, pred, time.perf_counter() - t0, k, mode, replaced=replaced)
         yield {"type": "done", "result": result, "hits": pred.hits, "query": query}
 
     def _evidence_event(self, query: str, found: SearchResult) -> Iterator[dict]:
@@ -387,12 +415,13 @@ class Pipeline:
         return self._streamer
 
     def _result(self, q: str, pred: Any, latency: float, k: int | None = None, mode: str | None = None, *,
-                extractive: bool = False, fallback: LMError | None = None) -> dict:
-        """The `rag ask --json` object; `extractive` (the mode) or `fallback` (the LM's error) when no LM wrote it."""
+                extractive: bool = False, fallback: LMError | None = None, replaced: bool = False) -> dict:
+        """The `rag ask --json` object; `extractive` (the mode), `fallback` (the LM's error) or `replaced` (the
+        checks declined the model's answer and the evidence stands in) when no LM wrote it."""
         _trim_global_history()
         prompt_tokens, completion_tokens = _usage(pred)
         provenance = {
-            "lm": EXTRACTIVE if extractive or fallback is not None else self.lm_label,
+            "lm": EXTRACTIVE if extractive or fallback is not None or replaced else self.lm_label,
             "index": self.index.name,
             "program": self.program_label,
             "retrieval": mode or self.settings.retrieval,
@@ -409,7 +438,7 @@ class Pipeline:
             "judge_probs": _rounded(getattr(pred, "judge_probs", None)),
             "restated": bool(getattr(pred, "restated", False)),
             "declined_draft": _declined_draft(pred),
-            "fallback": EXTRACTIVE if fallback is not None else None,
+            "fallback": EXTRACTIVE if fallback is not None or replaced else None,
             "lm_error": str(fallback) if fallback is not None else None,
         }
         return Answer.from_prediction(q, pred, provenance).to_json()

@@ -436,3 +436,17 @@ def test_browser_shows_the_cited_evidence_before_the_answers_first_token(tiny_se
             page.screenshot(path=str(tmp_path / "chat-evidence.png"), full_page=True)
         finally:
             browser.close()
+
+
+def test_an_answer_quoted_from_the_papers_says_so():
+    """The evidence answering in place of the model's (a declined draft, or a failed call) is named as such."""
+    from rag.chat.app import final_message
+
+    base = {"abstained": False, "answer": "Acidity peaks at 30 degrees [1].", "passages": [{"n": 1}], "claims": [],
+            "provenance": {"latency_s": 0.1, "prompt_tokens": 0, "completion_tokens": 0, "lm": "extractive",
+                           "program": "p", "fallback": "extractive", "declined_draft": {"answer": "x", "claims": []}}}
+    assert "the model's own answer was withheld" in final_message(base)
+    failed = {**base, "provenance": {**base["provenance"], "declined_draft": None}}
+    assert "could not answer just now" in final_message(failed)
+    plain = {**base, "provenance": {**base["provenance"], "fallback": None, "declined_draft": None}}
+    assert "Quoted from the papers" not in final_message(plain)

@@ -225,3 +225,30 @@ def test_rescore_verdicts_reapplies_a_programs_decisions_to_a_report(tmp_path):
     assert code == 0 and "| keep | 1.000 |" in out and "2 verdicts changed" in out
     code, out = rescore(report, programs["keep"])  # keep needs the declined answer's recorded verdict
     assert code != 0 and "re-run it (rag eval --ids)" in out
+
+
+def test_fit_fallback_picks_per_shape_the_similarity_that_gains_most():
+    """eval/fit_fallback.py: per shape, fall back from the threshold that gains the most headline on train
+    (the middle of the gap), everywhere when every swap gains (0), never where none does."""
+    import importlib.util
+    from pathlib import Path
+
+    spec = importlib.util.spec_from_file_location(
+        "fit_fallback", Path(__file__).resolve().parent.parent / "eval" / "fit_fallback.py")
+    ff = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(ff)
+
+    def item(shape, sim, base, swap, unanswerable=False):
+        return {"id": f"{shape}{sim}", "shape": shape, "sim": sim, "base": base, "swap": swap,
+                "unanswerable": unanswerable}
+
+    items = [item("specific", 0.35, 1.0, 0.0, True), item("specific", 0.45, 1.0, 0.0, True),
+             item("specific", 0.55, 0.0, 1.0), item("specific", 0.65, 0.0, 0.5),
+             item("yesno", 0.4, 0.0, 0.5), item("yesno", 0.7, 0.0, 1.0),
+             item("list", 0.9, 1.0, 0.0, True),  # a list swap only loses: lists keep declining
+             {"id": "x", "shape": "specific", "sim": None, "base": 0.7, "swap": None, "unanswerable": False}]
+    thresholds = ff.fit(items)
+    assert thresholds == {"specific": 0.5, "yesno": 0.0}
+    assert ff.apply(items, thresholds) == [1.0, 1.0, 1.0, 0.5, 0.5, 1.0, 1.0, 0.7]
+    assert "2 of them" not in ff.report_line("t", items, thresholds) and "4 answered from" in ff.report_line(
+        "t", items, thresholds)

@@ -276,6 +276,35 @@ def test_an_answer_naming_what_its_evidence_lacks_is_declined(pipe):
     assert {t for c in draft["claims"] for t in c["unsupported_terms"]} == {"LegS-Fourier", "S5"}
 
 
+def test_a_declined_answer_close_enough_to_the_corpus_is_replaced_by_its_evidence(pipe):
+    """decisions.declined_fallback: per shape, the similarity from which the extractive answer (the evidence
+    quoted, cited) stands in for an answer the claim checks declined; the model's draft is kept beside it."""
+    q = "How are state space models initialised?"
+    p, _ = pipe([SWAPPED])
+    p.program.set_decisions({"declined_fallback": {"specific": 0.0}})
+    out = p.ask(q)
+    assert out["abstained"] is False and "LegS-Fourier" not in out["answer"]
+    assert out["citations"] and all(c["supported"] for c in out["claims"])
+    prov = out["provenance"]
+    assert prov["fallback"] == "extractive" and prov["lm"] == "extractive" and prov["lm_error"] is None
+    assert prov["abstain_reason"] is None and prov["declined_draft"]["answer"] == SWAPPED["answer"]
+    assert out["answer"] == p.extractive(q, p.search(q)).answer
+    # the streamed path (the chat) ends in the same answer
+    p, _ = pipe([SWAPPED])
+    p.program.set_decisions({"declined_fallback": {"specific": 0.0}})
+    done = [e for e in p.ask_stream(q) if e["type"] == "done"][0]["result"]
+    assert done["answer"] == out["answer"] and done["provenance"]["fallback"] == "extractive"
+    # below the shape's similarity, or for a shape without one, the decline stands
+    for limits in ({"specific": 1.01}, {"yesno": 0.0}):
+        p, _ = pipe([SWAPPED])
+        p.program.set_decisions({"declined_fallback": limits})
+        declined = p.ask(q)
+        assert declined["abstained"] is True and declined["provenance"]["fallback"] is None
+    with pytest.raises(ValueError, match="declined_fallback"):
+        p.program.set_decisions({"declined_fallback": {"essay": 0.5}})
+    assert p.program.decisions()["declined_fallback"] == {"yesno": 0.0}
+
+
 def test_with_declining_off_the_swapped_name_is_reported_as_an_unsupported_claim(pipe):
     p, _ = pipe([SWAPPED], decline_unsupported=0)
     out = p.ask("How are state space models initialised?")
@@ -453,7 +482,7 @@ def test_decisions_travel_in_the_program_file(tmp_path, tiny_settings, embedder)
     path = save_program_file(pipe.program, tmp_path / "p.json", {"optimizer": "calibrate"})
     assert read_program_file(path)["decisions"] == {"verdict_bias": {"yes": 0.0, "no": 0.7, "maybe": -9.0},
                                                     "verdict_labels": ["yes", "no"], "verdict_source": "reply",
-                                                    "unsupported_verdict": "keep"}
+                                                    "unsupported_verdict": "keep", "declined_fallback": {}}
     fresh = verdict_pipe(tiny_settings, embedder, {"yes": 0.5, "no": 0.5})
     assert fresh.program.verdict_bias is None and fresh.program.unsupported_verdict == "decline"
     load_program(fresh.program, path)

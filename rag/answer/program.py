@@ -397,6 +397,10 @@ class CitedRAG(dspy.Module):
         # shape) or "keep" (answered: the verdict stands, `claims` name what its evidence lacks), for corpora
         # whose yes/no questions are all answerable, where a decline is always wrong (PubMedQA)
         self.unsupported_verdict = "decline"
+        # Per question shape, the best dense similarity from which an answer the claim checks decline is replaced
+        # by the extractive answer (its evidence quoted, cited) instead of an abstention; a shape not here keeps
+        # the decline. The Pipeline applies it (it holds the index); fitted on train by eval/fit_fallback.py.
+        self.declined_fallback: dict[str, float] = {}
         self.search = _Shared(search) if search is not None else None
         self.select = _Shared(select) if select is not None else None
         self.min_score = min_score
@@ -496,7 +500,8 @@ class CitedRAG(dspy.Module):
     def decisions(self) -> dict:
         """The decision parameters a program file stores beside the predictors' demos and instructions."""
         return {"verdict_bias": self.verdict_bias, "verdict_labels": list(self.verdict_labels),
-                "verdict_source": self.verdict_source, "unsupported_verdict": self.unsupported_verdict}
+                "verdict_source": self.verdict_source, "unsupported_verdict": self.unsupported_verdict,
+                "declined_fallback": dict(self.declined_fallback)}
 
     def set_decisions(self, decisions: dict) -> None:
         """Apply a program file's decisions (missing keys keep their defaults)."""
@@ -515,6 +520,14 @@ class CitedRAG(dspy.Module):
                 raise ValueError(f"unsupported_verdict {decisions['unsupported_verdict']!r} is not one of "
                                  f"{', '.join(UNSUPPORTED_VERDICTS)}")
             self.unsupported_verdict = str(decisions["unsupported_verdict"])
+        if "declined_fallback" in decisions:
+            fallback = decisions["declined_fallback"] or {}
+            if not isinstance(fallback, dict) or not all(
+                    shape in PREDICTORS and isinstance(v, (int, float)) and not isinstance(v, bool)
+                    for shape, v in fallback.items()):
+                raise ValueError(f"declined_fallback must map question shapes ({', '.join(PREDICTORS)}) to a "
+                                 f"minimum similarity, got {fallback!r}")
+            self.declined_fallback = {shape: float(v) for shape, v in fallback.items()}
 
 
 def strip_verdict(answer: str) -> str:

@@ -256,6 +256,10 @@ def final_message(result: dict) -> str:
             body += f"\n\nYou may mean: {near}"
         return f"{body}\n\n<sub>{md_escape(stats)}</sub>"
     body = render_answer(result["answer"], len(result["passages"]))
+    if prov.get("fallback") and prov.get("declined_draft"):
+        body += "\n\n_Quoted from the papers: the model's own answer was withheld (it did not hold up against them)._"
+    elif prov.get("fallback"):
+        body += "\n\n_Quoted from the papers: the model could not answer just now._"
     unsupported = [c for c in result.get("claims") or [] if not c["supported"]]
     if unsupported:
         terms = ", ".join(md_escape(t) for c in unsupported for t in c["unsupported_terms"])
