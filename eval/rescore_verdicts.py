@@ -32,6 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from rag.answer.program import VERDICT_LABELS, decision_probs, scored_verdict  # noqa: E402
 from rag.answer.program_files import read_program_file  # noqa: E402
 from rag.answer.shapes import parse_verdict  # noqa: E402
+from rag.calibrate import balanced_accuracy  # noqa: E402
 from rag.evaluation.harness import read_report  # noqa: E402
 from rag.evaluation.metrics import classification_scores, paired_bootstrap  # noqa: E402
 
@@ -84,7 +85,7 @@ def redecide(row: dict, decisions: dict) -> str | None:
 def table(name: str, gold: list[str], pred: list[str | None]) -> str:
     s = classification_scores(gold, pred, VERDICT_LABELS)
     present = [lab for lab in VERDICT_LABELS if s["per_label"][lab]["support"]]
-    balanced = sum(s["per_label"][lab]["recall"] for lab in present) / len(present)
+    balanced = balanced_accuracy(s)
     recall = ", ".join(f"{lab} {s['per_label'][lab]['recall']:.2f}" for lab in present)
     confusion = "; ".join(f"{g}: " + " ".join(f"{p} {n}" for p, n in row.items() if n)
                           for g, row in s["confusion"].items() if s["per_label"][g]["support"])

@@ -117,8 +117,13 @@ def scores_of(records: Sequence[dict], predicted: Sequence[str | None]) -> dict[
     if not records:
         return {"accuracy": 0.0, "balanced": 0.0, "macro_f1": 0.0}
     s = classification_scores([r["gold"] for r in records], list(predicted), VERDICT_LABELS)
-    present = [v["recall"] for v in s["per_label"].values() if v["support"]]
-    return {"accuracy": s["accuracy"], "balanced": sum(present) / len(present), "macro_f1": s["macro_f1"]}
+    return {"accuracy": s["accuracy"], "balanced": balanced_accuracy(s), "macro_f1": s["macro_f1"]}
+
+
+def balanced_accuracy(scores: dict) -> float:
+    """The mean recall of the gold labels present, from `classification_scores`' result."""
+    present = [v["recall"] for v in scores["per_label"].values() if v["support"]]
+    return sum(present) / len(present)
 
 
 def fit_bias(records: Sequence[dict], labels: tuple[str, ...] = VERDICT_LABELS,

@@ -27,7 +27,8 @@ def only_ids(rows: list[dict], ids: str) -> list[dict]:
         raise RagError(f"--ids: {', '.join(missing[:5]) or 'no id given'}"
                        f"{' not in the selected questions' if missing else ''}; give ids of the set (and --split) "
                        f"you run, separated by commas")
-    return [r for r in rows if str(r["id"]) in set(wanted)]
+    keep = set(wanted)
+    return [r for r in rows if str(r["id"]) in keep]
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
