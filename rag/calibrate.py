@@ -24,6 +24,12 @@ Pooling the two corpora's rows did worse on both than either corpus's own fit: f
 - `compare(records)`: accuracy, balanced accuracy and macro-F1 of the sampled verdict, the raw argmax, the
   fitted biases (on all rows, and leave-one-out, an honest estimate on unseen rows), with and without maybe.
 
+The other fitted decision, `declined_fallback`: when the claim checks decline the model's answer, the
+evidence quoted and cited (the extractive answer) may answer instead, for a question whose best dense
+similarity reaches its shape's minimum. `fit_fallback(items)` picks that minimum per shape from train
+questions whose decline and extractive answer were both scored (rag.optimize gathers them, from a run or
+from eval reports, with no model call); `apply_fallback` gives the headlines the swap would give.
+
 Left out: temperature scaling and per-shape biases (one set of biases per program: a program file fitted on
 one corpus's rows is that corpus's program).
 """
@@ -186,3 +192,36 @@ def lean(records: Sequence[dict]) -> dict[str, float]:
     """Mean log-probability of each label over `records`: how far the model leans (for notes)."""
     return {lab: round(sum(math.log(max(r["probs"].get(lab, 0.0), 1e-12)) for r in records) / max(len(records), 1), 3)
             for lab in VERDICT_LABELS}
+
+
+# --- the extractive answer in place of a claim-check decline -------------------------------------
+
+
+def fit_fallback(items: Sequence[dict]) -> dict[str, float]:
+    """Per question shape, the minimum best similarity from which answering with the evidence instead of a
+    claim-check decline gains the most headline on `items`; a shape where no minimum gains keeps declining.
+
+    Each item: `shape`, `base` (the headline as declined), and for a claim-check decline `swap` (the extractive
+    answer's headline) and `sim` (the question's best dense similarity); items without `swap` are ignored.
+    Ties go to the lower minimum (more swaps); the value is the middle of the gap between the last question
+    left declined and the first swapped, or 0 when every one of the shape's declines is swapped."""
+    thresholds = {}
+    for shape in sorted({i["shape"] for i in items if i.get("swap") is not None}):
+        cands = sorted((i for i in items if i["shape"] == shape and i.get("swap") is not None), key=lambda i: i["sim"])
+        best_gain, best_k = 0.0, None
+        for k in range(len(cands)):  # swap cands[k:]
+            gain = sum(i["swap"] - i["base"] for i in cands[k:])
+            if gain > best_gain + 1e-9:
+                best_gain, best_k = gain, k
+        if best_k is not None:
+            thresholds[shape] = 0.0 if best_k == 0 else round((cands[best_k - 1]["sim"] + cands[best_k]["sim"]) / 2, 4)
+    return thresholds
+
+
+def swapped(item: dict, thresholds: dict[str, float]) -> bool:
+    return item.get("swap") is not None and item["shape"] in thresholds and item["sim"] >= thresholds[item["shape"]]
+
+
+def apply_fallback(items: Sequence[dict], thresholds: dict[str, float]) -> list[float]:
+    """Each item's headline with `thresholds` applied: the extractive answer's where it would be swapped in."""
+    return [i["swap"] if swapped(i, thresholds) else i["base"] for i in items]

@@ -11,6 +11,13 @@
   the train set).
 - `gepa`: GEPA, reflective instruction evolution from the metric's textual
   feedback (missing facts, wrong or missing citations, should have abstained).
+- `calibrate`: the yes/no verdict's decisions (label source, labels, biases; rag.calibrate).
+- `fallback`: `declined_fallback`, per question shape the best similarity from which the evidence,
+  quoted and cited, answers in place of a claim-check decline (rag.calibrate.fit_fallback).
+
+Steps chain with "+" (`bootstrap+fallback`), each on the program the one before it compiled. `calibrate`
+and `fallback` fit from a run of the program on train, or (`--fit-on`) from train eval reports with no
+model call; `--from` starts from a saved program instead of the baseline, keeping its demos and decisions.
 
 Demos are shortened before saving (`shorten_demo`): each keeps only the passages
 its answer cites (their sentences that hold the answer) plus one distractor, renumbered.
@@ -41,8 +48,15 @@ from typing import Any
 import dspy
 
 from rag import calibrate
-from rag.answer.program import VERDICT_SOURCES, CitedRAG, as_numbers, map_citations
-from rag.answer.program_files import save_program_file
+from rag.answer.program import (
+    OFF_QUESTION,
+    UNSUPPORTED_CLAIM,
+    VERDICT_SOURCES,
+    CitedRAG,
+    as_numbers,
+    map_citations,
+)
+from rag.answer.program_files import load_program, save_program_file
 from rag.errors import ProgramError
 from rag.evaluation.harness import read_report, run_eval
 from rag.evaluation.metrics import TYPES, score_row
@@ -229,19 +243,29 @@ def counted(metric: Any, bar: Any) -> Any:
     return wrapped
 
 
-def compile_program(program: CitedRAG, optimizer: str, train_rows: list[dict], embed: Any, lm: Any,
-                    *, seed: int = 0, progress: bool = False) -> CitedRAG:
-    """Compile `program` with `optimizer` on `train_rows`; demos come back shortened. `optimizer` may chain
-    steps with "+" ("bootstrap+calibrate": demos first, then the verdict's decisions on the result)."""
-    for step in optimizer.split("+"):
+def check_steps(optimizer: str) -> list[str]:
+    """The steps of `optimizer` ("bootstrap+fallback"); ProgramError naming the choices for an unknown one."""
+    steps = optimizer.split("+")
+    for step in steps:
         if step not in COMPILERS:
             raise ProgramError(f"unknown optimizer {step!r}; use one of {', '.join(COMPILERS)}, or several joined "
-                               f"by + (e.g. bootstrap+calibrate)")
+                               f"by + (e.g. bootstrap+fallback)")
+    return steps
+
+
+def compile_program(program: CitedRAG, optimizer: str, train_rows: list[dict], embed: Any, lm: Any,
+                    *, seed: int = 0, progress: bool = False, swap: Swap | None = None) -> CitedRAG:
+    """Compile `program` with `optimizer` on `train_rows`; demos come back shortened. `optimizer` may chain
+    steps with "+" ("bootstrap+calibrate": demos first, then the verdict's decisions on the result). The
+    `fallback` step needs `swap` (see `Swap`)."""
+    check_steps(optimizer)
+    if "fallback" in optimizer.split("+") and swap is None:
+        raise ProgramError("the fallback step scores the evidence's own answer: it needs the index (Swap)")
     from tqdm.auto import tqdm
 
     bar = tqdm(desc=f"{optimizer}: answers scored", unit="answer", disable=not progress, file=sys.stderr)
     try:
-        return _compile(program, optimizer, train_rows, embed, lm, seed, bar)
+        return _compile(program, optimizer, train_rows, embed, lm, seed, bar, swap)
     finally:
         bar.close()
 
@@ -307,35 +331,148 @@ def calibrated(program: CitedRAG, records: list[dict], sources: list[str] | None
     return program
 
 
-def records_from_reports(paths: list[str | Path], dev_ids: set[str]) -> list[dict]:
-    """The verdict records (rag.calibrate.verdict_records) of train eval reports, for fitting the decisions
-    without running the model again. A report holding a dev question, or of PubMedQA's test half, is refused:
-    what ships is chosen on train and measured on dev and test."""
-    records: list[dict] = []
+def train_results(paths: Sequence[str | Path], dev_ids: set[str]) -> list[dict]:
+    """The results of train eval reports, for fitting decisions without running the model again. A report
+    holding a dev question, or of PubMedQA's test half, is refused: what ships is chosen on train and measured
+    on dev and test."""
+    results: list[dict] = []
     for path in paths:
-        summary, results = read_report(path)
+        summary, rows = read_report(path)
         split = (summary.get("selection") or {}).get("split")
         if summary.get("benchmark") == "pubmedqa" and split != "train":
             raise ProgramError(f"report {path} is of PubMedQA's {split} half; fit on `rag eval --set pubmedqa "
                                f"--split train` reports only")
-        leaked = sorted({r["id"] for r in results} & dev_ids)
+        leaked = sorted({r["id"] for r in rows} & dev_ids)
         if leaked:
             raise ProgramError(f"report {path} holds dev questions ({', '.join(leaked[:3])}); fit on train reports "
                                f"only (dev measures what ships)")
-        records += calibrate.verdict_records(results)
+        results += rows
+    return results
+
+
+def records_from_reports(paths: Sequence[str | Path], dev_ids: set[str]) -> list[dict]:
+    """The verdict records (rag.calibrate.verdict_records) of train eval reports (see `train_results`)."""
+    records = calibrate.verdict_records(train_results(paths, dev_ids))
     if not records:
         raise ProgramError(f"no answered yes/no question with label probabilities in {', '.join(map(str, paths))}; "
                            f"run `rag eval` on a train set with the local model first")
     return records
 
 
-# The optimisers, by name (`rag optimize --optimizer`): (program, train rows, embed, lm, seed, bar) -> compiled.
+def check_fit_on(optimizer: str, paths: Sequence[str | Path], dev_ids: set[str]) -> None:
+    """Before anything loads: every step can fit from reports, and the reports are train reports that hold
+    what those steps read."""
+    steps = check_steps(optimizer)
+    model_steps = [step for step in steps if step not in FIT_FROM_REPORTS]
+    if model_steps:
+        raise ProgramError(f"--fit-on fits {' and '.join(FIT_FROM_REPORTS)} from eval reports; {model_steps[0]} "
+                           f"runs the model: drop --fit-on, or run it first and fit on its program with --from")
+    if "calibrate" in steps:
+        records_from_reports(paths, dev_ids)
+    else:
+        train_results(paths, dev_ids)
+
+
+# --- the extractive answer in place of a claim-check decline ---------------------------------
+
+DECLINES = (UNSUPPORTED_CLAIM, OFF_QUESTION)
+
+
+class Swap:
+    """What the evidence's own answer (rag/answer/extractive.py: no model call) would score on a labelled
+    question, and the question's best dense similarity: the two things `declined_fallback` is fitted on."""
+
+    def __init__(self, pipe: Any):
+        self.pipe = pipe
+
+    def __call__(self, label: dict) -> tuple[float, float]:
+        q = label["question"]
+        found = self.pipe.search(q)
+        answer = Answer.from_prediction(q, self.pipe.extractive(q, found)).to_json()
+        score = score_row(label, answer, embed=lambda texts: self.pipe.embedder.encode(texts))["headline"]
+        return score, round(float(found.best_similarity), 4)
+
+
+def declined_by_checks(pred: dict) -> bool:
+    """A report row's prediction that the claim checks declined, whether or not the evidence then stood in."""
+    prov = pred.get("provenance") or {}
+    return prov.get("abstain_reason") in DECLINES or bool(prov.get("fallback") == "extractive"
+                                                          and prov.get("declined_draft"))
+
+
+def _item(label: dict, shape: str, base: float, declined: bool, swap: Swap) -> dict:
+    item = {"id": label["id"], "shape": shape, "base": base, "swap": None, "sim": None,
+            "unanswerable": label["type"] == "unanswerable"}
+    if declined:
+        item["swap"], item["sim"] = swap(label)
+    return item
+
+
+def fallback_items(results: list[dict], swap: Swap) -> list[dict]:
+    """One item per report row (rag.calibrate.fit_fallback): its headline as declined, and for a claim-check
+    decline the extractive answer's headline and the question's similarity. A row the evidence already
+    answered in place of a decline counts as the decline it was (an abstention's headline)."""
+    items = []
+    for r in results:
+        if r.get("error"):
+            continue
+        label = {"id": r["id"], "question": r["question"], "type": r["type"], "answer": r.get("reference"),
+                 "facts": r.get("facts") or [], "gold_paper_ids": r.get("gold_paper_ids") or []}
+        if "headline" not in (r.get("metrics") or {}):
+            raise ProgramError(f"report row {r['id']} has no headline score: fit the fallback on `rag eval` reports "
+                               f"of a labelled set (eval/train.jsonl), not PubMedQA's")
+        declined = declined_by_checks(r.get("prediction") or {})
+        base = (1.0 if r["type"] == "unanswerable" else 0.0) if declined else r["metrics"]["headline"]
+        items.append(_item(label, r["shape"], base, declined, swap))
+    return items
+
+
+def _fallback(program: CitedRAG, rows: list[dict], embed: Any, lm: Any, seed: int, bar: Any,
+              swap: Swap) -> CitedRAG:
+    """`declined_fallback` fitted on a run of `program` over the train rows (list questions have no fallback)."""
+    from rag.answer.shapes import question_shape
+
+    program = program.deepcopy()
+    program.declined_fallback = {}
+    metric, items = make_metric(embed), []
+    for row in rows:
+        shape = question_shape(row["question"])
+        if shape == "list":
+            continue
+        example = to_examples([row])[0]
+        pred = program(question=row["question"])
+        bar.update(1)
+        declined = bool(pred.abstained and pred.abstain_reason in DECLINES)
+        items.append(_item(row, shape, metric(example, pred), declined, swap))
+    return with_fallback(program, items)
+
+
+def with_fallback(program: CitedRAG, items: list[dict], reports: list[str] | None = None) -> CitedRAG:
+    """A copy of `program` with `declined_fallback` fitted on `items`, and what it was fitted on in
+    `.fallback_fit` (it goes into the program file's provenance)."""
+    thresholds = calibrate.fit_fallback(items)
+    base, new = [i["base"] for i in items], calibrate.apply_fallback(items, thresholds)
+    program = program.deepcopy()
+    program.set_decisions({"declined_fallback": thresholds})
+    n = max(len(items), 1)
+    program.fallback_fit = {
+        "rows": len(items), "declines": sum(i["swap"] is not None for i in items),
+        "swapped": sum(calibrate.swapped(i, thresholds) for i in items),
+        "chosen": thresholds, "train_headline": {"declined": round(sum(base) / n, 4), "fallback": round(sum(new) / n, 4)},
+        **({"reports": reports} if reports else {})}
+    log.info("declined_fallback on %d train rows: %s", len(items), program.fallback_fit)
+    return program
+
+
+# The optimisers, by name (`rag optimize --optimizer`): (program, train rows, embed, lm, seed, bar) -> compiled;
+# `fallback` also takes the Swap.
 COMPILERS: dict[str, Callable[..., CitedRAG]] = {"bootstrap": _bootstrap, "mipro": _mipro, "gepa": _gepa,
-                                                 "calibrate": _calibrate}
+                                                 "calibrate": _calibrate, "fallback": _fallback}
+FIT_FROM_REPORTS = ("calibrate", "fallback")  # the steps `--fit-on` can fit without running the model
 
 
 def _compile(program: CitedRAG, optimizer: str, train_rows: list[dict], embed: Any, lm: Any, seed: int,
-             bar: Any) -> CitedRAG:
+             bar: Any, swap: Swap | None = None) -> CitedRAG:
     rows = interleave(train_rows)
     # DSPy's proposers print() their internals (program source, proposed instructions) to
     # stdout, which is the command's output: they go to stderr with --verbose, else nowhere.
@@ -343,7 +480,8 @@ def _compile(program: CitedRAG, optimizer: str, train_rows: list[dict], embed: A
     compiled = program
     with dspy.context(lm=lm, max_history_size=20, max_trace_size=20), contextlib.redirect_stdout(chatter):
         for step in optimizer.split("+"):
-            compiled = COMPILERS[step](compiled, rows, embed, lm, seed, bar)
+            extra = {"swap": swap} if step == "fallback" else {}
+            compiled = COMPILERS[step](compiled, rows, embed, lm, seed, bar, **extra)
     for predictor in compiled.predictors():
         demos = select_demos([d.toDict() if hasattr(d, "toDict") else dict(d) for d in predictor.demos])
         # A trace keeps everything the prediction had; the label and the reply's logprobs are not demo fields.
@@ -374,32 +512,50 @@ def optimize_and_save(pipe: Any, optimizer: str, train: list[dict], train_path: 
                       dev: list[dict] | None = None, dev_path: str | Path | None = None,
                       reports: str | Path, seed: int = 0, progress: bool = False,
                       fit_on: list[str | Path] | None = None, verdict_sources: Sequence[str] = VERDICT_SOURCES,
-                      unsupported_verdict: str | None = None, say: Callable[[str], None] = log.info) -> tuple[Path, dict | None]:
+                      unsupported_verdict: str | None = None, start: Path | None = None,
+                      for_corpus: bool = False, say: Callable[[str], None] = log.info) -> tuple[Path, dict | None]:
     """Compile `pipe`'s program with `optimizer` on `train`, save it to `out` with its provenance,
-    then (with `dev`) score it on dev and add the dev score to the provenance. With `fit_on` (optimizer
-    "calibrate" only) the verdict decisions are fitted on those train eval reports instead of new runs, choosing
-    among `verdict_sources`; `unsupported_verdict` (decline or keep) is then set as given, not fitted.
+    then (with `dev`) score it on dev and add the dev score to the provenance. `start` (a program file)
+    is compiled instead of the baseline, its demos and decisions kept unless a step refits them. With
+    `fit_on` (steps calibrate and fallback only) the decisions are fitted on those train eval reports
+    instead of new runs; calibrate chooses among `verdict_sources`, and `unsupported_verdict` (decline or
+    keep) is then set as given, not fitted. `for_corpus`: the program applies to the index's corpus only
+    (`provenance.corpus`; `auto` passes it over for any other corpus).
 
     Returns the program path and the dev report's path (None without dev). `pipe` should run the
     baseline program on a disk-cached LM; its program is replaced by the compiled one.
     """
     embed = lambda texts: pipe.embedder.encode(texts)  # noqa: E731
+    # without --dev, --fit-on loads no model, nor needs one: the pipeline then holds no program (the decisions
+    # are the only state those steps set)
+    base = pipe.program if pipe.program is not None else CitedRAG()
+    if start is not None:
+        load_program(base, start)
     if fit_on:
-        if optimizer != "calibrate":
-            raise ProgramError("--fit-on fits the verdict decisions from eval reports: use it with --optimizer calibrate")
         t0 = time.perf_counter()
-        records = records_from_reports(fit_on, {r["id"] for r in dev or []})
-        say(f"Fitting the verdict decisions on {len(records)} answered yes/no questions of {len(fit_on)} train report(s) ...")
-        # without --dev no model is loaded, nor needed: the pipeline then holds no program, and the baseline is
-        # a fresh one (the decisions are the only state this step sets)
-        compiled = calibrated(pipe.program or CitedRAG(), records, [portable(p) for p in fit_on], verdict_sources)
-        if unsupported_verdict:
-            compiled.set_decisions({"unsupported_verdict": unsupported_verdict})
+        dev_ids = {r["id"] for r in dev or []}
+        check_fit_on(optimizer, fit_on, dev_ids)
+        compiled, sources = base, [portable(p) for p in fit_on]
+        for step in optimizer.split("+"):
+            if step == "calibrate":
+                records = records_from_reports(fit_on, dev_ids)
+                say(f"Fitting the verdict decisions on {len(records)} answered yes/no questions of {len(fit_on)} "
+                    f"train report(s) ...")
+                compiled = calibrated(compiled, records, sources, verdict_sources)
+                if unsupported_verdict:
+                    compiled.set_decisions({"unsupported_verdict": unsupported_verdict})
+            else:
+                results = train_results(fit_on, dev_ids)
+                say(f"Fitting declined_fallback on {len(results)} questions of {len(fit_on)} train report(s): the "
+                    f"evidence's own answer to each claim-check decline, scored (no model call) ...")
+                compiled = with_fallback(compiled, fallback_items(results, Swap(pipe)), sources)
         seconds = time.perf_counter() - t0
+        n_rows = len(train_results(fit_on, dev_ids))
     else:
         say(f"Optimising with {optimizer} on {len(train)} questions ({pipe.lm_label}); "
             f"each question the model answers takes ~20s locally ...")
-        compiled, seconds = timed_compile(pipe.program, optimizer, train, embed, pipe.lm, seed=seed, progress=progress)
+        compiled, seconds = timed_compile(base, optimizer, train, embed, pipe.lm, seed=seed, progress=progress,
+                                          swap=Swap(pipe))
     s = pipe.settings
     provenance = {
         "optimizer": optimizer, "date": time.strftime("%Y-%m-%dT%H:%M:%S"), "seed": seed,
@@ -407,16 +563,24 @@ def optimize_and_save(pipe: Any, optimizer: str, train: list[dict], train_path: 
         "settings": {"k": s.k, "retrieval": s.retrieval, "per_paper": s.per_paper, "min_score": s.min_score,
                      "evidence_tokens": s.evidence_tokens, "answerable_threshold": s.answerable_threshold,
                      "max_tokens": s.max_tokens, "temperature": s.temperature},
-        "train": ({"reports": [portable(p) for p in fit_on], "n": compiled.calibration["rows"]} if fit_on else
+        "from": portable(start) if start is not None else "baseline",
+        **({"corpus": {"hash": pipe.index.meta["corpus_hash"], "path": portable(pipe.index.meta["corpus"]),
+                       "papers": pipe.index.meta["n_papers"]}} if for_corpus else {}),
+        "train": ({"reports": [portable(p) for p in fit_on], "n": n_rows} if fit_on else
                   {"path": portable(train_path), "sha256": sha256_file(train_path), "n": len(train)}),
         **describe(compiled),
     }
     if getattr(compiled, "calibration", None):
         provenance["calibration"] = compiled.calibration
+    if getattr(compiled, "fallback_fit", None):
+        provenance["declined_fallback"] = compiled.fallback_fit
     save_program_file(compiled, out, provenance)
     chosen = getattr(compiled, "calibration", {}).get("chosen")
+    fallback = getattr(compiled, "fallback_fit", None)
     say(f"compiled in {seconds:.0f}s: {provenance['demos']} demos"
-        + (f"; verdict decisions {chosen}" if chosen else "") + f"; saved {out}")
+        + (f"; verdict decisions {chosen}" if chosen else "")
+        + (f"; declined_fallback {json.dumps(fallback['chosen'])} (train headline {fallback['train_headline']['declined']}"
+           f" -> {fallback['train_headline']['fallback']})" if fallback else "") + f"; saved {out}")
     if dev is None:
         return out, None
     pipe.program, pipe.program_label = compiled, out.name

@@ -37,7 +37,7 @@ from rag.answer.program import (
     answer_adapter,
     rewrite_question,
 )
-from rag.answer.program_files import load_program, read_program_file, resolve_program
+from rag.answer.program_files import load_program, read_program_file, resolve_program, shipped
 from rag.answer.retrieve import Hit, Retriever, SearchResult
 from rag.errors import LMError, QuestionTooLong, RagError
 from rag.index.embed import Embedder, get_embedder
@@ -180,7 +180,10 @@ class Pipeline:
         """
         use_lm = need_lm and settings.answer == "lm"
         program_path = resolve_program(settings.program) if use_lm else None
-        if program_path is not None:
+        if program_path is not None and settings.program == "auto":
+            for path in shipped():  # `auto` chooses by the index's corpus: every candidate is checked now
+                read_program_file(path)
+        elif program_path is not None:
             read_program_file(program_path)  # a bad program file fails before the index or the model loads
         if use_lm and lm is None:
             backend(settings).check(settings)  # a missing API key should not cost an index build first
@@ -199,6 +202,8 @@ class Pipeline:
             pipe.program = CitedRAG(pipe.search, settings.min_score, select=pipe.select_evidence,
                                     threshold=settings.answerable_threshold,
                                     decline_unsupported=bool(settings.decline_unsupported))
+            if settings.program == "auto":  # the newest shipped program that applies to this index's corpus
+                program_path = resolve_program("auto", index.meta.get("corpus_hash") or "")
             pipe.program_label = load_program(pipe.program, program_path)
         return pipe
 

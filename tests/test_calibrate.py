@@ -228,10 +228,13 @@ def test_rescore_verdicts_reapplies_a_programs_decisions_to_a_report(tmp_path):
 
 
 def test_fit_fallback_picks_per_shape_the_similarity_that_gains_most():
-    """eval/fit_fallback.py: per shape, fall back from the threshold that gains the most headline on train
-    (the middle of the gap), everywhere when every swap gains (0), never where none does."""
+    """rag.calibrate.fit_fallback: per shape, fall back from the threshold that gains the most headline on train
+    (the middle of the gap), everywhere when every swap gains (0), never where none does; eval/fit_fallback.py
+    prints the same fit's figures."""
     import importlib.util
     from pathlib import Path
+
+    from rag.calibrate import apply_fallback, fit_fallback
 
     spec = importlib.util.spec_from_file_location(
         "fit_fallback", Path(__file__).resolve().parent.parent / "eval" / "fit_fallback.py")
@@ -247,9 +250,12 @@ def test_fit_fallback_picks_per_shape_the_similarity_that_gains_most():
              item("yesno", 0.4, 0.0, 0.5), item("yesno", 0.7, 0.0, 1.0),
              item("list", 0.9, 1.0, 0.0, True),  # a list swap only loses: lists keep declining
              {"id": "x", "shape": "specific", "sim": None, "base": 0.7, "swap": None, "unanswerable": False}]
-    thresholds = ff.fit(items)
+    thresholds = fit_fallback(items)
     assert thresholds == {"specific": 0.5, "yesno": 0.0}
-    assert ff.apply(items, thresholds) == [1.0, 1.0, 1.0, 0.5, 0.5, 1.0, 1.0, 0.7]
+    assert apply_fallback(items, thresholds) == [1.0, 1.0, 1.0, 0.5, 0.5, 1.0, 1.0, 0.7]
+    # a tie between swapping more and fewer goes to swapping more (the lower minimum)
+    tie = [item("specific", 0.4, 0.0, 0.5), item("specific", 0.6, 0.5, 0.0), item("specific", 0.8, 0.0, 0.5)]
+    assert fit_fallback(tie) == {"specific": 0.0}
     line = ff.report_line("t", items, thresholds)
     assert "7 claim-check declines, 4 answered from the evidence instead (0 of them unanswerable)" in line
     assert "headline 0.463 -> 0.838" in line

@@ -428,13 +428,82 @@ def test_optimize_fit_on_writes_a_calibrated_program_from_reports_without_the_mo
     decisions = json.loads(reply_only.read_text())["decisions"]
     assert decisions["verdict_source"] == "reply" and decisions["unsupported_verdict"] == "keep"
     assert {t["source"] for t in json.loads(reply_only.read_text())["provenance"]["calibration"]["table"]} == {"reply"}
-    # --fit-on is a calibrate-only flag, and the two decision flags need it
-    code, _, err = run(capsys, "optimize", "--optimizer", "bootstrap", "--fit-on", str(report), "--dev", "none",
-                       "--out", str(tmp / "x.json"))
-    assert code == 1 and "use it with --optimizer calibrate" in err
+    # --fit-on fits only the steps that need no model run, and the two verdict flags need it
+    code, _, err = run(capsys, "optimize", "--optimizer", "calibrate+bootstrap", "--fit-on", str(report), "--dev",
+                       "none", "--out", str(tmp / "x.json"))
+    assert code == 1 and "bootstrap runs the model" in err and not (tmp / "x.json").exists()
     code, _, err = run(capsys, "optimize", "--optimizer", "calibrate", "--unsupported-verdict", "keep", "--dev", "none",
                        "--out", str(tmp / "x.json"))
     assert code == 1 and "--unsupported-verdict sets decisions fitted from reports" in err
+
+
+def _declined(label: dict, headline: float, reason: str = "unsupported_claim") -> dict:
+    """A report row (rag eval) whose answer the claim checks declined."""
+    return {"id": label["id"], "type": label["type"], "shape": "specific", "question": label["question"],
+            "reference": label["answer"], "facts": label["facts"], "gold_paper_ids": label["gold_paper_ids"],
+            "prediction": {"abstained": True, "provenance": {"abstain_reason": reason}}, "error": None,
+            "metrics": {"headline": headline}}
+
+
+def test_optimize_fits_the_declined_fallback_from_reports_on_a_saved_program(env, capsys, tmp_path):
+    """`rag optimize --optimizer fallback --fit-on REPORT --from auto`: the evidence's own answer to each
+    claim-check decline is scored with no model call, the threshold goes into the program's decisions, and the
+    starting program's other decisions stay."""
+    from test_calibrate import _report
+
+    from rag.answer.program_files import save_program_file
+
+    tmp, fakes = env
+    by_id = {r["id"]: r for r in SET}
+    answered = {**_declined(by_id["q2"], 0.8), "prediction": {"abstained": False, "provenance": {}}}
+    results = [_declined(by_id["q1"], 0.0), _declined(by_id["q5"], 1.0, "off_question"), answered]
+    report = _report(tmp_path / "train-report", results)
+    shipped = tmp / "programs" / "20990101-000000-calibrate.json"
+    start = CitedRAG()
+    start.set_decisions({"unsupported_verdict": "keep"})
+    save_program_file(start, shipped, {"optimizer": "calibrate"})
+    out_file = tmp / "fitted.json"
+    calls = len(fakes.lm.history)
+    code, out, err = run(capsys, "optimize", "--optimizer", "fallback", "--fit-on", str(report), "--dev", "none",
+                         "--from", "auto", "--out", str(out_file))
+    assert code == 0, err
+    assert len(fakes.lm.history) == calls  # the fit reads the reports; the evidence answers without the model
+    state = json.loads(out_file.read_text())
+    fit = state["provenance"]["declined_fallback"]
+    assert fit["rows"] == 3 and fit["declines"] == 2
+    # the HiPPO question's evidence holds its fact and the off-corpus one's does not: swapping gains only there
+    assert fit["swapped"] == 1 and set(fit["chosen"]) == {"specific"}
+    assert fit["train_headline"]["fallback"] > fit["train_headline"]["declined"]
+    assert state["decisions"]["declined_fallback"] == fit["chosen"]
+    assert state["decisions"]["unsupported_verdict"] == "keep"  # kept from the program it started from
+    assert state["provenance"]["from"] == str(shipped) and state["provenance"]["train"]["n"] == 3
+    # a report without headline scores (PubMedQA's) cannot fit it
+    pq = _report(tmp_path / "pq", [{"id": "p1", "type": "yesno", "shape": "yesno", "question": "Q?",
+                                    "prediction": {"abstained": True}, "metrics": {"accuracy": 1}}])
+    code, _, err = run(capsys, "optimize", "--optimizer", "fallback", "--fit-on", str(pq), "--dev", "none",
+                       "--out", str(tmp / "y.json"))
+    assert code == 1 and "no headline score" in err and not (tmp / "y.json").exists()
+
+
+def test_optimize_fallback_step_fits_on_a_run_of_the_program(env, capsys):
+    """The live step: the program answers the train questions; the one whose answer names what its evidence lacks
+    is declined by the claim checks, and its evidence answers it better, so the fit falls back there."""
+    tmp, fakes = env
+    fakes.lm = DummyLM({**GOOD, SSM_Q: {"answerable": "True", "answer": "It is initialised with Zorblax [1].",
+                                        "sources": "[1]"}})
+    out_file = tmp / "live.json"
+    code, out, err = run(capsys, "optimize", "--optimizer", "fallback", "--train", str(tmp / "set.jsonl"),
+                         "--dev", "none", "--out", str(out_file))
+    assert code == 0, err
+    state = json.loads(out_file.read_text())
+    fit = state["provenance"]["declined_fallback"]
+    assert fit["rows"] == 4 and fit["declines"] == 1 and fit["swapped"] == 1  # the list question is left out
+    assert state["decisions"]["declined_fallback"] == {"specific": 0.0} and state["provenance"]["from"] == "baseline"
+    # the program then answers the declined question from its evidence
+    code, out, err = run(capsys, "ask", SSM_Q, "--json", "--program", str(out_file))
+    answer = json.loads(out)
+    assert code == 0 and "HiPPO" in answer["answer"] and answer["provenance"]["fallback"] == "extractive"
+    assert "Zorblax" in answer["provenance"]["declined_draft"]["answer"]
 
 
 def test_auto_picks_the_newest_program_by_name(env):
@@ -445,6 +514,36 @@ def test_auto_picks_the_newest_program_by_name(env):
         rag.answer.program_files.save_program_file(prog, tmp / "programs" / name, {"optimizer": name})
     assert rag.answer.program_files.resolve_program("auto").name == "20270101-000000-gepa.json"
     assert rag.answer.program_files.resolve_program("baseline") is None
+
+
+def test_auto_passes_over_a_program_fitted_for_another_corpus(env, capsys, tmp_path):
+    """A program written with --for-corpus carries its index's corpus hash; `auto` takes the newest program that
+    is for any corpus or for exactly the index's corpus."""
+    from test_calibrate import _report, _result
+
+    tmp, _ = env
+    save = rag.answer.program_files.save_program_file
+    save(CitedRAG(), tmp / "programs" / "20260101-000000-bootstrap.json", {"optimizer": "bootstrap"})
+    save(CitedRAG(), tmp / "programs" / "20270101-000000-calibrate.json",
+         {"optimizer": "calibrate", "corpus": {"hash": "f" * 64, "path": "elsewhere.jsonl", "papers": 9}})
+    code, out, err = run(capsys, "ask", SSM_Q, "--json")
+    assert code == 0, err
+    assert json.loads(out)["provenance"]["program"] == "20260101-000000-bootstrap.json"  # the other corpus's is skipped
+
+    report = _report(tmp_path / "r", [_result(i, "no" if i % 3 else "yes") for i in range(6)])
+    mine = tmp / "programs" / "20260601-000000-calibrate.json"
+    code, _, err = run(capsys, "optimize", "--optimizer", "calibrate", "--fit-on", str(report), "--dev", "none",
+                       "--for-corpus", "--out", str(mine))
+    assert code == 0, err
+    corpus = json.loads(mine.read_text())["provenance"]["corpus"]
+    meta = json.loads(next((tmp / "indexes").glob("idx-*/meta.json")).read_text())
+    assert corpus["hash"] == meta["corpus_hash"] and corpus["papers"] == meta["n_papers"]
+    code, out, _ = run(capsys, "ask", SSM_Q, "--json")
+    assert json.loads(out)["provenance"]["program"] == mine.name  # newer than the generic one, and for this corpus
+    # an explicit path is taken whatever corpus it was fitted for
+    other = str(tmp / "programs" / "20270101-000000-calibrate.json")
+    code, out, _ = run(capsys, "ask", SSM_Q, "--json", "--program", other)
+    assert code == 0 and json.loads(out)["provenance"]["program"] == "20270101-000000-calibrate.json"
 
 
 def test_bad_program_files_are_errors(env, capsys, tmp_path):

@@ -4,10 +4,13 @@ A program file is DSPy's saved state of the answer program, its `decisions` (the
 yes/no verdict's calibration biases and labels; see CitedRAG.decisions) and a `provenance`
 block (optimizer, settings, train set hash, LM, date, dev score). `programs/`
 holds the shipped ones, named `<YYYYmmdd-HHMMSS>-<optimizer>.json`; `auto`
-means the newest of them (by name: a clone resets mtimes), `baseline` means
-none. A file is checked before the index or the model loads: a corrupt or
-mismatched one is an error that says how to fix it, never silently ignored;
-so is one that is not a regular file (a FIFO, a device), before a byte is read.
+means the newest of them (by name: a clone resets mtimes) that applies to the
+index's corpus, `baseline` means none. A program fitted for one corpus says so
+(`provenance.corpus`: its content hash, as the index's meta.json records it) and
+applies to an index of that corpus only; one without it applies to any. A file
+is checked before the index or the model loads (under `auto`, every shipped one):
+a corrupt or mismatched one is an error that says how to fix it, never silently
+ignored; so is one that is not a regular file (a FIFO, a device), before a byte is read.
 
 Left out: compiling programs (`rag.optimize` does that).
 """
@@ -31,13 +34,28 @@ _DEMO_FIELDS = {"passages", "question", "answerable", "verdict", "answer", "find
 _FIX = "re-run `rag optimize` or use --program baseline"
 
 
-def resolve_program(spec: str) -> Path | None:
-    """'baseline' -> None; 'auto' -> newest programs/*.json or None; else a path that must exist."""
+def shipped() -> list[Path]:
+    """programs/*.json, newest first."""
+    return sorted(PROGRAMS_DIR.glob("*.json"), reverse=True) if PROGRAMS_DIR.is_dir() else []
+
+
+def program_corpus(state: dict) -> str | None:
+    """The corpus hash a program file is fitted for (None: any corpus)."""
+    corpus = (state.get("provenance") or {}).get("corpus")
+    return corpus.get("hash") if isinstance(corpus, dict) else None
+
+
+def resolve_program(spec: str, corpus_hash: str | None = None) -> Path | None:
+    """'baseline' -> None; 'auto' -> the newest programs/*.json for the corpus whose hash is `corpus_hash`
+    (one fitted for another corpus is passed over; None: the newest of all), or None; else a path that must exist."""
     if spec == "baseline":
         return None
     if spec == "auto":
-        found = sorted(PROGRAMS_DIR.glob("*.json")) if PROGRAMS_DIR.is_dir() else []
-        return found[-1] if found else None
+        for path in shipped():
+            fitted_for = program_corpus(read_program_file(path)) if corpus_hash is not None else None
+            if fitted_for is None or fitted_for == corpus_hash:
+                return path
+        return None
     path = Path(spec)
     if not path.exists():  # a FIFO or a device: read_program_file refuses it
         raise ProgramError(f"program file {spec} does not exist; use --program baseline, auto, or a saved program path")

@@ -79,15 +79,18 @@ def cmd_eval(args: argparse.Namespace) -> int:
 def cmd_optimize(args: argparse.Namespace) -> int:
     from rag import optimize
     from rag.answer.program import VERDICT_SOURCES
-    from rag.answer.program_files import new_program_path
+    from rag.answer.program_files import new_program_path, read_program_file, resolve_program
     from rag.evaluation.harness import read_report
     from rag.evaluation.seed import SeedSet, load_set
 
-    if args.fit_on and args.optimizer != "calibrate":
-        raise RagError("--fit-on fits the verdict decisions from eval reports: use it with --optimizer calibrate")
-    if (args.verdict_source or args.unsupported_verdict) and not args.fit_on:
+    steps = optimize.check_steps(args.optimizer)
+    if (args.verdict_source or args.unsupported_verdict) and not (args.fit_on and "calibrate" in steps):
         flag = "--verdict-source" if args.verdict_source else "--unsupported-verdict"
         raise RagError(f"{flag} sets decisions fitted from reports: use it with --optimizer calibrate --fit-on REPORT")
+    start = None
+    if args.from_program not in (None, "auto", "baseline"):
+        start = resolve_program(args.from_program)
+        read_program_file(start)  # a bad file fails before anything loads
     train_path = _eval_path(args.train, "eval/train.jsonl")
     dev_path = None if args.dev == "none" else _eval_path(args.dev, "eval/dev.jsonl")
     train = [] if args.fit_on else load_set(train_path)  # --fit-on reads the reports instead
@@ -96,10 +99,12 @@ def cmd_optimize(args: argparse.Namespace) -> int:
     if fit_on:  # reports of train runs only, checked against dev (the default one under --dev none) up front
         default_dev = ROOT / "eval/dev.jsonl"
         dev_rows = dev if dev is not None else (load_set(default_dev) if default_dev.is_file() else [])
-        optimize.records_from_reports(fit_on, {r["id"] for r in dev_rows})
+        optimize.check_fit_on(args.optimizer, fit_on, {r["id"] for r in dev_rows})
     out = new_program_path(args.optimizer, args.out)  # an unwritable --out fails before any work
     pipe = open_pipeline(args, need_lm=dev is not None or not fit_on, disk_cache=True, program="baseline")
     ids = set(pipe.index.papers)
+    if args.from_program == "auto":  # the program `auto` answers with on this index's corpus (None: the baseline)
+        start = resolve_program("auto", pipe.index.meta.get("corpus_hash") or "")
     if not fit_on:
         load_set(train_path, ids)
     if dev is not None:
@@ -108,7 +113,8 @@ def cmd_optimize(args: argparse.Namespace) -> int:
                                              reports=_eval_path(args.reports, "eval/reports"), seed=args.seed,
                                              progress=progress_shown(), fit_on=fit_on, say=say,
                                              verdict_sources=args.verdict_source or VERDICT_SOURCES,
-                                             unsupported_verdict=args.unsupported_verdict)
+                                             unsupported_verdict=args.unsupported_verdict, start=start,
+                                             for_corpus=args.for_corpus)
     if report is not None:
         summary, _ = read_report(report)
         print("\n".join(SeedSet().summary_lines(summary)))

@@ -157,17 +157,24 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = add("optimize", "Prompt-optimise the program with DSPy on the train set; save a program file.",
             [common, retrieval, model])
-    p.add_argument("--optimizer", default="bootstrap", metavar="bootstrap|mipro|gepa|calibrate[+...]",
-                   help="BootstrapFewShot (default), MIPROv2, GEPA, or calibrate (the yes/no verdict's biases); "
-                        "steps chain with + (bootstrap+calibrate)")
+    p.add_argument("--optimizer", default="bootstrap", metavar="bootstrap|mipro|gepa|calibrate|fallback[+...]",
+                   help="BootstrapFewShot (default), MIPROv2, GEPA, calibrate (the yes/no verdict's biases) or "
+                        "fallback (where the evidence answers in place of a claim-check decline); steps chain with "
+                        "+ (bootstrap+fallback)")
+    p.add_argument("--from", dest="from_program", metavar="PROGRAM",
+                   help="start from this program file (auto: the shipped one) instead of the baseline; its demos "
+                        "and decisions are kept unless a step refits them")
+    p.add_argument("--for-corpus", action="store_true",
+                   help="the program is for this index's corpus only (--corpus): once in programs/, `auto` picks it "
+                        "for an index of exactly this corpus and passes it over for any other")
     p.add_argument("--train", help="labelled JSONL to optimise on (default eval/train.jsonl)")
     p.add_argument("--dev", help="labelled JSONL to score the result on (default eval/dev.jsonl; 'none' skips)")
     p.add_argument("--out", help="program file (default programs/<timestamp>-<optimizer>.json)")
     p.add_argument("--reports", help="where the dev report goes (default eval/reports)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--fit-on", nargs="+", metavar="REPORT",
-                   help="calibrate: fit the verdict decisions on these train eval reports (their answers' label "
-                        "probabilities) instead of running the model again")
+                   help="calibrate, fallback: fit the decisions on these train eval reports (the answers' label "
+                        "probabilities; the claim-check declines) instead of running the model again")
     p.add_argument("--verdict-source", nargs="+", choices=["reply", "judge", "both"], default=None,
                    metavar="SOURCE", help="with --fit-on: where the verdict may be read from: reply, judge, both "
                                           "(default: any; judge and both ask the model a second question per "
