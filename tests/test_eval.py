@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 
 import dspy
@@ -516,7 +517,7 @@ def test_auto_picks_the_newest_program_by_name(env):
     assert rag.answer.program_files.resolve_program("baseline") is None
 
 
-def test_auto_passes_over_a_program_fitted_for_another_corpus(env, capsys, tmp_path):
+def test_auto_passes_over_a_program_fitted_for_another_corpus(env, capsys, tmp_path, caplog):
     """A program written with --for-corpus carries its index's corpus hash; `auto` takes the newest program that
     is for any corpus or for exactly the index's corpus."""
     from test_calibrate import _report, _result
@@ -526,9 +527,11 @@ def test_auto_passes_over_a_program_fitted_for_another_corpus(env, capsys, tmp_p
     save(CitedRAG(), tmp / "programs" / "20260101-000000-bootstrap.json", {"optimizer": "bootstrap"})
     save(CitedRAG(), tmp / "programs" / "20270101-000000-calibrate.json",
          {"optimizer": "calibrate", "corpus": {"hash": "f" * 64, "path": "elsewhere.jsonl", "papers": 9}})
-    code, out, err = run(capsys, "ask", SSM_Q, "--json")
+    with caplog.at_level(logging.INFO, logger="rag.answer.program_files"):
+        code, out, err = run(capsys, "ask", SSM_Q, "--json")
     assert code == 0, err
     assert json.loads(out)["provenance"]["program"] == "20260101-000000-bootstrap.json"  # the other corpus's is skipped
+    assert "20270101-000000-calibrate.json is fitted for another corpus (ffffffffffff...)" in caplog.text
 
     report = _report(tmp_path / "r", [_result(i, "no" if i % 3 else "yes") for i in range(6)])
     mine = tmp / "programs" / "20260601-000000-calibrate.json"

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import logging
 import os
 from pathlib import Path
 from typing import Any
@@ -27,6 +28,8 @@ from rag.answer.program import SIGNATURES
 from rag.errors import ProgramError
 from rag.files import NotRegularFile, atomic_write, read_text
 from rag.settings import ROOT
+
+log = logging.getLogger(__name__)
 
 FORMAT = "papers-rag-program/1"
 PROGRAMS_DIR = ROOT / "programs"
@@ -55,6 +58,9 @@ def resolve_program(spec: str, corpus_hash: str | None = None) -> Path | None:
             fitted_for = program_corpus(read_program_file(path)) if corpus_hash is not None else None
             if fitted_for is None or fitted_for == corpus_hash:
                 return path
+            # a user who added papers to a corpus wonders why its program stopped loading: -v says
+            log.info("program %s is fitted for another corpus (%s...), not this index's (%s...): passed over; refit "
+                     "it with rag optimize --for-corpus to use it here", path.name, fitted_for[:12], corpus_hash[:12])
         return None
     path = Path(spec)
     if not path.exists():  # a FIFO or a device: read_program_file refuses it
