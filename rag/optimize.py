@@ -48,14 +48,7 @@ from typing import Any
 import dspy
 
 from rag import calibrate
-from rag.answer.program import (
-    OFF_QUESTION,
-    UNSUPPORTED_CLAIM,
-    VERDICT_SOURCES,
-    CitedRAG,
-    as_numbers,
-    map_citations,
-)
+from rag.answer.program import CLAIM_CHECK_DECLINES, VERDICT_SOURCES, CitedRAG, as_numbers, map_citations
 from rag.answer.program_files import load_program, save_program_file
 from rag.errors import ProgramError
 from rag.evaluation.harness import read_report, run_eval
@@ -258,8 +251,7 @@ def compile_program(program: CitedRAG, optimizer: str, train_rows: list[dict], e
     """Compile `program` with `optimizer` on `train_rows`; demos come back shortened. `optimizer` may chain
     steps with "+" ("bootstrap+calibrate": demos first, then the verdict's decisions on the result). The
     `fallback` step needs `swap` (see `Swap`)."""
-    check_steps(optimizer)
-    if "fallback" in optimizer.split("+") and swap is None:
+    if "fallback" in check_steps(optimizer) and swap is None:
         raise ProgramError("the fallback step scores the evidence's own answer: it needs the index (Swap)")
     from tqdm.auto import tqdm
 
@@ -350,33 +342,32 @@ def train_results(paths: Sequence[str | Path], dev_ids: set[str]) -> list[dict]:
     return results
 
 
-def records_from_reports(paths: Sequence[str | Path], dev_ids: set[str]) -> list[dict]:
-    """The verdict records (rag.calibrate.verdict_records) of train eval reports (see `train_results`)."""
-    records = calibrate.verdict_records(train_results(paths, dev_ids))
+def records_from_reports(paths: Sequence[str | Path], dev_ids: set[str],
+                         results: list[dict] | None = None) -> list[dict]:
+    """The verdict records (rag.calibrate.verdict_records) of train eval reports (see `train_results`; `results`:
+    those reports' results, already read)."""
+    records = calibrate.verdict_records(results if results is not None else train_results(paths, dev_ids))
     if not records:
         raise ProgramError(f"no answered yes/no question with label probabilities in {', '.join(map(str, paths))}; "
                            f"run `rag eval` on a train set with the local model first")
     return records
 
 
-def check_fit_on(optimizer: str, paths: Sequence[str | Path], dev_ids: set[str]) -> None:
-    """Before anything loads: every step can fit from reports, and the reports are train reports that hold
-    what those steps read."""
+def check_fit_on(optimizer: str, paths: Sequence[str | Path], dev_ids: set[str]) -> list[dict]:
+    """Every step can fit from reports, and the reports are train reports that hold what those steps read;
+    returns their results."""
     steps = check_steps(optimizer)
     model_steps = [step for step in steps if step not in FIT_FROM_REPORTS]
     if model_steps:
         raise ProgramError(f"--fit-on fits {' and '.join(FIT_FROM_REPORTS)} from eval reports; {model_steps[0]} "
                            f"runs the model: drop --fit-on, or run it first and fit on its program with --from")
+    results = train_results(paths, dev_ids)
     if "calibrate" in steps:
-        records_from_reports(paths, dev_ids)
-    else:
-        train_results(paths, dev_ids)
+        records_from_reports(paths, dev_ids, results)
+    return results
 
 
 # --- the extractive answer in place of a claim-check decline ---------------------------------
-
-DECLINES = (UNSUPPORTED_CLAIM, OFF_QUESTION)
-
 
 class Swap:
     """What the evidence's own answer (rag/answer/extractive.py: no model call) would score on a labelled
@@ -396,7 +387,7 @@ class Swap:
 def declined_by_checks(pred: dict) -> bool:
     """A report row's prediction that the claim checks declined, whether or not the evidence then stood in."""
     prov = pred.get("provenance") or {}
-    return prov.get("abstain_reason") in DECLINES or bool(prov.get("fallback") == "extractive"
+    return prov.get("abstain_reason") in CLAIM_CHECK_DECLINES or bool(prov.get("fallback") == "extractive"
                                                           and prov.get("declined_draft"))
 
 
@@ -442,7 +433,7 @@ def _fallback(program: CitedRAG, rows: list[dict], embed: Any, lm: Any, seed: in
         example = to_examples([row])[0]
         pred = program(question=row["question"])
         bar.update(1)
-        declined = bool(pred.abstained and pred.abstain_reason in DECLINES)
+        declined = bool(pred.abstained and pred.abstain_reason in CLAIM_CHECK_DECLINES)
         items.append(_item(row, shape, metric(example, pred), declined, swap))
     return with_fallback(program, items)
 
@@ -534,23 +525,22 @@ def optimize_and_save(pipe: Any, optimizer: str, train: list[dict], train_path: 
     if fit_on:
         t0 = time.perf_counter()
         dev_ids = {r["id"] for r in dev or []}
-        check_fit_on(optimizer, fit_on, dev_ids)
+        results = check_fit_on(optimizer, fit_on, dev_ids)
         compiled, sources = base, [portable(p) for p in fit_on]
         for step in optimizer.split("+"):
             if step == "calibrate":
-                records = records_from_reports(fit_on, dev_ids)
+                records = records_from_reports(fit_on, dev_ids, results)
                 say(f"Fitting the verdict decisions on {len(records)} answered yes/no questions of {len(fit_on)} "
                     f"train report(s) ...")
                 compiled = calibrated(compiled, records, sources, verdict_sources)
                 if unsupported_verdict:
                     compiled.set_decisions({"unsupported_verdict": unsupported_verdict})
             else:
-                results = train_results(fit_on, dev_ids)
                 say(f"Fitting declined_fallback on {len(results)} questions of {len(fit_on)} train report(s): the "
                     f"evidence's own answer to each claim-check decline, scored (no model call) ...")
                 compiled = with_fallback(compiled, fallback_items(results, Swap(pipe)), sources)
         seconds = time.perf_counter() - t0
-        n_rows = len(train_results(fit_on, dev_ids))
+        n_rows = len(results)
     else:
         say(f"Optimising with {optimizer} on {len(train)} questions ({pipe.lm_label}); "
             f"each question the model answers takes ~20s locally ...")

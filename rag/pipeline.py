@@ -29,15 +29,14 @@ from dspy.streaming import StreamListener, StreamResponse
 from rag.answer.evidence import select_evidence
 from rag.answer.extractive import extractive_answer
 from rag.answer.program import (
-    OFF_QUESTION,
+    CLAIM_CHECK_DECLINES,
     TEXT_FIELDS,
-    UNSUPPORTED_CLAIM,
     CitedRAG,
     CompactJSONAdapter,
     answer_adapter,
     rewrite_question,
 )
-from rag.answer.program_files import load_program, read_program_file, resolve_program, shipped
+from rag.answer.program_files import choose_shipped, load_program, read_program_file, read_shipped, resolve_program
 from rag.answer.retrieve import Hit, Retriever, SearchResult
 from rag.errors import LMError, QuestionTooLong, RagError
 from rag.index.embed import Embedder, get_embedder
@@ -179,12 +178,13 @@ class Pipeline:
         With RAG_ANSWER=extractive no LM is loaded at all: `ask` quotes the evidence (rag/answer/extractive.py).
         """
         use_lm = need_lm and settings.answer == "lm"
-        program_path = resolve_program(settings.program) if use_lm else None
-        if program_path is not None and settings.program == "auto":
-            for path in shipped():  # `auto` chooses by the index's corpus: every candidate is checked now
-                read_program_file(path)
-        elif program_path is not None:
-            read_program_file(program_path)  # a bad program file fails before the index or the model loads
+        auto = use_lm and settings.program == "auto"
+        # a bad program file fails before the index or the model loads; `auto` chooses by the index's corpus
+        # below, so every shipped file is checked now
+        shipped = read_shipped() if auto else {}
+        program_path = resolve_program(settings.program) if use_lm and not auto else None
+        if program_path is not None:
+            read_program_file(program_path)
         if use_lm and lm is None:
             backend(settings).check(settings)  # a missing API key should not cost an index build first
         if use_lm:
@@ -202,8 +202,8 @@ class Pipeline:
             pipe.program = CitedRAG(pipe.search, settings.min_score, select=pipe.select_evidence,
                                     threshold=settings.answerable_threshold,
                                     decline_unsupported=bool(settings.decline_unsupported))
-            if settings.program == "auto":  # the newest shipped program that applies to this index's corpus
-                program_path = resolve_program("auto", index.meta.get("corpus_hash") or "")
+            if auto:  # the newest shipped program that applies to this index's corpus
+                program_path = choose_shipped(shipped, index.meta.get("corpus_hash") or "")
             pipe.program_label = load_program(pipe.program, program_path)
         return pipe
 
@@ -285,7 +285,7 @@ class Pipeline:
         (fitted on train: eval/fit_fallback.py); the model's declined answer stays in `declined_draft`."""
         limits = getattr(self.program, "declined_fallback", None) or {}
         limit = limits.get(getattr(pred, "shape", None))
-        if (not pred.abstained or pred.abstain_reason not in (UNSUPPORTED_CLAIM, OFF_QUESTION) or limit is None
+        if (not pred.abstained or pred.abstain_reason not in CLAIM_CHECK_DECLINES or limit is None
                 or found.best_similarity < limit):
             return pred, False
         quoted = self.extractive(question, found)

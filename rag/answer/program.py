@@ -56,6 +56,7 @@ LOGPROBS_TOP = 5  # alternatives per token asked of an LM that gives logprobs (P
 NO_CLOSE_PASSAGE, MODEL_DECLINED, LOW_P, UNSUPPORTED_CLAIM, NO_VALID_CITATION, OFF_QUESTION = (
     "no_close_passage", "model_declined", "low_p_answerable", "unsupported_claim", "no_valid_citation",
     "off_question")
+CLAIM_CHECK_DECLINES = (UNSUPPORTED_CLAIM, OFF_QUESTION)  # the declines a program's declined_fallback may replace
 
 _FIELD_MARKER = re.compile(r"\[\[\s*#+\s*\w+\s*#+\s*\]\]")
 _CITE_GROUP = re.compile(r"\[(\s*\d+(?:\s*[,;]\s*\d+)*\s*)\]")

@@ -37,9 +37,10 @@ _DEMO_FIELDS = {"passages", "question", "answerable", "verdict", "answer", "find
 _FIX = "re-run `rag optimize` or use --program baseline"
 
 
-def shipped() -> list[Path]:
-    """programs/*.json, newest first."""
-    return sorted(PROGRAMS_DIR.glob("*.json"), reverse=True) if PROGRAMS_DIR.is_dir() else []
+def read_shipped() -> dict[Path, dict]:
+    """Every programs/*.json, read and checked (`read_program_file`), newest first."""
+    paths = sorted(PROGRAMS_DIR.glob("*.json"), reverse=True) if PROGRAMS_DIR.is_dir() else []
+    return {path: read_program_file(path) for path in paths}
 
 
 def program_corpus(state: dict) -> str | None:
@@ -54,18 +55,26 @@ def resolve_program(spec: str, corpus_hash: str | None = None) -> Path | None:
     if spec == "baseline":
         return None
     if spec == "auto":
-        for path in shipped():
-            fitted_for = program_corpus(read_program_file(path)) if corpus_hash is not None else None
-            if fitted_for is None or fitted_for == corpus_hash:
-                return path
-            # a user who added papers to a corpus wonders why its program stopped loading: -v says
-            log.info("program %s is fitted for another corpus (%s...), not this index's (%s...): passed over; refit "
-                     "it with rag optimize --for-corpus to use it here", path.name, fitted_for[:12], corpus_hash[:12])
-        return None
+        if corpus_hash is None:  # the newest of all: no file needs reading
+            found = sorted(PROGRAMS_DIR.glob("*.json")) if PROGRAMS_DIR.is_dir() else []
+            return found[-1] if found else None
+        return choose_shipped(read_shipped(), corpus_hash)
     path = Path(spec)
     if not path.exists():  # a FIFO or a device: read_program_file refuses it
         raise ProgramError(f"program file {spec} does not exist; use --program baseline, auto, or a saved program path")
     return path
+
+
+def choose_shipped(shipped: dict[Path, dict], corpus_hash: str) -> Path | None:
+    """The newest of `shipped` (read_shipped) that is for any corpus or for the one whose hash is `corpus_hash`."""
+    for path, state in shipped.items():
+        fitted_for = program_corpus(state)
+        if fitted_for is None or fitted_for == corpus_hash:
+            return path
+        # a user who added papers to a corpus wonders why its program stopped loading: -v says
+        log.info("program %s is fitted for another corpus (%s...), not this index's (%s...): passed over; refit "
+                 "it with rag optimize --for-corpus to use it here", path.name, fitted_for[:12], corpus_hash[:12])
+    return None
 
 
 def read_program_file(path: str | Path) -> dict:
