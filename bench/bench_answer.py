@@ -14,7 +14,10 @@ per call (the size of the prompt), tokens llama.cpp actually read (the rest came
 cache), and completion tokens. Quality: both sides' answers are scored by this checkout's `rag eval`
 (same metrics for both), written as two eval reports, and compared with the paired bootstrap.
 
-    .venv/bin/python bench/bench_answer.py [--set eval/dev.jsonl] [--old REF] [--limit N]
+    .venv/bin/python bench/bench_answer.py [--set eval/dev.jsonl] [--old REF] [--limit N] [--new-env KEY=VALUE ...]
+
+`--new-env RAG_EVIDENCE_TOKENS=250` measures a setting rather than a commit: `--old HEAD` runs this
+checkout unchanged in the child, and the new side runs it with the variable set (the child never sees it).
 
 Reports go to eval/reports/<stamp>-bench-{old,new}/ and the comparison beside them; the table of
 figures is printed and saved as bench.json in the new report.
@@ -102,7 +105,12 @@ def main() -> None:
     ap.add_argument("--old", default=OLD_REF, help="git ref of today's program")
     ap.add_argument("--limit", type=int)
     ap.add_argument("--out", default=str(ROOT / "eval" / "reports"))
+    ap.add_argument("--new-env", action="append", default=[], metavar="KEY=VALUE",
+                    help="an environment setting for the new side only (repeatable)")
     args = ap.parse_args()
+    if any("=" not in kv for kv in args.new_env):
+        ap.error("--new-env takes KEY=VALUE")
+    new_env = dict(kv.split("=", 1) for kv in args.new_env)
 
     from rag.evaluation import harness as evaluate
     from rag.evaluation.compare import compare_reports, verdict
@@ -120,6 +128,7 @@ def main() -> None:
     env = {**os.environ, "PYTHONPATH": str(tree), "RAG_INDEX_DIR": str(tree / "indexes"),
            "LITELLM_LOCAL_MODEL_COST_MAP": "True"}
     env.pop("RAG_PROGRAM", None)
+    os.environ.update(new_env)  # after the child's environment was copied: the new side alone has it
     print(f"old program: {args.old} in {tree} (builds its own index on first start)", file=sys.stderr)
     child = subprocess.Popen([sys.executable, "-c", CHILD], cwd=tree, env=env, stdin=subprocess.PIPE,
                              stdout=subprocess.PIPE, text=True)
@@ -179,10 +188,15 @@ def main() -> None:
                 "lm_calls_mean": sum(x["calls"] for x in r) / len(r)}
 
     table = {"old": figures("old"), "new": figures("new"), "n": len(rows), "set": args.set, "old_ref": args.old,
+             "new_env": new_env,
              "reports": {k: str(v) for k, v in reports.items()}, "compare": str(compare_path),
-             "headline": compared["headline"], "metrics": compared["metrics"]}
+             "headline": compared["headline"], "metrics": compared["metrics"],
+             # per question and side, for reading the figures by shape
+             "runs": {side: {qid: {k: v for k, v in x.items() if k != "result"} for qid, x in r.items()}
+                      for side, r in runs.items()}}
     (reports["new"] / "bench.json").write_text(json.dumps(table, indent=2) + "\n", encoding="utf-8")
-    print(f"\n{len(rows)} questions from {args.set}; old = {old_label} @ {args.old}, new = {pipe.program_label}")
+    print(f"\n{len(rows)} questions from {args.set}; old = {old_label} @ {args.old}, new = {pipe.program_label}"
+          + "".join(f" {k}={v}" for k, v in new_env.items()))
     print(f"{'':32} {'old':>10} {'new':>10} {'new/old':>8}")
     for key in table["old"]:
         a, b = table["old"][key], table["new"][key]

@@ -101,8 +101,10 @@ class Settings:
     min_score: float = _f(0.38, "Dense cosine similarity below which no passage is relevant: the program "
                                 "abstains without calling the model (calibrated on train: eval/calibrate_abstention.py).",
                           range=(-1.0, 1.0))
-    evidence_tokens: int = _f(300, "Token budget of the evidence the model reads (the best sentences of the retrieved "
-                                   "papers, titles included).", range=(20, 100_000))
+    evidence_tokens: int = _f(250, "Token budget of the evidence the model reads (the best sentences of the retrieved "
+                                   "papers, titles included). 250: the smallest that keeps 300's facts within 0.01 on "
+                                   "train (bench/bench_evidence.py --budgets); it reads ~40 fewer tokens a question.",
+                              range=(20, 100_000))
     answerable_threshold: float = _f(0.0, "P(answerable), read from the model's logprobs, below which the program "
                                           "abstains; 0 = off (on the embedded model it does not separate answerable "
                                           "from unanswerable questions: eval/calibrate_abstention.py).", range=(0.0, 1.0))

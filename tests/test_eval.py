@@ -380,7 +380,7 @@ def test_optimize_bootstrap_round_trip_changes_the_prompt(env, capsys):
     assert prov["format"] == rag.answer.program_files.FORMAT and prov["optimizer"] == "bootstrap"
     assert prov["train"]["sha256"] == sha256_file(tmp / "set.jsonl") and prov["train"]["n"] == 5
     assert prov["demos"] >= 1 and 0 <= prov["dev"]["headline"] <= 1 and Path(prov["dev"]["report"]).is_dir()
-    assert prov["settings"]["k"] == 6 and prov["settings"]["evidence_tokens"] == 300 and prov["lm"]
+    assert prov["settings"]["k"] == 6 and prov["settings"]["evidence_tokens"] == 250 and prov["lm"]
 
     baseline = CitedRAG()
     loaded = CitedRAG()
