@@ -53,6 +53,9 @@ def main() -> None:
     ap.add_argument("--grid", action="store_true", help="search the parameter grid (on train)")
     ap.add_argument("--budgets", help="comma-separated evidence budgets to measure with today's weights")
     args = ap.parse_args()
+    budgets = args.budgets.split(",") if args.budgets else []
+    if not all(b.strip().isdigit() and int(b) > 0 for b in budgets):
+        ap.error(f"--budgets takes positive whole numbers separated by commas, got {args.budgets!r}")
     pipe = Pipeline.open(Settings.load(), need_lm=False)
     rows = [r for r in load_set(args.set, set(pipe.index.papers)) if r["type"] != "unanswerable"]
     searched: dict[tuple, object] = {}
@@ -69,7 +72,7 @@ def main() -> None:
     if args.grid:
         grid = itertools.product((6,), (250, 300), (0.0, 0.3), (0.0, 0.05), (0.0, 0.5, 1.0, 2.0))
     elif args.budgets:
-        grid = [(6, int(b), None, None, None) for b in args.budgets.split(",")]
+        grid = [(6, int(b), None, None, None) for b in budgets]
     else:
         grid = [(6, 250, None, None, None)]
     results = []
