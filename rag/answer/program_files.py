@@ -37,10 +37,14 @@ _DEMO_FIELDS = {"passages", "question", "answerable", "verdict", "answer", "find
 _FIX = "re-run `rag optimize` or use --program baseline"
 
 
+def shipped_paths() -> list[Path]:
+    """programs/*.json, newest first (the names start with their timestamp)."""
+    return sorted(PROGRAMS_DIR.glob("*.json"), reverse=True) if PROGRAMS_DIR.is_dir() else []
+
+
 def read_shipped() -> dict[Path, dict]:
     """Every programs/*.json, read and checked (`read_program_file`), newest first."""
-    paths = sorted(PROGRAMS_DIR.glob("*.json"), reverse=True) if PROGRAMS_DIR.is_dir() else []
-    return {path: read_program_file(path) for path in paths}
+    return {path: read_program_file(path) for path in shipped_paths()}
 
 
 def program_corpus(state: dict) -> str | None:
@@ -56,8 +60,7 @@ def resolve_program(spec: str, corpus_hash: str | None = None) -> Path | None:
         return None
     if spec == "auto":
         if corpus_hash is None:  # the newest of all: no file needs reading
-            found = sorted(PROGRAMS_DIR.glob("*.json")) if PROGRAMS_DIR.is_dir() else []
-            return found[-1] if found else None
+            return next(iter(shipped_paths()), None)
         return choose_shipped(read_shipped(), corpus_hash)
     path = Path(spec)
     if not path.exists():  # a FIFO or a device: read_program_file refuses it
