@@ -9,8 +9,15 @@
 - `mipro`: MIPROv2 with a small explicit budget (instruction candidates proposed
   by the LM, demo sets, a few Optuna trials on minibatches of a held-out part of
   the train set).
+- `instructions`: MIPROv2 instruction-only (no demos, so nothing is added to the prompt a question
+  reads): the LM proposes INSTRUCTION_CANDIDATES instructions per predictor (the current one is
+  candidate 0), and Optuna tries INSTRUCTION_TRIALS combinations on minibatches of a fixed, held-out
+  part of train (INSTRUCTION_VAL questions), fully scoring the best every few trials.
 - `gepa`: GEPA, reflective instruction evolution from the metric's textual
   feedback (missing facts, wrong or missing citations, should have abstained).
+- `knn`: demos chosen per question by similarity (rag/answer/knn.py): the program's passing traces on
+  train (answers and correct declines, from a run or from `--fit-on` reports), shortened to what they
+  cite, each with its question's embedding; at answer time the nearest KNN_K of the question's shape.
 - `calibrate`: the yes/no verdict's decisions (label source, labels, biases; rag.calibrate).
 - `fallback`: `declined_fallback`, per question shape the best similarity from which the evidence,
   quoted and cited, answers in place of a claim-check decline (rag.calibrate.fit_fallback).
@@ -48,7 +55,17 @@ from typing import Any
 import dspy
 
 from rag import calibrate
-from rag.answer.program import CLAIM_CHECK_DECLINES, VERDICT_SOURCES, CitedRAG, as_numbers, map_citations
+from rag.answer.claims import check_claims
+from rag.answer.knn import DEMO_FIELDS, DemoPool, encode_vector
+from rag.answer.program import (
+    ABSTAIN_TEXT,
+    CLAIM_CHECK_DECLINES,
+    VERDICT_SOURCES,
+    CitedRAG,
+    as_numbers,
+    map_citations,
+    strip_verdict,
+)
 from rag.answer.program_files import load_program, save_program_file
 from rag.errors import ProgramError
 from rag.evaluation.harness import read_report, run_eval
@@ -278,6 +295,109 @@ def _mipro(program: CitedRAG, rows: list[dict], embed: Any, lm: Any, seed: int, 
                        data_aware_proposer=False, view_data_batch_size=3)
 
 
+INSTRUCTION_CANDIDATES = 3  # per predictor, the current instruction included
+INSTRUCTION_TRIALS = 8
+INSTRUCTION_VAL = 48  # held-out train questions; each trial answers a minibatch of them
+INSTRUCTION_MINIBATCH = 16
+
+
+def instruction_split(rows: list[dict], val_size: int = INSTRUCTION_VAL) -> tuple[list[dict], list[dict]]:
+    """(proposal rows, validation rows) of the type-interleaved `rows`: every sixth row, up to `val_size`,
+    scores the candidates; the rest inform the proposer. Fixed, so a rerun scores the same questions."""
+    n = min(val_size, max(len(rows) // 6, 2))
+    val_ids = {id(r) for r in rows[1::6][:n]} if len(rows) >= 12 else {id(r) for r in rows[-n:]}
+    return [r for r in rows if id(r) not in val_ids], [r for r in rows if id(r) in val_ids]
+
+
+def _instructions(program: CitedRAG, rows: list[dict], embed: Any, lm: Any, seed: int, bar: Any) -> CitedRAG:
+    """MIPROv2 instruction-only. The proposer sees neither the program's source nor a data summary (on a
+    1.5B model those are long calls that wander); it sees the signature and one of MIPROv2's prompting tips."""
+    train, val = instruction_split(rows)
+    opt = dspy.MIPROv2(metric=counted(make_metric(embed), bar), auto=None, num_candidates=INSTRUCTION_CANDIDATES,
+                       max_bootstrapped_demos=0, max_labeled_demos=0, num_threads=1, seed=seed, verbose=False,
+                       metric_threshold=DEMO_MIN_SCORE)
+    return opt.compile(program, trainset=to_examples(train), valset=to_examples(val), num_trials=INSTRUCTION_TRIALS,
+                       minibatch_size=min(INSTRUCTION_MINIBATCH, len(val)), minibatch_full_eval_steps=4,
+                       program_aware_proposer=False, data_aware_proposer=False, fewshot_aware_proposer=False)
+
+
+KNN_PASSAGE_CHARS = 240  # a KNN demo is read with every question: its passages are cut harder than fixed demos'
+
+
+def knn_demo(row: dict) -> dict | None:
+    """The reply one eval result row (report format) shows, as a demo of its shape's predictor, its passages cut to
+    the ones the answer cites (their sentences that hold it, renumbered from [1]); a decline shows its first
+    passage and `answerable: false`. None for a row that cannot teach: an error, a score under DEMO_MIN_SCORE, a
+    wrong verdict, an answer the evidence stood in for (not the model's reply), or one its passages do not hold."""
+    pred = row.get("prediction") or {}
+    shape = pred.get("shape") or row.get("shape")
+    metrics = row.get("metrics") or {}
+    passages = {int(p["n"]): f"{p['title']}: {p['text']}" for p in pred.get("passages") or []}
+    if (row.get("error") or shape not in DEMO_FIELDS or not passages or (metrics.get("headline") or 0) < DEMO_MIN_SCORE
+            or metrics.get("verdict_correct") == 0 or (pred.get("provenance") or {}).get("fallback")):
+        return None
+    demo: dict[str, Any] = {"question": row["question"], "verdict": None}
+    if pred.get("abstained"):
+        demo.update(passages=f"[1] {_cut(passages[min(passages)], KNN_PASSAGE_CHARS)}", answerable=False,
+                    answer=ABSTAIN_TEXT, finding=ABSTAIN_TEXT, sources=[])
+    else:
+        cited = [n for n in dict.fromkeys(int(c["n"]) for c in pred.get("citations") or []) if n in passages]
+        if not cited or (shape == "yesno" and pred.get("verdict") not in ("yes", "no", "maybe")):
+            return None
+        renumber = {old: new for new, old in enumerate(cited, 1)}
+        text = re.sub(r"\[(\d+)\]", lambda m: f"[{renumber[int(m.group(1))]}]" if int(m.group(1)) in renumber else "",
+                      str(pred.get("answer") or ""))
+        text = strip_verdict(text) if shape == "yesno" else text
+        demo.update(passages="\n".join(f"[{renumber[n]}] {_focus(passages[n], text, KNN_PASSAGE_CHARS)}" for n in cited),
+                    answerable=True, answer=text, finding=text, verdict=pred.get("verdict"),
+                    sources=list(renumber.values()))
+        shown = {int(m.group(1)): m.group(2) for m in map(_PASSAGE.match, demo["passages"].splitlines()) if m}
+        if shape != "list" and not (demo_supported(demo)
+                                    and all(c.supported for c in check_claims(text, shown, row["question"]))):
+            return None  # the cut passages must still hold every name and number the demo's answer gives
+    return {f: demo[f] for f in DEMO_FIELDS[shape]}
+
+
+def with_knn(program: CitedRAG, results: list[dict], embed: Any, reports: list[str] | None = None) -> CitedRAG:
+    """A copy of `program` choosing its demos per question from the passing traces in `results` (eval result rows),
+    and the pool's make-up in `.knn_fit` (it goes into the program file's provenance)."""
+    pool: dict[str, list[dict]] = {}
+    seen: set[str] = set()
+    rows = []
+    for r in results:
+        demo = knn_demo(r)
+        if demo is not None and r["question"] not in seen:
+            seen.add(r["question"])
+            rows.append((r.get("prediction", {}).get("shape") or r["shape"], r.get("id"), demo))
+    if not rows:
+        raise ProgramError("no passing answer or correct decline to make a demo of; run `rag eval` on train first")
+    vectors = embed([demo["question"] for _, _, demo in rows])
+    for (shape, rid, demo), vector in zip(rows, vectors, strict=True):
+        pool.setdefault(shape, []).append({**demo, "id": rid, "vector": encode_vector(vector)})
+    program = program.deepcopy()
+    program.knn = DemoPool(pool)
+    declines = sum(d["answerable"] is False for rows_ in pool.values() for d in rows_)
+    program.knn_fit = {"k": program.knn.k, "rows": len(results), "demos": program.knn.sizes(), "declines": declines,
+                       **({"reports": reports} if reports else {})}
+    log.info("knn demo pool from %d train rows: %s", len(results), program.knn_fit)
+    return program
+
+
+def _knn(program: CitedRAG, rows: list[dict], embed: Any, lm: Any, seed: int, bar: Any) -> CitedRAG:
+    """Run `program` (its fixed demos, no KNN ones) on the train rows and keep its passing traces as the pool."""
+    base = program.deepcopy()
+    base.knn = None
+    results = []
+    for row in rows:
+        answer = Answer.from_prediction(row["question"], base(question=row["question"])).to_json()
+        metrics = score_row(row, answer, embed=embed)
+        bar.set_postfix_str(f"mean score {metrics['headline']:.2f}", refresh=False)
+        bar.update(1)
+        results.append({"id": row["id"], "question": row["question"], "shape": answer["shape"], "prediction": answer,
+                        "metrics": metrics})
+    return with_knn(program, results, embed)
+
+
 def _gepa(program: CitedRAG, rows: list[dict], embed: Any, lm: Any, seed: int, bar: Any) -> CitedRAG:
     train, val = rows[: len(rows) // 2], rows[len(rows) // 2:]
     opt = dspy.GEPA(metric=counted(make_feedback_metric(embed), bar), max_metric_calls=60, reflection_lm=lm,
@@ -457,9 +577,10 @@ def with_fallback(program: CitedRAG, items: list[dict], reports: list[str] | Non
 
 # The optimisers, by name (`rag optimize --optimizer`): (program, train rows, embed, lm, seed, bar) -> compiled;
 # `fallback` also takes the Swap.
-COMPILERS: dict[str, Callable[..., CitedRAG]] = {"bootstrap": _bootstrap, "mipro": _mipro, "gepa": _gepa,
+COMPILERS: dict[str, Callable[..., CitedRAG]] = {"bootstrap": _bootstrap, "mipro": _mipro,
+                                                 "instructions": _instructions, "gepa": _gepa, "knn": _knn,
                                                  "calibrate": _calibrate, "fallback": _fallback}
-FIT_FROM_REPORTS = ("calibrate", "fallback")  # the steps `--fit-on` can fit without running the model
+FIT_FROM_REPORTS = ("calibrate", "fallback", "knn")  # the steps `--fit-on` can fit without running the model
 
 
 def _compile(program: CitedRAG, optimizer: str, train_rows: list[dict], embed: Any, lm: Any, seed: int,
@@ -528,7 +649,10 @@ def optimize_and_save(pipe: Any, optimizer: str, train: list[dict], train_path: 
         results = check_fit_on(optimizer, fit_on, dev_ids)
         compiled, sources = base, [portable(p) for p in fit_on]
         for step in optimizer.split("+"):
-            if step == "calibrate":
+            if step == "knn":
+                say(f"Choosing demos from {len(results)} answers of {len(fit_on)} train report(s) ...")
+                compiled = with_knn(compiled, results, embed, sources)
+            elif step == "calibrate":
                 records = records_from_reports(fit_on, dev_ids, results)
                 say(f"Fitting the verdict decisions on {len(records)} answered yes/no questions of {len(fit_on)} "
                     f"train report(s) ...")
@@ -564,10 +688,14 @@ def optimize_and_save(pipe: Any, optimizer: str, train: list[dict], train_path: 
         provenance["calibration"] = compiled.calibration
     if getattr(compiled, "fallback_fit", None):
         provenance["declined_fallback"] = compiled.fallback_fit
+    if getattr(compiled, "knn_fit", None):
+        compiled.knn.embedder = s.embed_model
+        provenance["knn"] = compiled.knn_fit
     save_program_file(compiled, out, provenance)
     chosen = getattr(compiled, "calibration", {}).get("chosen")
     fallback = getattr(compiled, "fallback_fit", None)
     say(f"compiled in {seconds:.0f}s: {provenance['demos']} demos"
+        + (f"; a pool of {sum(compiled.knn.sizes().values())} demos chosen per question" if compiled.knn else "")
         + (f"; verdict decisions {chosen}" if chosen else "")
         + (f"; declined_fallback {json.dumps(fallback['chosen'])} (train headline {fallback['train_headline']['declined']}"
            f" -> {fallback['train_headline']['fallback']})" if fallback else "") + f"; saved {out}")

@@ -38,7 +38,7 @@ from rag.answer.program import (
 )
 from rag.answer.program_files import choose_shipped, load_program, read_program_file, read_shipped, resolve_program
 from rag.answer.retrieve import Hit, Retriever, SearchResult
-from rag.errors import LMError, QuestionTooLong, RagError
+from rag.errors import LMError, ProgramError, QuestionTooLong, RagError
 from rag.index.embed import Embedder, get_embedder
 from rag.index.open import open_index
 from rag.index.store import Index
@@ -205,6 +205,12 @@ class Pipeline:
             if auto:  # the newest shipped program that applies to this index's corpus
                 program_path = choose_shipped(shipped, index.meta.get("corpus_hash") or "")
             pipe.program_label = load_program(pipe.program, program_path)
+            knn = pipe.program.knn
+            if knn is not None and knn.dim is not None and (
+                    knn.dim != index.meta["embed_dim"] or (knn.embedder and knn.embedder != settings.embed_model)):
+                raise ProgramError(f"program {pipe.program_label} chooses its demos with {knn.embedder} "
+                                   f"({knn.dim}-d) vectors, this index is embedded with {settings.embed_model} "
+                                   f"({index.meta['embed_dim']}-d); refit it with `rag optimize --optimizer knn`")
         return pipe
 
     @cached_property

@@ -576,9 +576,9 @@ def test_optimize_bad_train_set_fails_before_loading(env, capsys):
     assert code == 1 and "does not exist" in err
 
 
-@pytest.mark.parametrize("name", ["mipro", "gepa"])
+@pytest.mark.parametrize("name", ["mipro", "instructions", "gepa"])
 def test_other_optimizers_compile_with_a_dummy_lm(name, embedder, capsys):
-    pytest.importorskip("optuna" if name == "mipro" else "gepa")
+    pytest.importorskip("gepa" if name == "gepa" else "optuna")
     rows = [r for r in SET if r["type"] != "unanswerable"] * 2
     rows = [{**r, "id": f"{r['id']}-{i}"} for i, r in enumerate(rows)]
 
@@ -596,6 +596,8 @@ def test_other_optimizers_compile_with_a_dummy_lm(name, embedder, capsys):
                    "observations": "x", "summary": "x", "program_description": "x", "module_description": "x"}] * 400)
     compiled = optimize.compile_program(CitedRAG(search), name, rows, lambda t: embedder.encode(t), lm, progress=True)
     assert isinstance(compiled, CitedRAG) and compiled.answer.lm is None
+    if name == "instructions":  # instruction-only: nothing added to the prompt a question reads
+        assert not any(p.demos for p in compiled.predictors())
     out, err = capsys.readouterr()
     assert out == ""  # DSPy's print()s do not reach the command's stdout
     assert f"{name}: answers scored" in err and "mean score" in err  # the user sees it move

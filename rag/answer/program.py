@@ -45,6 +45,7 @@ import dspy
 from dspy.utils.exceptions import AdapterParseError
 
 from rag.answer.claims import check_claims, names_found, off_question, specific_terms
+from rag.answer.knn import DemoPool
 from rag.answer.poison import without_instructions
 from rag.answer.retrieve import Hit, SearchResult
 from rag.answer.shapes import parse_verdict, question_shape
@@ -402,6 +403,8 @@ class CitedRAG(dspy.Module):
         # by the extractive answer (its evidence quoted, cited) instead of an abstention; a shape not here keeps
         # the decline. The Pipeline applies it (it holds the index); fitted on train by eval/fit_fallback.py.
         self.declined_fallback: dict[str, float] = {}
+        # Demos chosen per question by similarity (rag/answer/knn.py); None: each predictor's own demos.
+        self.knn: DemoPool | None = None
         self.search = _Shared(search) if search is not None else None
         self.select = _Shared(select) if select is not None else None
         self.min_score = min_score
@@ -429,7 +432,9 @@ class CitedRAG(dspy.Module):
         config = {"logprobs": True, "top_logprobs": LOGPROBS_TOP} if _supports(lm, "logprobs") else {}
         with dspy.context(adapter=answer_adapter(lm)):
             try:
-                pred = predictor(passages=format_passages(evidence), question=question, config=config)
+                knn = self.knn.nearest(shape, result.query_vector) if self.knn is not None else None
+                pred = predictor(passages=format_passages(evidence), question=question, config=config,
+                                 **({"demos": knn} if knn is not None else {}))
                 fields = {name: getattr(pred, name, None) for name in predictor.signature.output_fields}
                 tokens = (getattr(pred, "logprobs", None) or {}).get("content")
                 p = p_answerable(tokens)
@@ -502,7 +507,8 @@ class CitedRAG(dspy.Module):
         """The decision parameters a program file stores beside the predictors' demos and instructions."""
         return {"verdict_bias": self.verdict_bias, "verdict_labels": list(self.verdict_labels),
                 "verdict_source": self.verdict_source, "unsupported_verdict": self.unsupported_verdict,
-                "declined_fallback": dict(self.declined_fallback)}
+                "declined_fallback": dict(self.declined_fallback),
+                **({"knn": self.knn.to_json()} if self.knn is not None else {})}
 
     def set_decisions(self, decisions: dict) -> None:
         """Apply a program file's decisions (missing keys keep their defaults)."""
@@ -529,6 +535,8 @@ class CitedRAG(dspy.Module):
                 raise ValueError(f"declined_fallback must map question shapes ({', '.join(PREDICTORS)}) to a "
                                  f"minimum similarity, got {fallback!r}")
             self.declined_fallback = {shape: float(v) for shape, v in fallback.items()}
+        if "knn" in decisions:
+            self.knn = None if decisions["knn"] is None else DemoPool.from_json(decisions["knn"])
 
 
 def strip_verdict(answer: str) -> str:

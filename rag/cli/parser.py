@@ -49,6 +49,9 @@ EXAMPLES = {
     "optimize": """examples:
   rag optimize                                        BootstrapFewShot on eval/train.jsonl, scored on dev
   rag optimize --optimizer mipro --dev none           MIPROv2 (small budget), skip the dev run
+  rag optimize --optimizer instructions --from auto   MIPROv2 instruction-only on the shipped program
+  rag optimize --optimizer knn --from auto --fit-on eval/results/train-declines-after
+                                                      demos per question, from a train report's passing answers
   rag optimize --optimizer gepa --out programs/my.json
   rag optimize --optimizer bootstrap+calibrate        demos, then the yes/no verdict's calibration biases""",
     "chat": """examples:
@@ -157,10 +160,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = add("optimize", "Prompt-optimise the program with DSPy on the train set; save a program file.",
             [common, retrieval, model])
-    p.add_argument("--optimizer", default="bootstrap", metavar="bootstrap|mipro|gepa|calibrate|fallback[+...]",
-                   help="BootstrapFewShot (default), MIPROv2, GEPA, calibrate (the yes/no verdict's biases) or "
-                        "fallback (where the evidence answers in place of a claim-check decline); steps chain with "
-                        "+ (bootstrap+fallback)")
+    p.add_argument("--optimizer", default="bootstrap",
+                   metavar="bootstrap|mipro|instructions|gepa|knn|calibrate|fallback[+...]",
+                   help="BootstrapFewShot (default), MIPROv2, MIPROv2 instruction-only, GEPA, knn (demos chosen per "
+                        "question by similarity), calibrate (the yes/no verdict's biases) or fallback (where the "
+                        "evidence answers in place of a claim-check decline); steps chain with + (bootstrap+fallback)")
     p.add_argument("--from", dest="from_program", metavar="PROGRAM",
                    help="start from this program file (auto: the shipped one) instead of the baseline; its demos "
                         "and decisions are kept unless a step refits them")
