@@ -174,8 +174,9 @@ def _focus(passage: str, answer: str, limit: int = DEMO_PASSAGE_CHARS) -> str:
     return f"{title}: {_cut(text, limit - len(title) - 2)}"
 
 
-def shorten_demo(demo: dict) -> dict:
-    """Keep the cited passages (their sentences that hold the answer) plus one distractor, renumbered."""
+def shorten_demo(demo: dict, distractors: int = 1, limit: int = DEMO_PASSAGE_CHARS) -> dict:
+    """Keep the cited passages (their sentences that hold the answer, within `limit` characters each) plus
+    `distractors` others (one more when none is cited), renumbered."""
     passages: dict[int, str] = {}
     for line in str(demo.get("passages", "")).splitlines():
         m = _PASSAGE.match(line)
@@ -184,14 +185,15 @@ def shorten_demo(demo: dict) -> dict:
     answer = str(demo.get("answer", ""))
     cited = [n for n in dict.fromkeys(int(x) for x in re.findall(r"\[(\d+)\]", answer)) if n in passages]
     others = [n for n in passages if n not in cited]
-    keep = cited + others[: 1 if cited else 2]
+    keep = cited + others[: distractors if cited else distractors + 1]
     if not passages:
         return dict(demo)
     order = sorted(keep)
     renumber = {old: new for new, old in enumerate(order, 1)}
     short = dict(demo)
     short["passages"] = "\n".join(
-        f"[{renumber[n]}] {_focus(passages[n], answer) if n in cited else _cut(passages[n])}" for n in order)
+        f"[{renumber[n]}] {_focus(passages[n], answer, limit) if n in cited else _cut(passages[n], limit)}"
+        for n in order)
     short["answer"] = re.sub(r"\[(\d+)\]", lambda m: f"[{renumber.get(int(m.group(1)), int(m.group(1)))}]", answer)
     if "sources" in short:
         short["sources"] = [renumber[n] for n in cited]
@@ -304,8 +306,7 @@ INSTRUCTION_MINIBATCH = 16
 def instruction_split(rows: list[dict], val_size: int = INSTRUCTION_VAL) -> tuple[list[dict], list[dict]]:
     """(proposal rows, validation rows) of the type-interleaved `rows`: every sixth row, up to `val_size`,
     scores the candidates; the rest inform the proposer. Fixed, so a rerun scores the same questions."""
-    n = min(val_size, max(len(rows) // 6, 2))
-    val_ids = {id(r) for r in rows[1::6][:n]} if len(rows) >= 12 else {id(r) for r in rows[-n:]}
+    val_ids = {id(r) for r in rows[1::6][:val_size]}
     return [r for r in rows if id(r) not in val_ids], [r for r in rows if id(r) in val_ids]
 
 
@@ -324,14 +325,17 @@ def _instructions(program: CitedRAG, rows: list[dict], embed: Any, lm: Any, seed
 KNN_PASSAGE_CHARS = 240  # a KNN demo is read with every question: its passages are cut harder than fixed demos'
 
 
+def _shape(row: dict) -> str | None:
+    """A report row's question shape, as its answer recorded it."""
+    return (row.get("prediction") or {}).get("shape") or row.get("shape")
+
+
 def knn_demo(row: dict) -> dict | None:
     """The reply one eval result row (report format) shows, as a demo of its shape's predictor, its passages cut to
-    the ones the answer cites (their sentences that hold it, renumbered from [1]); a decline shows its first
-    passage and `answerable: false`. None for a row that cannot teach: an error, a score under DEMO_MIN_SCORE, a
-    wrong verdict, an answer the evidence stood in for (not the model's reply), or one its passages do not hold."""
-    pred = row.get("prediction") or {}
-    shape = pred.get("shape") or row.get("shape")
-    metrics = row.get("metrics") or {}
+    the ones the answer cites (`shorten_demo` with no distractor); a decline shows its first passage and
+    `answerable: false`. None for a row that cannot teach: an error, a score under DEMO_MIN_SCORE, a wrong verdict,
+    an answer the evidence stood in for (not the model's reply), or one its cut passages do not hold."""
+    pred, shape, metrics = row.get("prediction") or {}, _shape(row), row.get("metrics") or {}
     passages = {int(p["n"]): f"{p['title']}: {p['text']}" for p in pred.get("passages") or []}
     if (row.get("error") or shape not in DEMO_FIELDS or not passages or (metrics.get("headline") or 0) < DEMO_MIN_SCORE
             or metrics.get("verdict_correct") == 0 or (pred.get("provenance") or {}).get("fallback")):
@@ -341,16 +345,16 @@ def knn_demo(row: dict) -> dict | None:
         demo.update(passages=f"[1] {_cut(passages[min(passages)], KNN_PASSAGE_CHARS)}", answerable=False,
                     answer=ABSTAIN_TEXT, finding=ABSTAIN_TEXT, sources=[])
     else:
-        cited = [n for n in dict.fromkeys(int(c["n"]) for c in pred.get("citations") or []) if n in passages]
-        if not cited or (shape == "yesno" and pred.get("verdict") not in ("yes", "no", "maybe")):
+        if shape == "yesno" and pred.get("verdict") not in ("yes", "no", "maybe"):
             return None
-        renumber = {old: new for new, old in enumerate(cited, 1)}
-        text = re.sub(r"\[(\d+)\]", lambda m: f"[{renumber[int(m.group(1))]}]" if int(m.group(1)) in renumber else "",
-                      str(pred.get("answer") or ""))
-        text = strip_verdict(text) if shape == "yesno" else text
-        demo.update(passages="\n".join(f"[{renumber[n]}] {_focus(passages[n], text, KNN_PASSAGE_CHARS)}" for n in cited),
-                    answerable=True, answer=text, finding=text, verdict=pred.get("verdict"),
-                    sources=list(renumber.values()))
+        short = shorten_demo({"passages": "\n".join(f"[{n}] {t}" for n, t in sorted(passages.items())),
+                              "answer": str(pred.get("answer") or ""), "sources": []},
+                             distractors=0, limit=KNN_PASSAGE_CHARS)
+        if not short["sources"]:
+            return None  # no valid citation to teach
+        text = strip_verdict(short["answer"]) if shape == "yesno" else short["answer"]
+        demo.update(passages=short["passages"], answerable=True, answer=text, finding=text,
+                    verdict=pred.get("verdict"), sources=short["sources"])
         shown = {int(m.group(1)): m.group(2) for m in map(_PASSAGE.match, demo["passages"].splitlines()) if m}
         if shape != "list" and not (demo_supported(demo)
                                     and all(c.supported for c in check_claims(text, shown, row["question"]))):
@@ -361,22 +365,19 @@ def knn_demo(row: dict) -> dict | None:
 def with_knn(program: CitedRAG, results: list[dict], embed: Any, reports: list[str] | None = None) -> CitedRAG:
     """A copy of `program` choosing its demos per question from the passing traces in `results` (eval result rows),
     and the pool's make-up in `.knn_fit` (it goes into the program file's provenance)."""
-    pool: dict[str, list[dict]] = {}
-    seen: set[str] = set()
-    rows = []
+    demos: dict[str, tuple] = {}  # question -> (shape, id, demo), the first passing trace of each question
     for r in results:
         demo = knn_demo(r)
-        if demo is not None and r["question"] not in seen:
-            seen.add(r["question"])
-            rows.append((r.get("prediction", {}).get("shape") or r["shape"], r.get("id"), demo))
-    if not rows:
+        if demo is not None and r["question"] not in demos:
+            demos[r["question"]] = (_shape(r), r.get("id"), demo)
+    if not demos:
         raise ProgramError("no passing answer or correct decline to make a demo of; run `rag eval` on train first")
-    vectors = embed([demo["question"] for _, _, demo in rows])
-    for (shape, rid, demo), vector in zip(rows, vectors, strict=True):
+    pool: dict[str, list[dict]] = {}
+    for (shape, rid, demo), vector in zip(demos.values(), embed(list(demos)), strict=True):
         pool.setdefault(shape, []).append({**demo, "id": rid, "vector": encode_vector(vector)})
     program = program.deepcopy()
     program.knn = DemoPool(pool)
-    declines = sum(d["answerable"] is False for rows_ in pool.values() for d in rows_)
+    declines = sum(d["answerable"] is False for shape_demos in pool.values() for d in shape_demos)
     program.knn_fit = {"k": program.knn.k, "rows": len(results), "demos": program.knn.sizes(), "declines": declines,
                        **({"reports": reports} if reports else {})}
     log.info("knn demo pool from %d train rows: %s", len(results), program.knn_fit)
