@@ -30,6 +30,12 @@ similarity reaches its shape's minimum. `fit_fallback(items)` picks that minimum
 questions whose decline and extractive answer were both scored (rag.optimize gathers them, from a run or
 from eval reports, with no model call); `apply_fallback` gives the headlines the swap would give.
 
+The third, `min_score`: per question shape, the best dense similarity below which the program declines
+before the model is called (a question whose coined names are found in the passages is never declined so).
+`fit_min_score(items)` picks it per shape from a train run that answered every question (RAG_MIN_SCORE=0):
+declining a question there scores 1 if it is unanswerable and 0 if not, answering it keeps the headline it
+got; `apply_min_score` gives the headlines a set of minimums would give.
+
 Left out: temperature scaling and per-shape biases (one set of biases per program: a program file fitted on
 one corpus's rows is that corpus's program).
 """
@@ -225,3 +231,53 @@ def swapped(item: dict, thresholds: dict[str, float]) -> bool:
 def apply_fallback(items: Sequence[dict], thresholds: dict[str, float]) -> list[float]:
     """Each item's headline with `thresholds` applied: the extractive answer's where it would be swapped in."""
     return [i["swap"] if swapped(i, thresholds) else i["base"] for i in items]
+
+
+# --- the minimum similarity below which the program declines before the model ------------------------------
+
+
+def early_declined(item: dict, thresholds: dict[str, float]) -> bool:
+    """Whether `thresholds` decline `item` before the model: below its shape's minimum, no name of the question
+    found in the passages (`exempt`)."""
+    return not item["exempt"] and item["shape"] in thresholds and item["sim"] < thresholds[item["shape"]]
+
+
+def apply_min_score(items: Sequence[dict], thresholds: dict[str, float]) -> list[float]:
+    """Each item's headline with `thresholds` applied: a decline's (1 for an unanswerable question, 0 for an
+    answerable one) where it is declined before the model, else the headline it got answered."""
+    return [float(i["unanswerable"]) if early_declined(i, thresholds) else i["base"] for i in items]
+
+
+def fit_min_score(items: Sequence[dict], current: float) -> dict[str, float]:
+    """Per question shape, the minimum best similarity that gains the most headline on `items`, `current` (the
+    setting) where it gains as much as any.
+
+    Each item: `shape`, `sim` (the question's best dense similarity), `exempt` (a name of the question found in
+    the passages: never declined early), `unanswerable`, `base` (its headline as the run answered it) and `early`
+    (the run itself declined it before the model: its answered headline is unknown, so no minimum at or below its
+    similarity is tried). Declining the k lowest of a shape's other items is tried for every k; when `current` is
+    not among the best, ties go to the smaller k (fewer questions declined unread), and the value is the middle of
+    the gap between the last question declined and the first answered (for k = 0: the gap above the highest early
+    decline, or 0 without one)."""
+    thresholds = {}
+    for shape in sorted({i["shape"] for i in items}):
+        rows = [i for i in items if i["shape"] == shape and not i["exempt"]]
+        floor = max((i["sim"] for i in rows if i["early"]), default=None)
+        cands = sorted((i for i in rows if not i["early"] and (floor is None or i["sim"] > floor)), key=lambda i: i["sim"])
+        best_gain, best_k, gain = 0.0, 0, 0.0
+        for k, item in enumerate(cands, start=1):  # decline cands[:k]
+            gain += float(item["unanswerable"]) - item["base"]
+            if gain > best_gain + 1e-9:
+                best_gain, best_k = gain, k
+        if floor is None or current > floor:
+            at_current = sum(float(i["unanswerable"]) - i["base"] for i in cands if i["sim"] < current)
+            if at_current >= best_gain - 1e-9:
+                thresholds[shape] = current
+                continue
+        low = cands[best_k - 1]["sim"] if best_k else floor
+        high = cands[best_k]["sim"] if best_k < len(cands) else None
+        if low is None:
+            thresholds[shape] = 0.0 if high is None or high > 0 else round(high - 1e-3, 4)
+        else:
+            thresholds[shape] = round((low + high) / 2 if high is not None else low + 1e-3, 4)
+    return thresholds

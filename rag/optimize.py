@@ -21,9 +21,12 @@
 - `calibrate`: the yes/no verdict's decisions (label source, labels, biases; rag.calibrate).
 - `fallback`: `declined_fallback`, per question shape the best similarity from which the evidence,
   quoted and cited, answers in place of a claim-check decline (rag.calibrate.fit_fallback).
+- `abstain`: `min_score`, per question shape the best similarity below which the program declines before
+  the model (rag.calibrate.fit_min_score), fitted on a run that answered every question (RAG_MIN_SCORE=0);
+  the steps after it fit on the questions it leaves to the model.
 
-Steps chain with "+" (`bootstrap+fallback`), each on the program the one before it compiled. `calibrate`
-and `fallback` fit from a run of the program on train, or (`--fit-on`) from train eval reports with no
+Steps chain with "+" (`bootstrap+fallback`), each on the program the one before it compiled. `calibrate`,
+`fallback`, `abstain` and `knn` fit from a run of the program on train, or (`--fit-on`) from train eval reports with no
 model call; `--from` starts from a saved program instead of the baseline, keeping its demos and decisions.
 
 Demos are shortened before saving (`shorten_demo`): each keeps only the passages
@@ -60,10 +63,12 @@ from rag.answer.knn import DEMO_FIELDS, DemoPool, encode_vector
 from rag.answer.program import (
     ABSTAIN_TEXT,
     CLAIM_CHECK_DECLINES,
+    NO_CLOSE_PASSAGE,
     VERDICT_SOURCES,
     CitedRAG,
     as_numbers,
     map_citations,
+    names_found,
     strip_verdict,
 )
 from rag.answer.program_files import load_program, save_program_file
@@ -269,9 +274,9 @@ def compile_program(program: CitedRAG, optimizer: str, train_rows: list[dict], e
                     *, seed: int = 0, progress: bool = False, swap: Swap | None = None) -> CitedRAG:
     """Compile `program` with `optimizer` on `train_rows`; demos come back shortened. `optimizer` may chain
     steps with "+" ("bootstrap+calibrate": demos first, then the verdict's decisions on the result). The
-    `fallback` step needs `swap` (see `Swap`)."""
-    if "fallback" in check_steps(optimizer) and swap is None:
-        raise ProgramError("the fallback step scores the evidence's own answer: it needs the index (Swap)")
+    `fallback` and `abstain` steps need `swap` (see `Swap`)."""
+    if {"fallback", "abstain"} & set(check_steps(optimizer)) and swap is None:
+        raise ProgramError("the fallback and abstain steps search the index: they need it (Swap)")
     from tqdm.auto import tqdm
 
     bar = tqdm(desc=f"{optimizer}: answers scored", unit="answer", disable=not progress, file=sys.stderr)
@@ -504,6 +509,13 @@ class Swap:
         score = score_row(label, answer, embed=lambda texts: self.pipe.embedder.encode(texts))["headline"]
         return score, round(float(found.best_similarity), 4)
 
+    def reach(self, question: str) -> tuple[float, bool]:
+        """The question's best dense similarity, and whether a name it asks about is in the retrieved passages
+        (such a question is never declined before the model: CitedRAG.forward)."""
+        found = self.pipe.search(question)
+        return (round(float(found.best_similarity), 4),
+                names_found(question, [f"{h.paper.title} {h.text}" for h in found.hits]))
+
 
 def declined_by_checks(pred: dict) -> bool:
     """A report row's prediction that the claim checks declined, whether or not the evidence then stood in."""
@@ -576,12 +588,69 @@ def with_fallback(program: CitedRAG, items: list[dict], reports: list[str] | Non
     return program
 
 
+# --- the minimum similarity below which the program declines before the model ---------------------
+
+def min_score_items(results: list[dict], swap: Swap) -> list[dict]:
+    """One item per report row (rag.calibrate.fit_min_score): its headline as answered, its similarity, whether
+    the run declined it before the model (below the run's own minimum: its answered headline is unknown)."""
+    items = []
+    for r in results:
+        if r.get("error"):
+            continue
+        if "headline" not in (r.get("metrics") or {}):
+            raise ProgramError(f"report row {r['id']} has no headline score: fit the minimums on `rag eval` reports "
+                               f"of a labelled set (eval/train.jsonl), not PubMedQA's")
+        sim, exempt = swap.reach(r["question"])
+        early = ((r.get("prediction") or {}).get("provenance") or {}).get("abstain_reason") == NO_CLOSE_PASSAGE
+        items.append({"id": r["id"], "shape": r["shape"], "sim": sim, "exempt": exempt, "early": early,
+                      "unanswerable": r["type"] == "unanswerable", "base": r["metrics"]["headline"]})
+    return items
+
+
+def _abstain(program: CitedRAG, rows: list[dict], embed: Any, lm: Any, seed: int, bar: Any,
+             swap: Swap) -> CitedRAG:
+    """`min_score` per shape, fitted on a run of `program` over the train rows that declines none before the model."""
+    from rag.answer.shapes import question_shape
+
+    run = program.deepcopy()
+    run.min_score, run.min_scores = -1.0, {}
+    metric, items = make_metric(embed), []
+    for row in rows:
+        pred = run(question=row["question"])
+        bar.update(1)
+        sim, exempt = swap.reach(row["question"])
+        items.append({"id": row["id"], "shape": question_shape(row["question"]), "sim": sim, "exempt": exempt,
+                      "early": False, "unanswerable": row["type"] == "unanswerable",
+                      "base": metric(to_examples([row])[0], pred)})
+    return with_min_score(program, items, program.min_score)
+
+
+def with_min_score(program: CitedRAG, items: list[dict], current: float, reports: list[str] | None = None) -> CitedRAG:
+    """A copy of `program` with `min_score` per shape fitted on `items` (`current`, the setting, kept for a shape
+    where no other minimum gains), and what it was fitted on in `.min_score_fit` (it goes into the program file's
+    provenance)."""
+    thresholds = calibrate.fit_min_score(items, current)
+    program = program.deepcopy()
+    program.set_decisions({"min_score": thresholds})
+    n = max(len(items), 1)
+    declined = [i for i in items if calibrate.early_declined(i, thresholds)]
+    program.min_score_fit = {
+        "rows": len(items), "declined_in_run": sum(i["early"] for i in items), "declined": len(declined),
+        "declined_answerable": sum(not i["unanswerable"] for i in declined), "setting": current, "chosen": thresholds,
+        "train_headline": {"run": round(sum(i["base"] for i in items) / n, 4),
+                           "min_score": round(sum(calibrate.apply_min_score(items, thresholds)) / n, 4)},
+        **({"reports": reports} if reports else {})}
+    log.info("min_score on %d train rows: %s", len(items), program.min_score_fit)
+    return program
+
+
 # The optimisers, by name (`rag optimize --optimizer`): (program, train rows, embed, lm, seed, bar) -> compiled;
-# `fallback` also takes the Swap.
+# `fallback` and `abstain` also take the Swap.
 COMPILERS: dict[str, Callable[..., CitedRAG]] = {"bootstrap": _bootstrap, "mipro": _mipro,
                                                  "instructions": _instructions, "gepa": _gepa, "knn": _knn,
-                                                 "calibrate": _calibrate, "fallback": _fallback}
-FIT_FROM_REPORTS = ("calibrate", "fallback", "knn")  # the steps `--fit-on` can fit without running the model
+                                                 "calibrate": _calibrate, "fallback": _fallback, "abstain": _abstain}
+FIT_FROM_REPORTS = ("calibrate", "fallback", "knn", "abstain")  # the steps `--fit-on` can fit without running the model
+SEARCHING = ("fallback", "abstain")  # the steps that also take the Swap (they search the index)
 
 
 def _compile(program: CitedRAG, optimizer: str, train_rows: list[dict], embed: Any, lm: Any, seed: int,
@@ -593,7 +662,7 @@ def _compile(program: CitedRAG, optimizer: str, train_rows: list[dict], embed: A
     compiled = program
     with dspy.context(lm=lm, max_history_size=20, max_trace_size=20), contextlib.redirect_stdout(chatter):
         for step in optimizer.split("+"):
-            extra = {"swap": swap} if step == "fallback" else {}
+            extra = {"swap": swap} if step in SEARCHING else {}
             compiled = COMPILERS[step](compiled, rows, embed, lm, seed, bar, **extra)
     for predictor in compiled.predictors():
         demos = select_demos([d.toDict() if hasattr(d, "toDict") else dict(d) for d in predictor.demos])
@@ -653,6 +722,13 @@ def optimize_and_save(pipe: Any, optimizer: str, train: list[dict], train_path: 
             if step == "knn":
                 say(f"Choosing demos from {len(results)} answers of {len(fit_on)} train report(s) ...")
                 compiled = with_knn(compiled, results, embed, sources)
+            elif step == "abstain":
+                say(f"Fitting the minimum similarity per shape on {len(results)} questions of {len(fit_on)} train "
+                    f"report(s) (no model call) ...")
+                items = min_score_items(results, Swap(pipe))
+                compiled = with_min_score(compiled, items, pipe.settings.min_score, sources)
+                early = {i["id"] for i in items if calibrate.early_declined(i, compiled.min_scores)}
+                results = [r for r in results if r["id"] not in early]  # the later steps fit on what the model reads
             elif step == "calibrate":
                 records = records_from_reports(fit_on, dev_ids, results)
                 say(f"Fitting the verdict decisions on {len(records)} answered yes/no questions of {len(fit_on)} "
@@ -689,20 +765,28 @@ def optimize_and_save(pipe: Any, optimizer: str, train: list[dict], train_path: 
         provenance["calibration"] = compiled.calibration
     if getattr(compiled, "fallback_fit", None):
         provenance["declined_fallback"] = compiled.fallback_fit
+    if getattr(compiled, "min_score_fit", None):
+        provenance["min_score"] = compiled.min_score_fit
     if getattr(compiled, "knn_fit", None):
         compiled.knn.embedder = s.embed_model
         provenance["knn"] = compiled.knn_fit
     save_program_file(compiled, out, provenance)
     chosen = getattr(compiled, "calibration", {}).get("chosen")
     fallback = getattr(compiled, "fallback_fit", None)
+    floors = getattr(compiled, "min_score_fit", None)
     say(f"compiled in {seconds:.0f}s: {provenance['demos']} demos"
         + (f"; a pool of {sum(compiled.knn.sizes().values())} demos chosen per question" if compiled.knn else "")
         + (f"; verdict decisions {chosen}" if chosen else "")
         + (f"; declined_fallback {json.dumps(fallback['chosen'])} (train headline {fallback['train_headline']['declined']}"
-           f" -> {fallback['train_headline']['fallback']})" if fallback else "") + f"; saved {out}")
+           f" -> {fallback['train_headline']['fallback']})" if fallback else "")
+        + (f"; min_score {json.dumps(floors['chosen'])} (train headline {floors['train_headline']['run']} -> "
+           f"{floors['train_headline']['min_score']})" if floors else "") + f"; saved {out}")
     if dev is None:
         return out, None
     pipe.program, pipe.program_label = compiled, out.name
+    if s.is_set("min_score") and compiled.min_scores:  # as Pipeline.open runs it: a given RAG_MIN_SCORE wins
+        pipe.program = compiled.deepcopy()
+        pipe.program.min_scores = {}
     say(f"Scoring it on {len(dev)} dev questions ...")
     report = run_eval(pipe, dev, label=f"{out.stem}-dev", set_path=dev_path, out_root=reports,
                                progress=progress)

@@ -205,6 +205,8 @@ class Pipeline:
             if auto:  # the newest shipped program that applies to this index's corpus
                 program_path = choose_shipped(shipped, index.meta.get("corpus_hash") or "")
             pipe.program_label = load_program(pipe.program, program_path)
+            if settings.is_set("min_score"):  # a minimum the user sets wins over the program's fitted ones
+                pipe.program.min_scores = {}
             knn = pipe.program.knn
             if knn is not None and knn.dim is not None and (
                     knn.dim != index.meta["embed_dim"] or (knn.embedder and knn.embedder != settings.embed_model)):

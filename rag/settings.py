@@ -99,8 +99,9 @@ class Settings:
     per_paper: int = _f(2, "Best chunks of one paper merged into its passage (1 = just the best chunk).",
                         range=(1, 20))
     min_score: float = _f(0.38, "Dense cosine similarity below which no passage is relevant: the program "
-                                "abstains without calling the model (calibrated on train: eval/calibrate_abstention.py).",
-                          range=(-1.0, 1.0))
+                                "abstains without calling the model (calibrated on train: eval/calibrate_abstention.py). "
+                                "A program file's per-shape minimums (rag optimize --optimizer abstain) take its place "
+                                "unless this is set.", range=(-1.0, 1.0))
     evidence_tokens: int = _f(250, "Token budget of the evidence the model reads (the best sentences of the retrieved "
                                    "papers, titles included). 250: the smallest that keeps 300's facts within 0.01 on "
                                    "train (bench/bench_evidence.py --budgets); it reads ~40 fewer tokens a question.",
@@ -163,7 +164,9 @@ class Settings:
                 raise SettingsError(f"unknown setting {name!r}{_hint(name, names)}")
             if value is not None:
                 values[name] = value
-        return cls(**{name: _coerce(cls, name, value) for name, value in values.items()})
+        settings = cls(**{name: _coerce(cls, name, value) for name, value in values.items()})
+        object.__setattr__(settings, "_set", frozenset(values))
+        return settings
 
     def __post_init__(self) -> None:
         for f in fields(self):
@@ -174,7 +177,15 @@ class Settings:
                 f"set {ENV_PREFIX}CHUNK_OVERLAP lower")
 
     def replace(self, **changes: Any) -> Settings:
-        return dataclasses.replace(self, **{k: v for k, v in changes.items() if v is not None})
+        changes = {k: v for k, v in changes.items() if v is not None}
+        settings = dataclasses.replace(self, **changes)
+        object.__setattr__(settings, "_set", self.__dict__.get("_set", frozenset()) | frozenset(changes))
+        return settings
+
+    def is_set(self, name: str) -> bool:
+        """Whether `name` was given (its RAG_* variable, an override, `replace`) rather than left at its default:
+        a value the user gives wins over one a program file fitted (the program's per-shape `min_score`)."""
+        return name in self.__dict__.get("_set", frozenset())
 
     def index_fields(self) -> dict[str, Any]:
         """The settings that shape an index; a change to any of them means a new index."""

@@ -259,3 +259,33 @@ def test_fit_fallback_picks_per_shape_the_similarity_that_gains_most():
     line = ff.report_line("t", items, thresholds)
     assert "7 claim-check declines, 4 answered from the evidence instead (0 of them unanswerable)" in line
     assert "headline 0.463 -> 0.838" in line
+
+
+def test_fit_min_score_picks_per_shape_the_similarity_that_gains_most():
+    """rag.calibrate.fit_min_score: per shape, decline unread below the similarity that gains the most headline
+    (the middle of the gap), the current setting where it gains as much; a question whose name is in the passages
+    is never declined so; nothing below what the run itself declined unread is tried (its answered headline is
+    unknown); other ties go to declining fewer."""
+    from rag.calibrate import apply_min_score, early_declined, fit_min_score
+
+    def item(shape, sim, base, unanswerable=False, exempt=False, early=False):
+        return {"id": f"{shape}{sim}", "shape": shape, "sim": sim, "base": base, "unanswerable": unanswerable,
+                "exempt": exempt, "early": early}
+
+    items = [item("specific", 0.30, 0.0, True), item("specific", 0.40, 0.0, True),
+             item("specific", 0.42, 0.9, exempt=True),  # a coined name found: answered whatever its similarity
+             item("specific", 0.50, 0.8), item("specific", 0.60, 1.0),
+             item("list", 0.35, 1.0, True), item("list", 0.45, 0.7),  # declined correctly either way: the setting
+             item("yesno", 0.20, 1.0, True, early=True), item("yesno", 0.36, 0.0, True), item("yesno", 0.50, 0.6)]
+    thresholds = fit_min_score(items, current=0.38)
+    assert thresholds == {"specific": 0.45, "list": 0.38, "yesno": 0.38}
+    assert apply_min_score(items, thresholds) == [1.0, 1.0, 0.9, 0.8, 1.0, 1.0, 0.7, 1.0, 1.0, 0.6]
+    assert not early_declined(items[2], thresholds) and early_declined(items[1], thresholds)
+    # a setting that loses on train gives way: the gap that gains, or just above the run's own early declines
+    assert fit_min_score(items, current=0.55) == {"specific": 0.45, "list": 0.0, "yesno": 0.43}
+    assert fit_min_score([item("yesno", 0.20, 1.0, True, early=True), item("yesno", 0.30, 0.5)], 0.4) == {"yesno": 0.25}
+    # a setting at or below the run's own early declines cannot be scored: the fit chooses among what can
+    assert fit_min_score([item("yesno", 0.20, 1.0, True, early=True), item("yesno", 0.30, 0.0, True)], 0.1) \
+        == {"yesno": 0.3010}
+    # declining an answerable question costs what its answer scored: a loss is never taken
+    assert fit_min_score([item("specific", 0.3, 0.4), item("specific", 0.5, 1.0, True)], 0.45) == {"specific": 0.0}

@@ -507,6 +507,74 @@ def test_optimize_fallback_step_fits_on_a_run_of_the_program(env, capsys):
     assert "Zorblax" in answer["provenance"]["declined_draft"]["answer"]
 
 
+def test_optimize_fits_the_minimum_similarity_per_shape_from_a_report(env, capsys, tmp_path, monkeypatch):
+    """`rag optimize --optimizer abstain+fallback --fit-on REPORT`: a train run that answered every question (the
+    off-corpus one wrongly) gives a minimum for its shape that declines it unread and keeps the others answered;
+    the fallback step after it fits on the questions left to the model. The program applies the minimum unless
+    RAG_MIN_SCORE is set, which wins."""
+    from test_calibrate import _report
+
+    tmp, fakes = env
+    by_id = {r["id"]: r for r in SET}
+
+    def answered(label, headline):
+        return {**_declined(label, headline), "prediction": {"abstained": False, "provenance": {}}}
+
+    results = [answered(by_id["q1"], 1.0), answered(by_id["q2"], 0.8), answered(by_id["q5"], 0.0)]
+    report = _report(tmp_path / "train-report", results)
+    out_file = tmp / "abstain.json"
+    calls = len(fakes.lm.history)
+    code, out, err = run(capsys, "optimize", "--optimizer", "abstain+fallback", "--fit-on", str(report),
+                         "--dev", "none", "--out", str(out_file))
+    assert code == 0, err
+    assert len(fakes.lm.history) == calls  # fitted from the report: no model call
+    state = json.loads(out_file.read_text())
+    fit = state["provenance"]["min_score"]
+    assert fit["rows"] == 3 and fit["declined"] == 1 and fit["declined_answerable"] == 0 and fit["setting"] == 0.0
+    assert fit["train_headline"] == {"run": 0.6, "min_score": 0.9333}
+    floor = state["decisions"]["min_score"]["specific"]
+    assert state["decisions"]["min_score"] == fit["chosen"] and floor > 0
+    assert state["provenance"]["declined_fallback"]["rows"] == 2  # q5 never reaches the model now
+    # the program declines the off-corpus question unread, unless the setting is given
+    monkeypatch.delenv("RAG_MIN_SCORE")
+    code, out, _ = run(capsys, "ask", FRANCE_Q, "--json", "--program", str(out_file))
+    answer = json.loads(out)
+    assert code == 0 and answer["abstained"] and answer["provenance"]["abstain_reason"] == "no_close_passage"
+    assert len(fakes.lm.history) == calls
+    code, out, _ = run(capsys, "ask", SSM_Q, "--json", "--program", str(out_file))
+    assert code == 0 and "HiPPO" in json.loads(out)["answer"] and len(fakes.lm.history) == calls + 1
+    monkeypatch.setenv("RAG_MIN_SCORE", "0.0")
+    code, out, _ = run(capsys, "ask", FRANCE_Q, "--json", "--program", str(out_file))
+    assert code == 0 and json.loads(out)["provenance"]["abstain_reason"] != "no_close_passage"
+    assert len(fakes.lm.history) == calls + 2
+
+
+def test_optimize_abstain_step_fits_on_a_run_of_the_program(env, capsys, monkeypatch):
+    """The live step: the program answers every train question, none declined unread whatever the setting; the
+    off-corpus one is answered wrongly (the claim checks flag, not decline, here), so its shape's minimum declines
+    it; the others keep being answered."""
+    tmp, fakes = env
+    monkeypatch.setenv("RAG_DECLINE_UNSUPPORTED", "0")
+    fakes.lm = DummyLM({**GOOD, FRANCE_Q: {"answer": "The capital city of France is Paris [1].", "sources": "[1]"}})
+    out_file = tmp / "live.json"
+    code, out, err = run(capsys, "optimize", "--optimizer", "abstain", "--train", str(tmp / "set.jsonl"),
+                         "--dev", "none", "--out", str(out_file))
+    assert code == 0, err
+    fit = json.loads(out_file.read_text())["provenance"]["min_score"]
+    assert fit["rows"] == 5 and fit["declined_in_run"] == 0
+    assert fit["declined"] >= 1 and fit["declined_answerable"] == 0
+    assert fit["train_headline"]["min_score"] > fit["train_headline"]["run"]
+
+
+def test_a_program_rejects_a_minimum_that_is_not_per_shape():
+    program = CitedRAG()
+    program.set_decisions({"min_score": {"specific": 0.4}})
+    assert program.min_scores == {"specific": 0.4} and program.decisions()["min_score"] == {"specific": 0.4}
+    for bad in ({"essay": 0.4}, {"list": float("nan")}, {"list": True}, {"list": "0.4"}, [0.4]):
+        with pytest.raises(ValueError, match="min_score must map question shapes"):
+            program.set_decisions({"min_score": bad})
+
+
 def test_auto_picks_the_newest_program_by_name(env):
     tmp, _ = env
     prog = CitedRAG()

@@ -191,6 +191,17 @@ def test_overrides_of_the_wrong_type_are_errors():
     assert base.replace(min_score=0).min_score == 0  # an int where a float goes is fine
 
 
+def test_a_setting_knows_whether_it_was_given():
+    """A value the user gives (RAG_* variable, override, replace) is told apart from a default, even one equal to
+    it: a given RAG_MIN_SCORE wins over a program file's fitted minimums."""
+    base = Settings.load(env={})
+    assert not base.is_set("min_score") and not base.is_set("k")
+    given = Settings.load(env={"RAG_MIN_SCORE": str(base.min_score)}, k=None)
+    assert given.is_set("min_score") and not given.is_set("k") and given == base
+    both = given.replace(k=3, per_paper=None)
+    assert both.is_set("min_score") and both.is_set("k") and not both.is_set("per_paper")
+
+
 def test_bad_setting_from_the_command_line_fails_before_any_work(tmp_path):
     import subprocess
     import sys

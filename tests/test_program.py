@@ -479,15 +479,18 @@ def test_decisions_travel_in_the_program_file(tmp_path, tiny_settings, embedder)
     pipe = verdict_pipe(tiny_settings, embedder, {"yes": 0.5, "no": 0.5}, bias={"yes": 0.0, "no": 0.7, "maybe": -9.0})
     pipe.program.verdict_labels = ("yes", "no")
     pipe.program.unsupported_verdict = "keep"
+    pipe.program.min_scores = {"list": 0.45}
     path = save_program_file(pipe.program, tmp_path / "p.json", {"optimizer": "calibrate"})
     assert read_program_file(path)["decisions"] == {"verdict_bias": {"yes": 0.0, "no": 0.7, "maybe": -9.0},
                                                     "verdict_labels": ["yes", "no"], "verdict_source": "reply",
-                                                    "unsupported_verdict": "keep", "declined_fallback": {}}
+                                                    "unsupported_verdict": "keep", "declined_fallback": {},
+                                                    "min_score": {"list": 0.45}}
     fresh = verdict_pipe(tiny_settings, embedder, {"yes": 0.5, "no": 0.5})
     assert fresh.program.verdict_bias is None and fresh.program.unsupported_verdict == "decline"
     load_program(fresh.program, path)
     assert fresh.program.verdict_bias == {"yes": 0.0, "no": 0.7, "maybe": -9.0}
     assert fresh.program.verdict_labels == ("yes", "no") and fresh.program.unsupported_verdict == "keep"
+    assert fresh.program.min_scores == {"list": 0.45}
 
 
 def test_the_judge_step_reads_the_finding_when_the_program_says_so(tiny_settings, embedder):

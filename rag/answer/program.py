@@ -3,8 +3,9 @@
 `CitedRAG.forward(question)` runs four visible steps:
 
 1. **retrieve** the top papers (`search`, hybrid by default); if no passage is
-   even close to the question (best dense cosine below `min_score`, calibrated on
-   train) it abstains there, without calling the LM; unless a retrieved passage
+   even close to the question (best dense cosine below `min_score`, or the program
+   file's minimum for the question's shape, both fitted on train) it abstains there,
+   without calling the LM; unless a retrieved passage
    has a coined name the question asks about (LoReFT, UniMat: the embedder only
    sees their word pieces, so cosine undersells the match; rag/answer/claims.py);
 2. **select_evidence**: the sentences of those papers that bear on the question,
@@ -403,6 +404,10 @@ class CitedRAG(dspy.Module):
         # by the extractive answer (its evidence quoted, cited) instead of an abstention; a shape not here keeps
         # the decline. The Pipeline applies it (it holds the index); fitted on train by eval/fit_fallback.py.
         self.declined_fallback: dict[str, float] = {}
+        # Per question shape, the best dense similarity below which the program declines before the model (fitted
+        # on train by `rag optimize --optimizer abstain`); a shape not here takes `min_score` (the setting). The
+        # Pipeline drops them when RAG_MIN_SCORE is set: a setting the user sets wins over a fitted one.
+        self.min_scores: dict[str, float] = {}
         # Demos chosen per question by similarity (rag/answer/knn.py); None: each predictor's own demos.
         self.knn: DemoPool | None = None
         self.search = _Shared(search) if search is not None else None
@@ -423,7 +428,7 @@ class CitedRAG(dspy.Module):
             result = self.search(question)
         shape = question_shape(question)
         retrieved = result.hits
-        if not retrieved or (result.best_similarity < self.min_score
+        if not retrieved or (result.best_similarity < self.min_scores.get(shape, self.min_score)
                              and not names_found(question, [f"{h.paper.title} {h.text}" for h in retrieved])):
             return _abstained(retrieved, retrieved, shape, NO_CLOSE_PASSAGE, lm_called=False)
         evidence = (self.select(question, result, shape) if self.select is not None else None) or retrieved
@@ -507,7 +512,7 @@ class CitedRAG(dspy.Module):
         """The decision parameters a program file stores beside the predictors' demos and instructions."""
         return {"verdict_bias": self.verdict_bias, "verdict_labels": list(self.verdict_labels),
                 "verdict_source": self.verdict_source, "unsupported_verdict": self.unsupported_verdict,
-                "declined_fallback": dict(self.declined_fallback),
+                "declined_fallback": dict(self.declined_fallback), "min_score": dict(self.min_scores),
                 **({"knn": self.knn.to_json()} if self.knn is not None else {})}
 
     def set_decisions(self, decisions: dict) -> None:
@@ -528,15 +533,22 @@ class CitedRAG(dspy.Module):
                                  f"{', '.join(UNSUPPORTED_VERDICTS)}")
             self.unsupported_verdict = str(decisions["unsupported_verdict"])
         if "declined_fallback" in decisions:
-            fallback = decisions["declined_fallback"] or {}
-            if not isinstance(fallback, dict) or not all(
-                    shape in PREDICTORS and isinstance(v, (int, float)) and not isinstance(v, bool)
-                    for shape, v in fallback.items()):
-                raise ValueError(f"declined_fallback must map question shapes ({', '.join(PREDICTORS)}) to a "
-                                 f"minimum similarity, got {fallback!r}")
-            self.declined_fallback = {shape: float(v) for shape, v in fallback.items()}
+            self.declined_fallback = _by_shape("declined_fallback", decisions["declined_fallback"])
+        if "min_score" in decisions:
+            self.min_scores = _by_shape("min_score", decisions["min_score"])
         if "knn" in decisions:
             self.knn = None if decisions["knn"] is None else DemoPool.from_json(decisions["knn"])
+
+
+def _by_shape(name: str, value: Any) -> dict[str, float]:
+    """A decision mapping question shapes to a minimum similarity (a finite number), checked."""
+    value = value or {}
+    if not isinstance(value, dict) or not all(
+            shape in PREDICTORS and isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+            for shape, v in value.items()):
+        raise ValueError(f"{name} must map question shapes ({', '.join(PREDICTORS)}) to a minimum similarity, "
+                         f"got {value!r}")
+    return {shape: float(v) for shape, v in value.items()}
 
 
 def strip_verdict(answer: str) -> str:

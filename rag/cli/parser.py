@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import argparse
 
-from rag.settings import RETRIEVAL_MODES
+from rag.settings import RETRIEVAL_MODES, Settings
 
 EXAMPLES = {
     "index": """examples:
@@ -53,7 +53,9 @@ EXAMPLES = {
   rag optimize --optimizer knn --from auto --fit-on eval/results/train-declines-after
                                                       demos per question, from a train report's passing answers
   rag optimize --optimizer gepa --out programs/my.json
-  rag optimize --optimizer bootstrap+calibrate        demos, then the yes/no verdict's calibration biases""",
+  rag optimize --optimizer bootstrap+calibrate        demos, then the yes/no verdict's calibration biases
+  rag optimize --optimizer abstain+fallback --from auto --fit-on eval/results/train-shipped-ms0
+                                                      per shape, where to decline unread, then the fallback""",
     "chat": """examples:
   rag chat                               ask questions one after another; Ctrl-D or 'exit' quits""",
     "mcp": """examples:
@@ -81,7 +83,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     retrieval = argparse.ArgumentParser(add_help=False)
     r = retrieval.add_argument_group("retrieval")
-    r.add_argument("--k", type=int, help="number of passages (RAG_K, default 4)")
+    r.add_argument("--k", type=int, help=f"number of papers retrieved (RAG_K, default {Settings.k})")
     r.add_argument("--retrieval", choices=RETRIEVAL_MODES, help="retrieval mode (RAG_RETRIEVAL)")
     r.add_argument("--no-rebuild", action="store_true", help="error instead of building a missing or stale index")
 
@@ -161,10 +163,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("optimize", "Prompt-optimise the program with DSPy on the train set; save a program file.",
             [common, retrieval, model])
     p.add_argument("--optimizer", default="bootstrap",
-                   metavar="bootstrap|mipro|instructions|gepa|knn|calibrate|fallback[+...]",
+                   metavar="bootstrap|mipro|instructions|gepa|knn|calibrate|fallback|abstain[+...]",
                    help="BootstrapFewShot (default), MIPROv2, MIPROv2 instruction-only, GEPA, knn (demos chosen per "
-                        "question by similarity), calibrate (the yes/no verdict's biases) or fallback (where the "
-                        "evidence answers in place of a claim-check decline); steps chain with + (bootstrap+fallback)")
+                        "question by similarity), calibrate (the yes/no verdict's biases), fallback (where the "
+                        "evidence answers in place of a claim-check decline) or abstain (per shape, the similarity "
+                        "below which it declines unread); steps chain with + (abstain+fallback)")
     p.add_argument("--from", dest="from_program", metavar="PROGRAM",
                    help="start from this program file (auto: the shipped one) instead of the baseline; its demos "
                         "and decisions are kept unless a step refits them")
@@ -177,8 +180,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--reports", help="where the dev report goes (default eval/reports)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--fit-on", nargs="+", metavar="REPORT",
-                   help="calibrate, fallback: fit the decisions on these train eval reports (the answers' label "
-                        "probabilities; the claim-check declines) instead of running the model again")
+                   help="calibrate, fallback, abstain, knn: fit on these train eval reports (the answers' label "
+                        "probabilities, the claim-check declines, the headlines, the passing answers) instead of "
+                        "running the model again; for abstain, run them with RAG_MIN_SCORE=0")
     p.add_argument("--verdict-source", nargs="+", choices=["reply", "judge", "both"], default=None,
                    metavar="SOURCE", help="with --fit-on: where the verdict may be read from: reply, judge, both "
                                           "(default: any; judge and both ask the model a second question per "
