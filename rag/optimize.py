@@ -514,7 +514,7 @@ class Swap:
         (such a question is never declined before the model: CitedRAG.forward)."""
         found = self.pipe.search(question)
         return (round(float(found.best_similarity), 4),
-                names_found(question, [f"{h.paper.title} {h.text}" for h in found.hits]))
+                bool(names_found(question, [f"{h.paper.title} {h.text}" for h in found.hits])))
 
 
 def declined_by_checks(pred: dict) -> bool:
