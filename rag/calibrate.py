@@ -28,7 +28,8 @@ The other fitted decision, `declined_fallback`: when the claim checks decline th
 evidence quoted and cited (the extractive answer) may answer instead, for a question whose best dense
 similarity reaches its shape's minimum. `fit_fallback(items)` picks that minimum per shape from train
 questions whose decline and extractive answer were both scored (rag.optimize gathers them, from a run or
-from eval reports, with no model call); `apply_fallback` gives the headlines the swap would give.
+from eval reports, with no model call); `apply_fallback` gives the headlines the swap would give;
+`choose_fallback_verdict` whether that answer keeps the declined yes/no draft's verdict.
 
 The third, `min_score`: per question shape, the best dense similarity below which the program declines
 before the model is called (a question whose coined names are found in the passages is never declined so).
@@ -222,6 +223,25 @@ def fit_fallback(items: Sequence[dict]) -> dict[str, float]:
         if best_k is not None:
             thresholds[shape] = 0.0 if best_k == 0 else round((cands[best_k - 1]["sim"] + cands[best_k]["sim"]) / 2, 4)
     return thresholds
+
+
+def choose_fallback_verdict(drafts: Sequence[tuple[str, str | None]], own: Sequence[tuple[str, str | None]]) -> str:
+    """Whether the evidence standing in for a declined yes/no answer keeps the declined draft's verdict: "keep"
+    when, on answerable train questions, the drafts' verdicts (`drafts`: (gold, said) pairs) reach the balanced
+    accuracy of the verdicts the program gives undeclined (`own`; 0.5, a coin, without any), else "drop".
+    Balanced, as for the biases: the rows' mix of yes and no is the writers' choice, and a verdict that only
+    follows the model's lean to "yes" must not win on a yes-heavy set (or lose on a no-heavy one)."""
+    if not drafts:
+        return "drop"
+    return "keep" if verdict_balance(drafts) >= (verdict_balance(own) if own else 0.5) else "drop"
+
+
+def verdict_balance(pairs: Sequence[tuple[str, str | None]]) -> float:
+    """The mean, over the gold labels present, of the share of (gold, said) pairs that said it."""
+    by_gold: dict[str, list[bool]] = {}
+    for gold, said in pairs:
+        by_gold.setdefault(gold, []).append(said == gold)
+    return sum(sum(v) / len(v) for v in by_gold.values()) / len(by_gold) if by_gold else 0.0
 
 
 def swapped(item: dict, thresholds: dict[str, float]) -> bool:

@@ -532,6 +532,40 @@ def _item(label: dict, shape: str, base: float, declined: bool, swap: Swap) -> d
     return item
 
 
+def verdict_outcome(label: dict, declined: bool, draft: str | None, abstained: bool,
+                    verdict: str | None) -> tuple[str, str, str | None] | None:
+    """("draft" or "own", gold, said) of one answerable yes/no train question with a gold verdict: the verdict
+    of the draft the claim checks declined, or of the answer given; None for anything else."""
+    from rag.answer.shapes import parse_verdict
+
+    gold = parse_verdict(label.get("answer") or "") if label.get("type") != "unanswerable" else None
+    if gold is None:
+        return None
+    if declined:
+        said = parse_verdict(draft or "")
+        return None if said is None else ("draft", gold, said)
+    return None if abstained else ("own", gold, verdict)
+
+
+def report_verdict_outcome(r: dict) -> tuple[str, str, str | None] | None:
+    """`verdict_outcome` of a report row."""
+    pred = r.get("prediction") or {}
+    if r.get("shape") != "yesno" or r.get("error"):
+        return None
+    declined = declined_by_checks(pred)
+    draft = ((pred.get("provenance") or {}).get("declined_draft") or {}).get("answer")
+    # an answer the evidence stood in for had no verdict of its own in this run unless it kept the draft's
+    return verdict_outcome({"answer": r.get("reference"), "type": r.get("type")}, declined, draft,
+                           bool(pred.get("abstained")), pred.get("verdict"))
+
+
+def _verdicts_right(pairs: list[tuple[str, str | None]]) -> dict:
+    return {"n": len(pairs), "right": sum(said == gold for gold, said in pairs),
+            "balanced": round(calibrate.verdict_balance(pairs), 4),
+            "by_gold": {lab: [sum(s == g for g, s in pairs if g == lab), sum(g == lab for g, _ in pairs)]
+                        for lab in sorted({g for g, _ in pairs})}}
+
+
 def fallback_items(results: list[dict], swap: Swap) -> list[dict]:
     """One item per report row (rag.calibrate.fit_fallback): its headline as declined, and for a claim-check
     decline the extractive answer's headline and the question's similarity. A row the evidence already
@@ -547,7 +581,7 @@ def fallback_items(results: list[dict], swap: Swap) -> list[dict]:
                                f"of a labelled set (eval/train.jsonl), not PubMedQA's")
         declined = declined_by_checks(r.get("prediction") or {})
         base = (1.0 if r["type"] == "unanswerable" else 0.0) if declined else r["metrics"]["headline"]
-        items.append(_item(label, r["shape"], base, declined, swap))
+        items.append({**_item(label, r["shape"], base, declined, swap), "verdict": report_verdict_outcome(r)})
     return items
 
 
@@ -567,7 +601,9 @@ def _fallback(program: CitedRAG, rows: list[dict], embed: Any, lm: Any, seed: in
         pred = program(question=row["question"])
         bar.update(1)
         declined = bool(pred.abstained and pred.abstain_reason in CLAIM_CHECK_DECLINES)
-        items.append(_item(row, shape, metric(example, pred), declined, swap))
+        verdict = verdict_outcome(row, declined, getattr(pred, "draft_answer", None), bool(pred.abstained),
+                                  getattr(pred, "verdict", None)) if shape == "yesno" else None
+        items.append({**_item(row, shape, metric(example, pred), declined, swap), "verdict": verdict})
     return with_fallback(program, items)
 
 
@@ -576,13 +612,19 @@ def with_fallback(program: CitedRAG, items: list[dict], reports: list[str] | Non
     `.fallback_fit` (it goes into the program file's provenance)."""
     thresholds = calibrate.fit_fallback(items)
     base, new = [i["base"] for i in items], calibrate.apply_fallback(items, thresholds)
+    outcomes = [i["verdict"] for i in items if i.get("verdict")]
+    drafts = [(gold, said) for kind, gold, said in outcomes if kind == "draft"]
+    own = [(gold, said) for kind, gold, said in outcomes if kind == "own"]
     program = program.deepcopy()
-    program.set_decisions({"declined_fallback": thresholds})
+    program.set_decisions({"declined_fallback": thresholds,
+                           "fallback_verdict": calibrate.choose_fallback_verdict(drafts, own)})
     n = max(len(items), 1)
     program.fallback_fit = {
         "rows": len(items), "declines": sum(i["swap"] is not None for i in items),
         "swapped": sum(calibrate.swapped(i, thresholds) for i in items),
         "chosen": thresholds, "train_headline": {"declined": round(sum(base) / n, 4), "fallback": round(sum(new) / n, 4)},
+        "fallback_verdict": program.fallback_verdict,
+        "verdicts_right": {"declined_drafts": _verdicts_right(drafts), "answers": _verdicts_right(own)},
         **({"reports": reports} if reports else {})}
     log.info("declined_fallback on %d train rows: %s", len(items), program.fallback_fit)
     return program

@@ -35,9 +35,11 @@ from rag.answer.program import (
     CompactJSONAdapter,
     answer_adapter,
     rewrite_question,
+    with_verdict,
 )
 from rag.answer.program_files import choose_shipped, load_program, read_program_file, read_shipped, resolve_program
 from rag.answer.retrieve import Hit, Retriever, SearchResult
+from rag.answer.shapes import parse_verdict
 from rag.errors import LMError, ProgramError, QuestionTooLong, RagError
 from rag.index.embed import Embedder, get_embedder
 from rag.index.open import open_index
@@ -300,6 +302,11 @@ class Pipeline:
         if quoted.abstained:
             return pred, False
         quoted.draft_answer, quoted.draft_claims = pred.draft_answer, pred.draft_claims
+        # the declined answer's label readings stay on record (the verdict decisions are refitted from them)
+        for name in ("verdict_probs", "judge_probs", "sampled_verdict"):
+            setattr(quoted, name, getattr(pred, name, None))
+        if pred.shape == "yesno" and getattr(self.program, "fallback_verdict", "drop") == "keep":
+            quoted.answer, quoted.verdict = with_verdict(quoted.answer, parse_verdict(pred.draft_answer or ""))
         with contextlib.suppress(Exception):  # the model was called: its tokens count
             quoted.set_lm_usage(pred.get_lm_usage())
         return quoted, True

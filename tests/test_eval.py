@@ -476,6 +476,10 @@ def test_optimize_fits_the_declined_fallback_from_reports_on_a_saved_program(env
     assert fit["swapped"] == 1 and set(fit["chosen"]) == {"specific"}
     assert fit["train_headline"]["fallback"] > fit["train_headline"]["declined"]
     assert state["decisions"]["declined_fallback"] == fit["chosen"]
+    # no yes/no question: no draft verdict to keep
+    assert state["decisions"]["fallback_verdict"] == fit["fallback_verdict"] == "drop"
+    assert fit["verdicts_right"] == {"declined_drafts": {"n": 0, "right": 0, "balanced": 0.0, "by_gold": {}},
+                                     "answers": {"n": 0, "right": 0, "balanced": 0.0, "by_gold": {}}}
     assert state["decisions"]["unsupported_verdict"] == "keep"  # kept from the program it started from
     assert state["provenance"]["from"] == str(shipped) and state["provenance"]["train"]["n"] == 3
     # a report without headline scores (PubMedQA's) cannot fit it
@@ -484,6 +488,25 @@ def test_optimize_fits_the_declined_fallback_from_reports_on_a_saved_program(env
     code, _, err = run(capsys, "optimize", "--optimizer", "fallback", "--fit-on", str(pq), "--dev", "none",
                        "--out", str(tmp / "y.json"))
     assert code == 1 and "no headline score" in err and not (tmp / "y.json").exists()
+
+
+def test_report_verdict_outcome_reads_the_declined_drafts_verdict_and_the_answers():
+    def row(reference, prediction, type_="single"):
+        return {"id": "y", "type": type_, "shape": "yesno", "reference": reference, "prediction": prediction}
+
+    draft = {"abstained": True, "provenance": {"abstain_reason": "off_question",
+                                               "declined_draft": {"answer": "No: it does not [1]."}}}
+    stood_in = {"abstained": False, "verdict": None,
+                "provenance": {"fallback": "extractive", "declined_draft": {"answer": "Yes: it does [1]."}}}
+    assert optimize.report_verdict_outcome(row("No. It does not.", draft)) == ("draft", "no", "no")
+    assert optimize.report_verdict_outcome(row("No. It does not.", stood_in)) == ("draft", "no", "yes")
+    assert optimize.report_verdict_outcome(row("Yes. It does.", {"abstained": False, "verdict": "yes"})) == (
+        "own", "yes", "yes")
+    assert optimize.report_verdict_outcome(row("Yes. It does.", {"abstained": False, "verdict": None})) == (
+        "own", "yes", None)
+    assert optimize.report_verdict_outcome(row("Yes. It does.", {"abstained": True, "provenance": {}})) is None
+    assert optimize.report_verdict_outcome(row("", draft, "unanswerable")) is None
+    assert optimize.report_verdict_outcome({**row("No.", draft), "shape": "specific"}) is None
 
 
 def test_optimize_fallback_step_fits_on_a_run_of_the_program(env, capsys):

@@ -421,6 +421,43 @@ def test_a_yes_no_answer_that_fails_the_checks_is_declined_or_keeps_its_verdict(
     assert p.ask("How are state space models initialised?")["abstained"] is True
 
 
+def test_the_evidence_standing_in_for_a_declined_yes_no_answer_keeps_its_verdict_when_the_program_says_so(
+        tiny_settings, embedder):
+    """`fallback_verdict`: drop (default) gives the stand-in evidence answer no verdict; keep opens it with the
+    declined draft's ("No: The evidence states ..."). Either way the draft's label readings stay on record."""
+    probs = {"yes": 0.3, "no": 0.6, "maybe": 0.1}
+    reply = {**YESNO, "finding": "Longer fermentation with LegS-Fourier reduces loaf volume [1]."}
+    answers = {}
+    for choice in ("drop", "keep"):
+        pipe = verdict_pipe(tiny_settings, embedder, probs, reply=reply, bias={"no": 0.0})
+        pipe.program.set_decisions({"declined_fallback": {"yesno": 0.0}, "fallback_verdict": choice})
+        answers[choice] = pipe.ask(YESNO_Q)
+        prov = answers[choice]["provenance"]
+        assert prov["fallback"] == "extractive" and prov["declined_draft"]["answer"].startswith("No: Longer")
+        assert prov["verdict_probs"] == pytest.approx(probs, abs=1e-3) and prov["sampled_verdict"] == "yes"
+    assert answers["drop"]["verdict"] is None and answers["drop"]["answer"].startswith("The evidence states")
+    assert answers["keep"]["verdict"] == "no"
+    assert answers["keep"]["answer"] == "No: " + answers["drop"]["answer"]
+    assert pipe.program.decisions()["fallback_verdict"] == "keep"
+    with pytest.raises(ValueError, match="fallback_verdict"):
+        pipe.program.set_decisions({"fallback_verdict": "yes"})
+
+
+def test_choose_fallback_verdict_keeps_the_drafts_verdicts_when_they_are_as_balanced():
+    from rag.calibrate import choose_fallback_verdict, verdict_balance
+
+    yes, no = ("yes", "yes"), ("no", "no")  # (gold, said): right
+    yes_no, no_yes = ("yes", "no"), ("no", "yes")  # wrong
+    assert verdict_balance([yes, yes, no_yes]) == 0.5 and verdict_balance([yes, ("yes", None), no]) == 0.75
+    assert choose_fallback_verdict([yes, no, no_yes], [yes, yes_no, no]) == "keep"  # 0.75 against 0.75
+    assert choose_fallback_verdict([yes, no_yes, no_yes], [yes, no, yes_no]) == "drop"  # 0.5 against 0.75
+    # a draft that says yes to everything is right on a yes-heavy set and still no better than a coin
+    assert choose_fallback_verdict([yes, yes, yes, no_yes], [yes, no, yes_no, no]) == "drop"
+    assert choose_fallback_verdict([], [yes]) == "drop"
+    assert choose_fallback_verdict([yes, no], []) == "keep" and choose_fallback_verdict([yes, no_yes], []) == "keep"
+    assert choose_fallback_verdict([yes_no, no_yes], []) == "drop"  # worse than a coin
+
+
 def test_scored_verdict_and_its_labels():
     probs = {"yes": 0.5, "no": 0.2, "maybe": 0.3}
     assert scored_verdict(probs, {}) == "yes"
@@ -484,7 +521,7 @@ def test_decisions_travel_in_the_program_file(tmp_path, tiny_settings, embedder)
     assert read_program_file(path)["decisions"] == {"verdict_bias": {"yes": 0.0, "no": 0.7, "maybe": -9.0},
                                                     "verdict_labels": ["yes", "no"], "verdict_source": "reply",
                                                     "unsupported_verdict": "keep", "declined_fallback": {},
-                                                    "min_score": {"list": 0.45}}
+                                                    "fallback_verdict": "drop", "min_score": {"list": 0.45}}
     fresh = verdict_pipe(tiny_settings, embedder, {"yes": 0.5, "no": 0.5})
     assert fresh.program.verdict_bias is None and fresh.program.unsupported_verdict == "decline"
     load_program(fresh.program, path)

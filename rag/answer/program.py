@@ -361,6 +361,7 @@ def scored_verdict(probs: dict[str, float], bias: dict[str, float], labels: tupl
 
 VERDICT_SOURCES = ("reply", "judge", "both")
 UNSUPPORTED_VERDICTS = ("decline", "keep")  # what a yes/no answer that fails the claim checks becomes
+FALLBACK_VERDICTS = ("drop", "keep")  # whether the evidence standing in for a declined yes/no answer keeps its verdict
 
 
 def decision_probs(source: str, reply: dict[str, float] | None,
@@ -404,6 +405,9 @@ class CitedRAG(dspy.Module):
         # by the extractive answer (its evidence quoted, cited) instead of an abstention; a shape not here keeps
         # the decline. The Pipeline applies it (it holds the index); fitted on train by eval/fit_fallback.py.
         self.declined_fallback: dict[str, float] = {}
+        # What verdict that evidence answer gives for a yes/no question: none ("drop") or the declined draft's
+        # ("keep": it opens "Yes: The evidence states: ..."); fitted on train with declined_fallback.
+        self.fallback_verdict = "drop"
         # Per question shape, the best dense similarity below which the program declines before the model (fitted
         # on train by `rag optimize --optimizer abstain`); a shape not here takes `min_score` (the setting). The
         # Pipeline drops them when RAG_MIN_SCORE is set: a setting the user sets wins over a fitted one.
@@ -512,7 +516,8 @@ class CitedRAG(dspy.Module):
         """The decision parameters a program file stores beside the predictors' demos and instructions."""
         return {"verdict_bias": self.verdict_bias, "verdict_labels": list(self.verdict_labels),
                 "verdict_source": self.verdict_source, "unsupported_verdict": self.unsupported_verdict,
-                "declined_fallback": dict(self.declined_fallback), "min_score": dict(self.min_scores),
+                "declined_fallback": dict(self.declined_fallback), "fallback_verdict": self.fallback_verdict,
+                "min_score": dict(self.min_scores),
                 **({"knn": self.knn.to_json()} if self.knn is not None else {})}
 
     def set_decisions(self, decisions: dict) -> None:
@@ -534,6 +539,11 @@ class CitedRAG(dspy.Module):
             self.unsupported_verdict = str(decisions["unsupported_verdict"])
         if "declined_fallback" in decisions:
             self.declined_fallback = _by_shape("declined_fallback", decisions["declined_fallback"])
+        if "fallback_verdict" in decisions:
+            if decisions["fallback_verdict"] not in FALLBACK_VERDICTS:
+                raise ValueError(f"fallback_verdict {decisions['fallback_verdict']!r} is not one of "
+                                 f"{', '.join(FALLBACK_VERDICTS)}")
+            self.fallback_verdict = str(decisions["fallback_verdict"])
         if "min_score" in decisions:
             self.min_scores = _by_shape("min_score", decisions["min_score"])
         if "knn" in decisions:
