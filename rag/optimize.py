@@ -72,6 +72,7 @@ from rag.answer.program import (
     strip_verdict,
 )
 from rag.answer.program_files import load_program, save_program_file
+from rag.answer.shapes import parse_verdict, question_shape
 from rag.errors import ProgramError
 from rag.evaluation.harness import read_report, run_eval
 from rag.evaluation.metrics import TYPES, score_row
@@ -416,9 +417,6 @@ def _calibrate(program: CitedRAG, rows: list[dict], embed: Any, lm: Any, seed: i
     probabilities at the reply's verdict and from the judge step, and keep the source, labels and biases
     whose leave-one-out accuracy on these rows is best (rag.calibrate.choose_decisions); the sampled
     verdict when none beats it."""
-    from rag.answer.program import strip_verdict
-    from rag.answer.shapes import parse_verdict, question_shape
-
     program = program.deepcopy()
     program.verdict_bias = None
     records = []
@@ -536,8 +534,6 @@ def verdict_outcome(label: dict, declined: bool, draft: str | None, abstained: b
                     verdict: str | None) -> tuple[str, str, str | None] | None:
     """("draft" or "own", gold, said) of one answerable yes/no train question with a gold verdict: the verdict
     of the draft the claim checks declined, or of the answer given; None for anything else."""
-    from rag.answer.shapes import parse_verdict
-
     gold = parse_verdict(label.get("answer") or "") if label.get("type") != "unanswerable" else None
     if gold is None:
         return None
@@ -588,8 +584,6 @@ def fallback_items(results: list[dict], swap: Swap) -> list[dict]:
 def _fallback(program: CitedRAG, rows: list[dict], embed: Any, lm: Any, seed: int, bar: Any,
               swap: Swap) -> CitedRAG:
     """`declined_fallback` fitted on a run of `program` over the train rows (list questions have no fallback)."""
-    from rag.answer.shapes import question_shape
-
     program = program.deepcopy()
     program.declined_fallback = {}
     metric, items = make_metric(embed), []
@@ -652,8 +646,6 @@ def min_score_items(results: list[dict], swap: Swap) -> list[dict]:
 def _abstain(program: CitedRAG, rows: list[dict], embed: Any, lm: Any, seed: int, bar: Any,
              swap: Swap) -> CitedRAG:
     """`min_score` per shape, fitted on a run of `program` over the train rows that declines none before the model."""
-    from rag.answer.shapes import question_shape
-
     run = program.deepcopy()
     run.min_score, run.min_scores = -1.0, {}
     metric, items = make_metric(embed), []
