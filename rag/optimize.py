@@ -2,9 +2,9 @@
 
 `optimize()` compiles `CitedRAG` against a labelled train set with one of:
 
-- `bootstrap`: BootstrapFewShot. Runs the program on train questions in a fixed,
-  type-interleaved order and keeps the first BOOTSTRAP_CANDIDATES traces whose
-  headline score is at least DEMO_MIN_SCORE; `select_demos` then keeps
+- `bootstrap`: BootstrapFewShot, once per question shape on that shape's train questions (in a fixed,
+  type-interleaved order): keeps the first BOOTSTRAP_CANDIDATES traces whose headline score is at least
+  DEMO_MIN_SCORE (a yes/no one also needs the right verdict: `make_demo_metric`); `select_demos` then keeps
   MAX_DEMOS of them, answers first and at most one abstention.
 - `mipro`: MIPROv2 with a small explicit budget (instruction candidates proposed
   by the LM, demo sets, a few Optuna trials on minibatches of a held-out part of
@@ -64,6 +64,7 @@ from rag.answer.program import (
     ABSTAIN_TEXT,
     CLAIM_CHECK_DECLINES,
     NO_CLOSE_PASSAGE,
+    PREDICTORS,
     VERDICT_SOURCES,
     CitedRAG,
     as_numbers,
@@ -113,6 +114,23 @@ def make_metric(embed: Any):
 
     def metric(example: dspy.Example, pred: Any, trace: Any = None) -> float:
         return score_row(example.label, Answer.from_prediction(example.question, pred).to_json(), embed=embed)["headline"]
+
+    return metric
+
+
+def make_demo_metric(embed: Any):
+    """The bootstrap's bar for a demo: the headline, but 0 for a yes/no answer whose verdict is wrong. The headline
+    does not score the verdict, and the model says "yes" to most questions: without this, the passing yes/no traces
+    are mostly "yes" to questions whose answer is "no", and they would teach exactly that."""
+    headline = make_metric(embed)
+
+    def metric(example: dspy.Example, pred: Any, trace: Any = None) -> float:
+        label = example.label
+        gold = label.get("verdict") or (parse_verdict(label.get("answer") or "")
+                                        if label.get("type") != "unanswerable" else None)
+        if gold and question_shape(example.question) == "yesno" and getattr(pred, "verdict", None) != gold:
+            return 0.0
+        return headline(example, pred, trace)
 
     return metric
 
@@ -182,14 +200,22 @@ def _focus(passage: str, answer: str, limit: int = DEMO_PASSAGE_CHARS) -> str:
 
 def shorten_demo(demo: dict, distractors: int = 1, limit: int = DEMO_PASSAGE_CHARS) -> dict:
     """Keep the cited passages (their sentences that hold the answer, within `limit` characters each) plus
-    `distractors` others (one more when none is cited), renumbered."""
+    `distractors` others (one more when none is cited), renumbered. Cited: the answer's (or a yes/no reply's
+    finding's) [n] markers, then the reply's own `sources`, which is where the evidence-first program's replies
+    cite (their text has no markers); failing both, the passages its sentences are copied from (`attribute`)."""
     passages: dict[int, str] = {}
     for line in str(demo.get("passages", "")).splitlines():
         m = _PASSAGE.match(line)
         if m:
             passages[int(m.group(1))] = m.group(2)
-    answer = str(demo.get("answer", ""))
-    cited = [n for n in dict.fromkeys(int(x) for x in re.findall(r"\[(\d+)\]", answer)) if n in passages]
+    text_fields = [f for f in ("answer", "finding") if f in demo]
+    answer = " ".join(str(demo[f] or "") for f in text_fields)
+    marked = [int(x) for x in re.findall(r"\[(\d+)\]", answer)]
+    cited = [n for n in dict.fromkeys(marked + as_numbers(demo.get("sources"))) if n in passages]
+    if not cited and answer.strip():  # as the program cites such a reply: the passages its sentences come from
+        numbered = sorted(passages)
+        via = map_citations(answer, [], [passages[n] for n in numbered])
+        cited = [] if via.abstained else [numbered[i - 1] for i in via.numbers]
     others = [n for n in passages if n not in cited]
     keep = cited + others[: distractors if cited else distractors + 1]
     if not passages:
@@ -200,15 +226,18 @@ def shorten_demo(demo: dict, distractors: int = 1, limit: int = DEMO_PASSAGE_CHA
     short["passages"] = "\n".join(
         f"[{renumber[n]}] {_focus(passages[n], answer, limit) if n in cited else _cut(passages[n], limit)}"
         for n in order)
-    short["answer"] = re.sub(r"\[(\d+)\]", lambda m: f"[{renumber.get(int(m.group(1)), int(m.group(1)))}]", answer)
+    for f in text_fields:
+        short[f] = re.sub(r"\[(\d+)\]", lambda m: f"[{renumber.get(int(m.group(1)), int(m.group(1)))}]",
+                          str(demo[f] or ""))
     if "sources" in short:
         short["sources"] = [renumber[n] for n in cited]
     return short
 
 
 def demo_supported(demo: dict) -> bool:
-    """A shortened demo still holds its answer: the answer's content words appear in its passages."""
-    words = content_words(re.sub(r"\[\d+\]", " ", str(demo.get("answer", ""))))
+    """A shortened demo still holds its answer: the answer's (or finding's) content words appear in its passages."""
+    body = demo.get("answer") if "answer" in demo else demo.get("finding", "")
+    words = content_words(re.sub(r"\[\d+\]", " ", str(body or "")))
     if not words or _abstains(demo):
         return True
     text = str(demo.get("passages", "")).lower()
@@ -288,9 +317,21 @@ def compile_program(program: CitedRAG, optimizer: str, train_rows: list[dict], e
 
 
 def _bootstrap(program: CitedRAG, rows: list[dict], embed: Any, lm: Any, seed: int, bar: Any) -> CitedRAG:
-    opt = dspy.BootstrapFewShot(metric=counted(make_metric(embed), bar), metric_threshold=DEMO_MIN_SCORE,
-                                max_bootstrapped_demos=BOOTSTRAP_CANDIDATES, max_labeled_demos=0, max_rounds=1)
-    return opt.compile(program, trainset=to_examples(rows))
+    """BootstrapFewShot once per question shape, on that shape's rows, with `make_demo_metric`'s bar (a yes/no
+    trace must have the right verdict): each shape's predictor gets its own candidates (run over all rows at
+    once, the first few passing traces, mostly specific answers and early declines, ended it before a yes/no
+    or list answer was tried). A shape none of whose answers passes keeps the demos it had."""
+    compiled = program.deepcopy()
+    for shape, name in PREDICTORS.items():
+        subset = [r for r in rows if question_shape(r["question"]) == shape]
+        if not subset:
+            continue
+        opt = dspy.BootstrapFewShot(metric=counted(make_demo_metric(embed), bar), metric_threshold=DEMO_MIN_SCORE,
+                                    max_bootstrapped_demos=BOOTSTRAP_CANDIDATES, max_labeled_demos=0, max_rounds=1)
+        found = getattr(opt.compile(program, trainset=to_examples(subset)), name).demos
+        if found:
+            getattr(compiled, name).demos = found
+    return compiled
 
 
 def _mipro(program: CitedRAG, rows: list[dict], embed: Any, lm: Any, seed: int, bar: Any) -> CitedRAG:

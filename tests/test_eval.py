@@ -348,6 +348,28 @@ def test_shorten_demo_keeps_the_sentence_the_answer_came_from():
     assert optimize.demo_supported(short)
 
 
+def test_shorten_demo_keeps_what_an_evidence_first_reply_cites_without_markers():
+    """The evidence-first program's replies carry no [n] in their text: they cite in `sources`, or (a number past the
+    passages) not at all, and the program then cites the passage the sentence was copied from. The demo keeps that
+    passage, and it is an answer, not an abstention (bootstrapping kept no demo at all before this)."""
+    passages = "[1] A: Apples grow on trees in orchards.\n[2] B: The model reaches an FID of 1.74 on CIFAR-10.\n[3] C: c."
+    by_sources = {"question": "q", "passages": passages, "answer": "It reaches an FID of 1.74 on CIFAR-10.",
+                  "sources": [2], "answerable": True}
+    short = optimize.shorten_demo(by_sources)
+    assert short["sources"] == [2] and "FID of 1.74" in short["passages"].splitlines()[1]
+    assert not optimize._abstains(short) and optimize.demo_supported(short)
+    bad_number = {**by_sources, "sources": [7]}
+    short = optimize.shorten_demo(bad_number)
+    assert short["sources"] == [2] and "FID of 1.74" in short["passages"] and not optimize._abstains(short)
+    assert [d["question"] for d in optimize.select_demos([by_sources, bad_number])] == ["q", "q"]
+    # a yes/no reply's finding is what the passages must hold
+    finding = {"question": "y", "passages": passages, "finding": "Apples grow on trees in orchards.", "verdict": "yes",
+               "sources": [1]}
+    short = optimize.shorten_demo(finding)
+    assert short["sources"] == [1] and short["passages"].startswith("[1] A: Apples") and optimize.demo_supported(short)
+    assert not optimize.demo_supported({**short, "finding": "Pears ripen quickly underground near rivers."})
+
+
 def test_select_demos_mixes_answers_and_at_most_one_abstention():
     abstain = [{"question": f"u{i}", "passages": "[1] X: x.\n[2] Y: y.",
                 "answer": "The papers here do not answer this question.", "sources": []} for i in range(3)]
@@ -400,6 +422,20 @@ def test_optimize_bootstrap_round_trip_changes_the_prompt(env, capsys):
     assert json.loads(out)["provenance"]["program"] == out_file.name
     code, out, _ = run(capsys, "ask", SSM_Q, "--json", "--program", "baseline")
     assert json.loads(out)["provenance"]["program"] == "baseline"
+
+
+def test_bootstrap_gives_each_question_shape_its_own_demos(env, capsys, monkeypatch):
+    """One passing trace per shape is enough: run over all rows at once, bootstrapping stopped at the first
+    passing specific answer and the list predictor never got a demo."""
+    tmp, _ = env
+    monkeypatch.setattr(optimize, "BOOTSTRAP_CANDIDATES", 1)
+    monkeypatch.setattr(optimize, "DEMO_MIN_SCORE", 0.3)  # the fake list answer scores below the real bar
+    out_file = tmp / "per-shape.json"
+    code, _, err = run(capsys, "optimize", "--train", str(tmp / "set.jsonl"), "--dev", "none", "--out", str(out_file))
+    assert code == 0, err
+    state = json.loads(out_file.read_text())
+    assert len(state["answer"]["demos"]) == 1 and len(state["list"]["demos"]) == 1
+    assert state["list"]["demos"][0]["question"] == MULTI_Q and state["yesno"]["demos"] == []  # no yes/no row
 
 
 def test_optimize_fit_on_writes_a_calibrated_program_from_reports_without_the_model(env, capsys, tmp_path):
