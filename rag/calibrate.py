@@ -238,10 +238,7 @@ def choose_fallback_verdict(drafts: Sequence[tuple[str, str | None]], own: Seque
 
 def verdict_balance(pairs: Sequence[tuple[str, str | None]]) -> float:
     """The mean, over the gold labels present, of the share of (gold, said) pairs that said it."""
-    by_gold: dict[str, list[bool]] = {}
-    for gold, said in pairs:
-        by_gold.setdefault(gold, []).append(said == gold)
-    return sum(sum(v) / len(v) for v in by_gold.values()) / len(by_gold) if by_gold else 0.0
+    return scores_of([{"gold": gold} for gold, _ in pairs], [said for _, said in pairs])["balanced"]
 
 
 def swapped(item: dict, thresholds: dict[str, float]) -> bool:

@@ -118,6 +118,14 @@ def make_metric(embed: Any):
     return metric
 
 
+def gold_verdict(label: dict) -> str | None:
+    """The yes / no / maybe a labelled row's reference gives (its `verdict`, else the answer's opening word);
+    None for an unanswerable row or a reference without one."""
+    if label.get("type") == "unanswerable":
+        return None
+    return label.get("verdict") or parse_verdict(label.get("answer") or "")
+
+
 def make_demo_metric(embed: Any):
     """The bootstrap's bar for a demo: the headline, but 0 for a yes/no answer whose verdict is wrong. The headline
     does not score the verdict, and the model says "yes" to most questions: without this, the passing yes/no traces
@@ -125,9 +133,7 @@ def make_demo_metric(embed: Any):
     headline = make_metric(embed)
 
     def metric(example: dspy.Example, pred: Any, trace: Any = None) -> float:
-        label = example.label
-        gold = label.get("verdict") or (parse_verdict(label.get("answer") or "")
-                                        if label.get("type") != "unanswerable" else None)
+        gold = gold_verdict(example.label)
         if gold and question_shape(example.question) == "yesno" and getattr(pred, "verdict", None) != gold:
             return 0.0
         return headline(example, pred, trace)
@@ -462,8 +468,8 @@ def _calibrate(program: CitedRAG, rows: list[dict], embed: Any, lm: Any, seed: i
     program.verdict_bias = None
     records = []
     for row in rows:
-        gold = row.get("verdict") or parse_verdict(row.get("answer"))
-        if row["type"] == "unanswerable" or gold is None or question_shape(row["question"]) != "yesno":
+        gold = gold_verdict(row)
+        if gold is None or question_shape(row["question"]) != "yesno":
             continue
         pred = program(question=row["question"])
         bar.update(1)
@@ -575,7 +581,7 @@ def verdict_outcome(label: dict, declined: bool, draft: str | None, abstained: b
                     verdict: str | None) -> tuple[str, str, str | None] | None:
     """("draft" or "own", gold, said) of one answerable yes/no train question with a gold verdict: the verdict
     of the draft the claim checks declined, or of the answer given; None for anything else."""
-    gold = parse_verdict(label.get("answer") or "") if label.get("type") != "unanswerable" else None
+    gold = gold_verdict(label)
     if gold is None:
         return None
     if declined:
